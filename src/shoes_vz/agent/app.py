@@ -1,0 +1,237 @@
+"""`Agent`: the per-Mac daemon's object graph — runners, IP notify, Sync, /metrics, state file.
+
+Start it with `async with Agent(settings):` (tests bind port 0); `agent.run_forever()` is the CLI's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from aiohttp import web
+
+from shoes_vz.agent.metrics import AgentMetrics
+from shoes_vz.agent.notify import NotifyApp
+from shoes_vz.agent.runner import Runner, RunnerSpec
+from shoes_vz.agent.state_file import StateFile
+from shoes_vz.agent.sync import SyncClient
+from shoes_vz.config import AgentSettings, split_hostport
+from shoes_vz.core.errors import ConfigError, TemplateError
+from shoes_vz.core.states import Phase
+from shoes_vz.template import Template, TemplateStore
+from shoes_vz.vm.bundle import Bundle
+from shoes_vz.vm.identity import new_mac
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ack:
+    request_id: str
+    ok: bool
+    error: str = ""
+
+
+def load_agent_id(state_dir: Path) -> str:
+    """The host's stable agent id, made once and kept in the state dir."""
+    path = state_dir / "agent-id"
+    with contextlib.suppress(FileNotFoundError):
+        value = path.read_text().strip()
+        if value:
+            return value
+    state_dir.mkdir(parents=True, exist_ok=True)
+    value = "agent-" + secrets.token_hex(8)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(value + "\n")
+    os.replace(tmp, path)
+    return value
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.templates = TemplateStore(settings.templates_dir)
+        self.lease_file = settings.lease_file
+        self.runners: dict[str, Runner] = {}
+        self.changed = asyncio.Event()
+        self.cpu_cores = os.cpu_count() or 1
+        self.memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        self.agent_id = ""
+        self.notify_port = 0
+        self.metrics_port = 0
+        self._acks: list[Ack] = []
+        self._handled: dict[str, Ack] = {}
+        self._deletes: dict[str, list[str]] = {}  # runner id → delete request ids waiting for "gone"
+        self._keys: dict[str, asyncssh.SSHKey] = {}
+        self._observed: set[str] = set()
+        self._state = StateFile(settings.runner_state_file)
+        self.metrics = AgentMetrics(lambda: (r.phase for r in self.runners.values()), settings.max_runners)
+        self.sync = SyncClient(self)
+        self._sites: list[web.AppRunner] = []
+        self._sync_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        if s.driver == "vz":
+            with contextlib.suppress(ImportError):
+                from shoes_vz.macos.doctor import run_checks_for_agent  # type: ignore[attr-defined]
+
+                await asyncio.to_thread(run_checks_for_agent)
+        self.agent_id = await asyncio.to_thread(load_agent_id, s.state_dir)
+        s.runners_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._sweep_stale_bundles)
+        notify = NotifyApp(lambda: list(self.runners.values()), self.lease_file)
+        self.notify_port = await self._serve(notify.app, s.notify_listen)
+        # guests are told the port actually bound (port 0 in tests)
+        self.settings = s = s.model_copy(update={"notify_url": s.effective_notify_url(self.notify_port)})
+        if s.metrics_listen:
+            app = web.Application()
+            app.router.add_get("/metrics", self.metrics.handle)
+            self.metrics_port = await self._serve(app, s.metrics_listen)
+        self._publish()
+        self._sync_task = asyncio.create_task(self.sync.run(), name="sync")
+
+    async def stop(self, *, tear_down: bool = False) -> None:
+        """Stop serving. VMs keep running unless `tear_down` (a restarted agent re-adopts them)."""
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        if tear_down:
+            await asyncio.gather(*(r.delete() for r in list(self.runners.values())), return_exceptions=True)
+        for site in reversed(self._sites):
+            await site.cleanup()
+        await self._state.drain()
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(tear_down=True)
+
+    async def _serve(self, app: web.Application, listen: str) -> int:
+        host, port = split_hostport(listen)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise ConfigError(f"agent: cannot listen on {listen}: {e}") from e
+        self._sites.append(runner)
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    def _sweep_stale_bundles(self) -> None:
+        """Bundles whose VM process is gone are garbage: remove them (never adopt a dead VM)."""
+        for p in self.settings.runners_dir.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                shutil.rmtree(p, ignore_errors=True)
+        for b in Bundle.list(self.settings.runners_dir):
+            if not b.is_running():
+                log.info("removing stale bundle %s", b.path)
+                shutil.rmtree(b.path, ignore_errors=True)
+
+    # -- commands (idempotent by request id) ------------------------------------------------------
+    def take_acks(self) -> list[Ack]:
+        acks, self._acks = self._acks, []
+        return acks
+
+    def _ack(self, ack: Ack) -> None:
+        self._handled[ack.request_id] = ack
+        self._acks.append(ack)
+        self.changed.set()
+
+    def handle_create(self, request_id: str, runner_id: str, runner_name: str, setup_script: str,
+                      resource_type: str, template_name: str, labels: list[str]) -> None:
+        if request_id in self._handled:
+            self._ack(self._handled[request_id])
+            return
+        if runner_id in self.runners:
+            self._ack(Ack(request_id, True))
+            return
+        live = [r for r in self.runners.values() if r.live or r.phase == Phase.ERROR]
+        if len(live) >= self.settings.max_runners:
+            self._ack(Ack(request_id, False, f"agent at capacity ({self.settings.max_runners} runners)"))
+            return
+        try:
+            template = (self.templates.get(template_name) if template_name
+                        else self.templates.for_resource_type(resource_type))
+            if template is None:
+                raise TemplateError(f"no template serves resource type {resource_type!r}")
+            key = self._client_key(template)
+        except (TemplateError, ConfigError, OSError, asyncssh.KeyImportError) as e:
+            self._ack(Ack(request_id, False, str(e)))
+            return
+        spec = RunnerSpec(runner_id, runner_name, setup_script, template, resource_type, labels)
+        mac = new_mac({r.mac for r in self.runners.values()})
+        runner = Runner(spec, mac, self.settings, self.lease_file, key, self._runner_changed)
+        self.runners[runner_id] = runner
+        runner.start()
+        self._ack(Ack(request_id, True))
+        self._publish()
+
+    def handle_delete(self, request_id: str, runner_id: str) -> None:
+        if request_id in self._handled:
+            self._ack(self._handled[request_id])
+            return
+        runner = self.runners.get(runner_id)
+        if runner is None:
+            self._ack(Ack(request_id, True))  # already gone: deleting is idempotent
+            return
+        self._deletes.setdefault(runner_id, []).append(request_id)
+        runner.delete()
+
+    def _client_key(self, template: Template) -> asyncssh.SSHKey:
+        path = self.settings.ssh_key or template.sim_client_key
+        if str(path) not in self._keys:
+            if not path.is_file():
+                raise ConfigError(f"no SSH key for guests: set agent.ssh_key (looked at {path})")
+            self._keys[str(path)] = asyncssh.read_private_key(str(path))
+        return self._keys[str(path)]
+
+    # -- state fan-out ----------------------------------------------------------------------------
+    def _runner_changed(self, runner: Runner) -> None:
+        if runner.phase == Phase.RUNNING and runner.runner_id not in self._observed:
+            self._observed.add(runner.runner_id)
+            t = runner.timings
+            self.metrics.observe(t.clone, t.boot_to_ssh, t.total)
+        if runner.phase == Phase.GONE:
+            self.runners.pop(runner.runner_id, None)
+            self._observed.discard(runner.runner_id)
+            for rid in self._deletes.pop(runner.runner_id, []):
+                self._ack(Ack(rid, True))
+        self._publish()
+
+    def _publish(self) -> None:
+        self.changed.set()
+        self._state.update(self.snapshot())
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "driver": self.settings.driver,
+            "max_runners": self.settings.max_runners,
+            "runners": [
+                {
+                    "runner_id": r.runner_id, "runner_name": r.spec.runner_name, "state": r.phase.value,
+                    "guest_runner_state": r.guest_state.value, "ip_address": r.ip, "mac_address": str(r.mac),
+                    "template": r.spec.template.name, "resource_type": r.spec.resource_type,
+                    "error": r.error, "created_at": r.created_at, "timings": dict(r.timings.__dict__),
+                    "bundle": str(r.bundle.path),
+                }
+                for r in self.runners.values()
+            ],
+        }

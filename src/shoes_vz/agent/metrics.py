@@ -1,0 +1,40 @@
+"""The agent's /metrics (DESIGN §10), for its own runners."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+
+from shoes_vz.core.states import Phase
+
+STARTUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+class AgentMetrics:
+    def __init__(self, phases: Callable[[], Iterable[Phase]], capacity: int) -> None:
+        self.registry = CollectorRegistry()
+        self.phases = phases
+        self.runners = Gauge("shoesvz_runners_total", "runners on this agent by state", ["state"],
+                             registry=self.registry)
+        cap = Gauge("shoesvz_capacity_total_runners", "runner slots on this agent", registry=self.registry)
+        cap.set(capacity)
+        self.startup = Histogram(
+            "shoesvz_runner_startup_duration_seconds", "runner startup phases", ["phase"],
+            buckets=STARTUP_BUCKETS, registry=self.registry,
+        )
+
+    def observe(self, clone: float | None, boot_to_ssh: float | None, total: float | None) -> None:
+        for phase, value in (("clone", clone), ("boot_to_ssh", boot_to_ssh), ("total", total)):
+            if value is not None:
+                self.startup.labels(phase=phase).observe(value)
+
+    async def handle(self, _request: web.Request) -> web.Response:
+        counts = dict.fromkeys((p for p in Phase if p is not Phase.GONE), 0)
+        for p in self.phases():
+            if p in counts:
+                counts[p] += 1
+        for p, n in counts.items():
+            self.runners.labels(state=p.value).set(n)
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,259 @@
+"""`Runner`: one runner's life on this host, carrying out the lifecycle table's effects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncssh
+
+from shoes_vz.agent import ssh, supervisor
+from shoes_vz.agent.lifecycle import Event, advance
+from shoes_vz.config import AgentSettings
+from shoes_vz.core.errors import RunnerFailed
+from shoes_vz.core.states import LIVE_PHASES, GuestState, Phase
+from shoes_vz.template import Template
+from shoes_vz.vm import clone
+from shoes_vz.vm.bundle import Bundle
+from shoes_vz.vm.exit_status import VMExit, describe
+from shoes_vz.vm.identity import write_machine_identifier
+from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timings:
+    clone: float | None = None
+    boot_to_ssh: float | None = None
+    total: float | None = None
+
+
+@dataclass
+class GuestAddress:
+    ip: str
+    token: str = ""
+    source: str = "notify"  # or "lease"
+
+
+@dataclass
+class RunnerSpec:
+    runner_id: str
+    runner_name: str
+    setup_script: str
+    template: Template
+    resource_type: str = ""
+    labels: list[str] = field(default_factory=list)
+
+
+class Runner:
+    def __init__(
+        self,
+        spec: RunnerSpec,
+        mac: MACAddress,
+        settings: AgentSettings,
+        lease_file: Path,
+        client_key: asyncssh.SSHKey,
+        on_change: Callable[[Runner], None],
+    ) -> None:
+        self.spec = spec
+        self.mac = mac
+        self.settings = settings
+        self.lease_file = lease_file
+        self.client_key = client_key
+        self.on_change = on_change
+        self.phase = Phase.CREATING
+        self.guest_state = GuestState.UNSPECIFIED
+        self.error = ""
+        self.capacity_error = False
+        self.ip = ""
+        self.token = ""
+        self.timings = Timings()
+        self.created_at = time.time()
+        self.bundle = Bundle.for_runner(settings.runners_dir, spec.runner_id)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.address: asyncio.Future[GuestAddress] = asyncio.get_running_loop().create_future()
+        self._task: asyncio.Task[None] | None = None
+        self._teardown: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.gone = asyncio.Event()
+
+    @property
+    def runner_id(self) -> str:
+        return self.spec.runner_id
+
+    @property
+    def live(self) -> bool:
+        return self.phase in LIVE_PHASES
+
+    # -- transitions ------------------------------------------------------------------------------
+    def _on(self, event: Event) -> None:
+        new = advance(self.phase, event)
+        if new != self.phase:
+            log.info("runner %s (%s): %s → %s", self.runner_id, self.spec.runner_name, self.phase, new)
+            self.phase = new
+            self.on_change(self)
+
+    def fail(self, message: str, *, capacity: bool = False) -> None:
+        if self.phase in (Phase.TEARING_DOWN, Phase.GONE, Phase.ERROR):
+            return
+        self.error = message
+        self.capacity_error = capacity
+        log.warning("runner %s failed: %s", self.runner_id, message)
+        self._on(Event.FAILED)
+        self.delete()  # never repair: destroy, myshoes retries
+
+    # -- create -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._create(), name=f"runner-{self.runner_id}")
+
+    async def _create(self) -> None:
+        s = self.settings
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(s.create_timeout):
+                await asyncio.to_thread(self._make_bundle)
+                self.timings.clone = time.monotonic() - started
+                self.proc = await supervisor.spawn(
+                    self.bundle, s.driver, lease_file=self.lease_file,
+                    boot_delay=s.sim_boot_delay, stop_grace=s.stop_grace,
+                )
+                self._on(Event.CLONED)
+                self._watcher = asyncio.create_task(self._watch_vm())
+                addr = await asyncio.wait_for(self._wait_address(), s.boot_to_ip_timeout)
+                self.ip = addr.ip
+                meta = self.spec.template.meta
+                conn = await ssh.wait_ready(
+                    addr.ip, meta.ssh_port, meta.ssh_user, self.client_key,
+                    asyncssh.import_public_key(meta.ssh_host_key), s.ip_to_ssh_timeout,
+                )
+                ready = time.time()
+                try:
+                    vm_started = (await asyncio.to_thread(self.bundle.read_metadata)).get("started_at")
+                    self.timings.boot_to_ssh = ready - float(vm_started) if vm_started else None
+                    self._on(Event.SSH_READY)
+                    await ssh.start_detached(conn, self.spec.setup_script)
+                finally:
+                    conn.close()
+                self.timings.total = time.monotonic() - started
+                await asyncio.to_thread(
+                    self.bundle.update_metadata, ip_address=self.ip, ssh_ready_at=ready,
+                    timings=self.timings.__dict__,
+                )
+                self._on(Event.SETUP_STARTED)
+        except TimeoutError:
+            self.fail(f"not ready within the deadline while {self.phase} (create_timeout "
+                      f"{s.create_timeout:.0f}s, boot_to_ip {s.boot_to_ip_timeout:.0f}s, "
+                      f"ip_to_ssh {s.ip_to_ssh_timeout:.0f}s)")
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.fail(f"{type(e).__name__}: {e}" if not isinstance(e, RunnerFailed) else str(e))
+            return
+        await self._poll_guest()
+
+    def _make_bundle(self) -> None:
+        """Clone the template into a temp dir with a fresh identity, then rename into place."""
+        t = self.spec.template
+        t.check()
+        tmp = Bundle.temporary_for(self.settings.runners_dir, self.runner_id)
+        self.settings.runners_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp.path, ignore_errors=True)
+        tmp.path.mkdir()
+        try:
+            clone.clone_file(t.disk, tmp.disk, allow_copy=self.settings.allow_copy)
+            clone.clone_file(t.aux_storage, tmp.aux_storage, allow_copy=self.settings.allow_copy)
+            for p in (tmp.disk, tmp.aux_storage):
+                os.chmod(p, 0o600)  # the runner's copy is writable, the template is not
+            shutil.copyfile(t.hardware_model, tmp.hardware_model)
+            write_machine_identifier(tmp.machine_identifier)
+            meta = t.meta
+            tmp.update_metadata(
+                runner_id=self.runner_id, runner_name=self.spec.runner_name,
+                mac_address=str(self.mac), template=t.name, template_dir=str(t.path),
+                resource_type=self.spec.resource_type, labels=self.spec.labels,
+                driver=self.settings.driver, notify_url=self.settings.effective_notify_url(),
+                ssh_port=meta.ssh_port, ssh_user=meta.ssh_user,
+                runner_agent_port=self.settings.runner_agent_port,
+                cpu_count=meta.cpu_count, memory_bytes=meta.memory_bytes, created_at=self.created_at,
+            )
+            os.rename(tmp.path, self.bundle.path)
+        except BaseException:
+            shutil.rmtree(tmp.path, ignore_errors=True)
+            raise
+
+    async def _wait_address(self) -> GuestAddress:
+        """The notify (matched by the agent) or, failing that, the newest lease for our MAC."""
+        while True:
+            if self.address.done():
+                return self.address.result()
+            lease = newest_lease_for(await asyncio.to_thread(read_leases, self.lease_file), self.mac)
+            if lease is not None:
+                return GuestAddress(lease.ip, source="lease")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.address), 0.05)
+
+    def notified(self, ip: str, token: str) -> None:
+        """A matched IP notify: the guest's address and its per-boot /exec token."""
+        self.token = token
+        if not self.address.done():
+            self.address.set_result(GuestAddress(ip, token))
+        elif self.ip and ip != self.ip:
+            log.warning("runner %s re-announced with another address %s (was %s)", self.runner_id, ip, self.ip)
+
+    async def _watch_vm(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if self.live:
+            self.fail(f"VM process exited while {self.phase}: {describe(code)} (log: {self.bundle.log_file})",
+                      capacity=code == VMExit.CAPACITY)
+
+    async def _poll_guest(self) -> None:
+        """Track the runner inside the guest through the runner-agent's /status."""
+        url = f"http://{self.ip}:{self.settings.runner_agent_port}/status"
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while self.phase == Phase.RUNNING:
+                try:
+                    async with http.get(url) as resp:
+                        data: dict[str, Any] = await resp.json()
+                    state = GuestState(str(data.get("state", "")).lower())
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    state = GuestState.OFFLINE if self.guest_state != GuestState.UNSPECIFIED else self.guest_state
+                if state != self.guest_state:
+                    self.guest_state = state
+                    self.on_change(self)
+                await asyncio.sleep(self.settings.guest_poll_interval)
+
+    # -- teardown ---------------------------------------------------------------------------------
+    def delete(self) -> asyncio.Task[None]:
+        if self._teardown is None:
+            self._teardown = asyncio.create_task(self._tear_down(), name=f"teardown-{self.runner_id}")
+        return self._teardown
+
+    async def _tear_down(self) -> None:
+        self._on(Event.DELETE)
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        try:
+            await supervisor.stop(self.bundle, self.proc, self.settings.stop_grace)
+            await asyncio.to_thread(shutil.rmtree, self.bundle.path, True)
+            await asyncio.to_thread(
+                shutil.rmtree, Bundle.temporary_for(self.settings.runners_dir, self.runner_id).path, True
+            )
+        except Exception as e:  # teardown must finish; report what was left
+            log.error("runner %s teardown problem: %s", self.runner_id, e)
+        self._on(Event.TORN_DOWN)
+        self.gone.set()

@@ -1,0 +1,37 @@
+"""`runner-state.json`: the host's view of its runners, rewritten atomically on every change."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from shoes_vz.vm.bundle import write_json_atomic
+
+
+class StateFile:
+    """Coalesces bursts of changes: at most one write in flight, the newest snapshot wins."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending: dict[str, Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def update(self, snapshot: dict[str, Any]) -> None:
+        self._pending = {**snapshot, "updated_at": time.time()}
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending is not None:
+            data, self._pending = self._pending, None
+            await asyncio.to_thread(self._write, data)
+
+    def _write(self, data: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, data)
+
+    async def drain(self) -> None:
+        if self._task is not None:
+            await self._task

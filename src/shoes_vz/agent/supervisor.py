@@ -1,0 +1,62 @@
+"""Starting and stopping `vm run` processes (one per runner, each in its own session)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from shoes_vz.vm import control
+from shoes_vz.vm.bundle import Bundle
+
+
+async def spawn(
+    bundle: Bundle, driver: str, *, lease_file: Path, boot_delay: float, stop_grace: float
+) -> asyncio.subprocess.Process:
+    # `python -m shoes_vz.vm.process` is `shoes-vz vm run` without the CLI's import cost
+    with open(bundle.log_file, "ab") as log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shoes_vz.vm.process", str(bundle.path),
+            "--driver", driver, "--lease-file", str(lease_file),
+            "--boot-delay", str(boot_delay), "--stop-grace", str(stop_grace),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+            start_new_session=True,  # an agent crash must not take its VMs down
+        )
+
+
+async def wait_gone(bundle: Bundle, proc: asyncio.subprocess.Process | None, timeout: float) -> bool:
+    """Wait until the vm process has exited (and released the lock); True if it did in time."""
+    deadline = time.monotonic() + timeout
+    if proc is not None:
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            return False
+    while bundle.is_running():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def stop(bundle: Bundle, proc: asyncio.subprocess.Process | None, grace: float) -> None:
+    """Graceful stop through the control socket, then SIGKILL to the whole session."""
+    pid = proc.pid if proc is not None and proc.returncode is None else bundle.lock_holder()
+    if not pid or pid < 0:
+        return
+    with contextlib.suppress(OSError, TimeoutError, ValueError):
+        await control.request(bundle.control_socket, "stop", timeout=2.0)
+    if not await wait_gone(bundle, proc, grace + 2.0):
+        _kill_session(pid)
+        await wait_gone(bundle, proc, 5.0)
+    _kill_session(pid)  # leftovers of a guest, if any
+    await asyncio.to_thread(bundle.kill_strays)
+
+
+def _kill_session(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

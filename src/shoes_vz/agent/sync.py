@@ -1,0 +1,150 @@
+"""The agent's side of AgentService: register, then one bidi `Sync` stream, reconnecting with
+capped exponential backoff and jitter. Protobuf stays in this module."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import random
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from shoes_vz import __version__
+from shoes_vz.wire import agent_pb2 as pb
+from shoes_vz.wire import agent_pb2_grpc as pbg
+from shoes_vz.wire.convert import guest_to_wire, phase_to_state
+
+if TYPE_CHECKING:
+    from shoes_vz.agent.app import Ack, Agent
+    from shoes_vz.agent.runner import Runner
+
+log = logging.getLogger(__name__)
+BACKOFF_BASE = 0.2
+BACKOFF_CAP = 15.0
+HEALTHY_AFTER = 10.0
+
+
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Capped exponential backoff with full jitter in [cap/2, cap] of the step."""
+    step = min(BACKOFF_CAP, BACKOFF_BASE * (2**attempt))
+    return step * (0.5 + (rng or random).random() / 2)
+
+
+def runner_message(r: Runner, agent_id: str) -> pb.Runner:
+    t = r.timings
+    created = Timestamp()
+    created.FromSeconds(int(r.created_at))
+    return pb.Runner(
+        runner_id=r.runner_id, runner_name=r.spec.runner_name, agent_id=agent_id,
+        state=phase_to_state(r.phase), ip_address=r.ip, created_at=created, error_message=r.error,
+        guest_runner_state=guest_to_wire(r.guest_state),
+        timings=pb.PhaseTimings(clone_seconds=t.clone or 0, boot_to_ssh_seconds=t.boot_to_ssh or 0,
+                                total_seconds=t.total or 0),
+        mac_address=str(r.mac), template=r.spec.template.name, resource_type=r.spec.resource_type,
+        capacity_error=r.capacity_error,
+    )
+
+
+def ack_message(a: Ack) -> pb.CommandAck:
+    return pb.CommandAck(request_id=a.request_id, ok=a.ok, error=a.error)
+
+
+class SyncClient:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.s = agent.settings
+        self.connected = asyncio.Event()
+        self._metadata = (("authorization", f"Bearer {self.s.token}"),) if self.s.token else ()
+
+    def _channel(self) -> grpc.aio.Channel:
+        opts = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_permit_without_calls", 1)]
+        if self.s.tls_ca:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.s.tls_ca.read_bytes())
+            return grpc.aio.secure_channel(self.s.server_addr, creds, options=opts)
+        return grpc.aio.insecure_channel(self.s.server_addr, options=opts)
+
+    def _register_request(self) -> pb.RegisterAgentRequest:
+        a = self.agent
+        return pb.RegisterAgentRequest(
+            agent_id=a.agent_id, hostname=socket.gethostname(),
+            capacity=pb.AgentCapacity(max_runners=self.s.max_runners, cpu_cores=a.cpu_cores,
+                                      memory_bytes=a.memory_bytes),
+            templates=[
+                pb.Template(name=t.name, version=t.meta.version, resource_types=t.meta.resource_types,
+                            cpu_cores=t.meta.cpu_count, memory_bytes=t.meta.memory_bytes)
+                for t in a.templates.list()
+            ],
+            host=pb.HostFacts(os=f"{platform.system()} {platform.release()}", arch=platform.machine(),
+                              driver=self.s.driver, agent_version=__version__),
+        )
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with self._channel() as channel:
+                    stub = pbg.AgentServiceStub(channel)
+                    reply = await stub.RegisterAgent(self._register_request(), metadata=self._metadata,
+                                                     timeout=10)
+                    interval = reply.sync_interval_seconds or 5
+                    log.info("registered as agent %s with %s", self.agent.agent_id, self.s.server_addr)
+                    connected_at = time.monotonic()
+                    try:
+                        await self._stream(stub, float(interval))
+                    finally:
+                        if time.monotonic() - connected_at > HEALTHY_AFTER:
+                            attempt = 0  # a stream that lived a while resets the backoff
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                log.warning("sync with %s lost: %s %s", self.s.server_addr, e.code().name, e.details())
+            except Exception as e:
+                log.warning("sync with %s failed: %r", self.s.server_addr, e)
+            finally:
+                self.connected.clear()
+            delay = backoff_delay(attempt)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _stream(self, stub: pbg.AgentServiceStub, interval: float) -> None:
+        call = stub.Sync(metadata=self._metadata)
+        self.connected.set()
+        sender = asyncio.create_task(self._send_loop(call, interval))
+        try:
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    raise ConnectionError("server closed the Sync stream")
+                kind = msg.WhichOneof("command")
+                if kind == "create_runner":
+                    c = msg.create_runner
+                    self.agent.handle_create(c.request_id, c.runner_id, c.runner_name, c.setup_script,
+                                             c.resource_type, c.template, list(c.labels))
+                elif kind == "delete_runner":
+                    self.agent.handle_delete(msg.delete_runner.request_id, msg.delete_runner.runner_id)
+                if sender.done():
+                    sender.result()
+        finally:
+            sender.cancel()
+            call.cancel()
+
+    async def _send_loop(self, call: grpc.aio.StreamStreamCall, interval: float) -> None:
+        a = self.agent
+        while True:
+            a.changed.clear()
+            acks = a.take_acks()
+            runners = [r for r in a.runners.values()]
+            await call.write(pb.SyncRequest(
+                agent_id=a.agent_id, active_runners=sum(1 for r in runners if r.live),
+                runners=[runner_message(r, a.agent_id) for r in runners],
+                acks=[ack_message(x) for x in acks],
+            ))
+            try:
+                await asyncio.wait_for(a.changed.wait(), interval)
+            except TimeoutError:
+                pass

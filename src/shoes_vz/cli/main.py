@@ -1,0 +1,239 @@
+"""The `shoes-vz` command. Each command parses, makes one call and prints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from shoes_vz import __version__
+from shoes_vz.core.errors import ShoesVzError
+
+app = typer.Typer(help="Ephemeral macOS VMs on Apple Silicon as GitHub Actions runners for myshoes.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+vm_app = typer.Typer(help="The per-VM process (started by the agent).", no_args_is_help=True)
+template_app = typer.Typer(help="Golden templates.", no_args_is_help=True)
+app.add_typer(vm_app, name="vm")
+app.add_typer(template_app, name="template")
+err = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML file ([server]/[agent] tables)",
+                                                envvar="SHOESVZ_CONFIG")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _fail(e: Exception) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {e}")
+    return typer.Exit(1)
+
+
+async def _serve_until_signal(obj: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with obj:
+        await stop.wait()
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+@app.command()
+def server(
+    config: ConfigOpt = None,
+    listen: Annotated[str | None, typer.Option(help="gRPC HOST:PORT")] = None,
+    metrics_listen: Annotated[str | None, typer.Option(help="/metrics HOST:PORT ('' disables)")] = None,
+    db: Annotated[Path | None, typer.Option(help="SQLite database path")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the server: ShoesService for myshoes, AgentService for agents, /metrics."""
+    from shoes_vz import config as cfg
+    from shoes_vz.server.app import ServerApp
+
+    _logging(verbose)
+    try:
+        settings = cfg.load(cfg.ServerSettings, config, listen=listen, metrics_listen=metrics_listen, db_path=db)
+        asyncio.run(_serve_until_signal(ServerApp(settings)))
+    except ShoesVzError as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def agent(
+    config: ConfigOpt = None,
+    server_addr: Annotated[str | None, typer.Option(help="server gRPC HOST:PORT")] = None,
+    driver: Annotated[str | None, typer.Option(help="vz or sim")] = None,
+    templates_dir: Annotated[Path | None, typer.Option()] = None,
+    runners_dir: Annotated[Path | None, typer.Option()] = None,
+    state_dir: Annotated[Path | None, typer.Option()] = None,
+    max_runners: Annotated[int | None, typer.Option()] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the agent on this host: clones, boots and tears down runners."""
+    from shoes_vz import config as cfg
+    from shoes_vz.agent.app import Agent
+
+    _logging(verbose)
+    try:
+        settings = cfg.load(cfg.AgentSettings, config, server_addr=server_addr, driver=driver,
+                            templates_dir=templates_dir, runners_dir=runners_dir, state_dir=state_dir,
+                            max_runners=max_runners)
+        asyncio.run(_serve_until_signal(_KeepVMs(Agent(settings))))
+    except ShoesVzError as e:
+        raise _fail(e) from None
+
+
+class _KeepVMs:
+    """The daemon's exit leaves VMs running: a restarted agent takes them back."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    async def __aenter__(self) -> Any:
+        await self.agent.start()
+        return self.agent
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.agent.stop(tear_down=False)
+
+
+@vm_app.command("run", context_settings={"allow_extra_args": True})
+def vm_run(
+    bundle: Path,
+    driver: Annotated[str, typer.Option(help="sim or vz")] = "sim",
+    boot_delay: Annotated[float, typer.Option(help="sim: seconds the guest takes to boot")] = 0.0,
+    lease_file: Annotated[Path | None, typer.Option(help="sim: dhcpd_leases file to write")] = None,
+    stop_grace: Annotated[float, typer.Option(help="seconds from stop request to hard stop")] = 10.0,
+) -> None:
+    """Own one VM until it stops (holds the bundle lock, serves BUNDLE/control.sock)."""
+    from shoes_vz.vm import process
+
+    argv = [str(bundle), "--driver", driver, "--boot-delay", str(boot_delay), "--stop-grace", str(stop_grace)]
+    if lease_file is not None:
+        argv += ["--lease-file", str(lease_file)]
+    raise typer.Exit(process.main(argv))
+
+
+@app.command("runner-agent", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def runner_agent(ctx: typer.Context) -> None:
+    """The in-guest runner-agent (same as `shoes-vz-runner-agent`)."""
+    from shoes_vz.guest import runner_agent as ra
+
+    raise typer.Exit(ra.main(list(ctx.args)) or 0)
+
+
+@template_app.command("init-sim")
+def template_init_sim(
+    name: str,
+    templates_dir: Annotated[Path, typer.Option(help="where templates live")] = Path("/opt/myshoes/vz/templates"),
+    resource_types: Annotated[str, typer.Option(help="comma-separated types served")] = "",
+    disk_gib: Annotated[int, typer.Option(help="sparse Disk.img size")] = 64,
+    authorized_key: Annotated[Path | None, typer.Option(help="public key the agent will use")] = None,
+) -> None:
+    """Make a sim template (simulated guest) with the seed's layout, frozen read-only."""
+    from shoes_vz.template import init_sim
+
+    try:
+        t = init_sim(templates_dir, name,
+                     resource_types=[x.strip() for x in resource_types.split(",") if x.strip()] or None,
+                     disk_bytes=disk_gib * 1024**3,
+                     authorized_key=authorized_key.read_text() if authorized_key else None)
+    except (ShoesVzError, OSError) as e:
+        raise _fail(e) from None
+    out.print(f"template [bold]{t.name}[/] at {t.path} serves {', '.join(t.meta.resource_types)}")
+
+
+@template_app.command("list")
+def template_list(
+    templates_dir: Annotated[Path, typer.Option()] = Path("/opt/myshoes/vz/templates"),
+) -> None:
+    """List templates and what they serve."""
+    from rich.table import Table
+
+    from shoes_vz.template import TemplateStore
+
+    table = Table("name", "driver", "version", "resource types", "cpu", "memory GiB")
+    for t in TemplateStore(templates_dir).list():
+        m = t.meta
+        table.add_row(m.name, m.driver, m.version, ", ".join(m.resource_types), str(m.cpu_count),
+                      f"{m.memory_bytes / 1024**3:.0f}")
+    out.print(table)
+
+
+@app.command()
+def up(
+    runners: Annotated[int, typer.Option("--runners", "-n", help="runners to drive through the lifecycle")] = 3,
+    concurrency: Annotated[int, typer.Option(help="runners at once (agent capacity)")] = 2,
+    boot_delay: Annotated[float, typer.Option(help="sim guest boot time, seconds")] = 0.0,
+    keep: Annotated[bool, typer.Option(help="keep the temp state dir for inspection")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Bring up server + one sim agent on loopback, drive runners through their lifecycle, report."""
+    from shoes_vz.demo import run_demo
+
+    if verbose:
+        _logging(True)
+    try:
+        code = asyncio.run(run_demo(runners=runners, concurrency=concurrency, boot_delay=boot_delay,
+                                    keep=keep, console=out))
+    except ShoesVzError as e:
+        raise _fail(e) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    state_file: Annotated[Path, typer.Option(help="the agent's runner-state.json")] = Path(
+        "/var/run/myshoes/runner-state.json"),
+) -> None:
+    """Show this host's runners (from the agent's runner-state.json)."""
+    import json
+
+    from rich.table import Table
+
+    try:
+        data = json.loads(state_file.read_text())
+    except (OSError, ValueError) as e:
+        raise _fail(ShoesVzError(f"cannot read {state_file}: {e}")) from None
+    table = Table("runner", "name", "state", "guest", "ip", "clone s", "boot→ssh s", "total s", "error",
+                  title=f"agent {data.get('agent_id', '?')} ({data.get('driver', '?')}, "
+                        f"{len(data.get('runners', []))}/{data.get('max_runners', '?')} slots)")
+    for r in data.get("runners", []):
+        t = r.get("timings", {})
+        table.add_row(r["runner_id"], r["runner_name"], r["state"], r.get("guest_runner_state", ""),
+                      r.get("ip_address", ""), *(f"{t[k]:.3f}" if t.get(k) is not None else "-"
+                                                  for k in ("clone", "boot_to_ssh", "total")),
+                      r.get("error", "")[:60])
+    out.print(table)
+
+
+# commands contributed by optional packages (vz/doctor on macOS, the myshoes plugin)
+for _mod in ("shoes_vz.cli.macos", "shoes_vz.cli.plugin"):
+    with contextlib.suppress(ImportError):
+        importlib.import_module(_mod).register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Plain types shared by every package. Imports nothing else of shoes-vz."""

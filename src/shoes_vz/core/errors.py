@@ -1,0 +1,59 @@
+"""The shoes-vz error tree.
+
+    ShoesVzError
+    ├── ConfigError            bad configuration (file, env, flags)
+    ├── InvalidInput           input that can never succeed (gRPC INVALID_ARGUMENT)
+    ├── NotFound               unknown runner / cloud_id (gRPC NOT_FOUND)
+    ├── CapacityExhausted      no free slot now; retry later (gRPC RESOURCE_EXHAUSTED)
+    ├── CloneError             the volume cannot clone (EXDEV, ENOTSUP, ...)
+    ├── BundleError            a runner bundle is missing, locked or malformed
+    ├── DriverError            the VM driver failed (carries an exit status)
+    ├── TemplateError          a template is missing, writable or fails its digest
+    └── RunnerFailed           a runner step failed or timed out (the runner goes to ERROR)
+"""
+
+from __future__ import annotations
+
+
+class ShoesVzError(Exception):
+    """Base of every error shoes-vz raises on purpose."""
+
+
+class ConfigError(ShoesVzError):
+    pass
+
+
+class InvalidInput(ShoesVzError):
+    pass
+
+
+class NotFound(ShoesVzError):
+    pass
+
+
+class CapacityExhausted(ShoesVzError):
+    pass
+
+
+class CloneError(ShoesVzError):
+    pass
+
+
+class BundleError(ShoesVzError):
+    pass
+
+
+class DriverError(ShoesVzError):
+    """A driver failure. `capacity` marks host-capacity failures (VZ error code 6)."""
+
+    def __init__(self, message: str, *, capacity: bool = False) -> None:
+        super().__init__(message)
+        self.capacity = capacity
+
+
+class TemplateError(ShoesVzError):
+    pass
+
+
+class RunnerFailed(ShoesVzError):
+    pass

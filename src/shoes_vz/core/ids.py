@@ -1,0 +1,58 @@
+"""Identifiers and input limits (DESIGN §3.1, §9). The only place that formats or parses ids."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from shoes_vz.core.errors import InvalidInput
+
+SHOES_TYPE = "shoes-vz"
+CLOUD_ID_PREFIX = "shoes-vz-"
+RUNNER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUNNER_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+MAX_SETUP_SCRIPT_BYTES = 1024 * 1024
+MAX_LABELS = 64
+MAX_LABEL_CHARS = 256
+
+
+def new_runner_id() -> str:
+    """A server-generated runner id; also the bundle's directory name, never a user string."""
+    return secrets.token_hex(8)
+
+
+def cloud_id(runner_id: str) -> str:
+    return CLOUD_ID_PREFIX + runner_id
+
+
+def runner_id_from_cloud_id(value: str) -> str | None:
+    """The runner id inside a cloud_id, or None when it cannot be one of ours."""
+    if not value.startswith(CLOUD_ID_PREFIX):
+        return None
+    rid = value[len(CLOUD_ID_PREFIX) :]
+    return rid if RUNNER_ID_RE.match(rid) else None
+
+
+def validate_runner_name(name: str) -> None:
+    if not RUNNER_NAME_RE.match(name):
+        raise InvalidInput(
+            f"runner_name {name[:140]!r} is invalid: it must match {RUNNER_NAME_RE.pattern}"
+        )
+
+
+def validate_setup_script(script: str) -> None:
+    size = len(script.encode())
+    if size > MAX_SETUP_SCRIPT_BYTES:
+        raise InvalidInput(f"setup_script is {size} bytes; the limit is {MAX_SETUP_SCRIPT_BYTES} bytes")
+    if "\x00" in script:
+        raise InvalidInput("setup_script contains a NUL byte")
+
+
+def validate_labels(labels: list[str]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise InvalidInput(f"{len(labels)} labels given; the limit is {MAX_LABELS}")
+    for label in labels:
+        if not label or len(label) > MAX_LABEL_CHARS or any(c in label for c in "\x00\n\r"):
+            raise InvalidInput(
+                f"label {label[:40]!r} is invalid: 1..{MAX_LABEL_CHARS} characters, no control characters"
+            )

@@ -1,0 +1,24 @@
+"""Resource types as myshoes names them (DESIGN §3.1)."""
+
+from __future__ import annotations
+
+from shoes_vz.core.errors import InvalidInput
+
+RESOURCE_TYPES: tuple[str, ...] = (
+    "nano", "micro", "small", "medium", "large", "xlarge", "2xlarge", "3xlarge", "4xlarge",
+)
+# upstream shoes-vz spells the big ones differently
+ALIASES = {"xlarge2": "2xlarge", "xlarge3": "3xlarge", "xlarge4": "4xlarge"}
+
+
+def normalize_resource_type(value: str, default: str) -> str:
+    """myshoes' name for a resource type; empty or "unknown" means the configured default."""
+    name = value.strip().lower()
+    if name in ("", "unknown"):
+        name = default
+    name = ALIASES.get(name, name)
+    if name not in RESOURCE_TYPES:
+        raise InvalidInput(
+            f"resource_type {value[:40]!r} is unknown; expected one of {', '.join(RESOURCE_TYPES)}"
+        )
+    return name

@@ -1,0 +1,160 @@
+"""`shoes-vz up` / `make run`: the whole fast path on this machine, with a timing table.
+
+Server + one sim agent come up on loopback in a temp dir; N runners are created through
+ShoesService with a setup_script that imitates the actions runner, seen reaching IDLE in the
+guest, deleted; clone / boot_to_ssh / total P50 and P95 are printed; nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from shoes_vz.core.timings import percentile
+from shoes_vz.stack import LocalStack
+from shoes_vz.wire import shoes_pb2 as pb
+from shoes_vz.wire import shoes_pb2_grpc as pbg
+
+# What myshoes' setup script ends in: config.sh writes .runner, run.sh keeps Runner.Listener up
+# and logs "Listening for Jobs". This imitation does the same visible things, in seconds.
+FAKE_RUNNER_SCRIPT = """#!/bin/sh
+set -e
+cd "${SHOESVZ_GUEST_HOME:-$HOME}"
+printf '{"agentId": %d, "agentName": "%s", "poolId": 1}\\n' "$$" "__NAME__" > .runner
+mkdir -p _diag
+log="_diag/Runner_$(date -u +%Y%m%d-%H%M%S)-utc.log"
+bash -c 'exec -a Runner.Listener sleep 86400' &
+echo "[$(date -u '+%Y-%m-%d %H:%M:%SZ') INFO Runner] Listening for Jobs" >> "$log"
+wait
+"""
+
+
+def fake_runner_script(name: str) -> str:
+    return FAKE_RUNNER_SCRIPT.replace("__NAME__", name)
+
+
+@dataclass
+class RunResult:
+    name: str
+    cloud_id: str = ""
+    ip: str = ""
+    add_seconds: float = 0.0
+    idle_seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+async def drive_runner(stack: LocalStack, stub: pbg.ShoesServiceStub, name: str,
+                       metadata: tuple[tuple[str, str], ...]) -> RunResult:
+    res = RunResult(name)
+    t0 = time.monotonic()
+    try:
+        reply = await stub.AddInstance(
+            pb.AddInstanceRequest(runner_name=name, setup_script=fake_runner_script(name), resource_type="small",
+                                  labels=["self-hosted", "macOS", "sim"]),
+            metadata=metadata, timeout=120,
+        )
+    except grpc.aio.AioRpcError as e:
+        res.error = f"AddInstance: {e.code().name}: {e.details()}"
+        return res
+    res.add_seconds = time.monotonic() - t0
+    res.cloud_id, res.ip = reply.cloud_id, reply.ip_address
+    runner_id = reply.cloud_id.removeprefix("shoes-vz-")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r = _runner(stack.runner_state(), runner_id)
+        if r and r.get("guest_runner_state") == "idle":
+            res.idle_seconds = time.monotonic() - t0
+            res.timings = {k: v for k, v in r.get("timings", {}).items() if v is not None}
+            break
+        await asyncio.sleep(0.05)
+    else:
+        res.error = "guest runner never reported IDLE"
+    try:
+        await stub.DeleteInstance(pb.DeleteInstanceRequest(cloud_id=reply.cloud_id), metadata=metadata, timeout=30)
+    except grpc.aio.AioRpcError as e:
+        res.error = res.error or f"DeleteInstance: {e.code().name}: {e.details()}"
+    while _runner(stack.runner_state(), runner_id) and time.monotonic() < deadline + 30:
+        await asyncio.sleep(0.05)
+    return res
+
+
+def _runner(state: dict[str, Any], runner_id: str) -> dict[str, Any] | None:
+    return next((r for r in state.get("runners", []) if r.get("runner_id") == runner_id), None)
+
+
+def report(results: list[RunResult], console: Console, title: str) -> None:
+    table = Table(title=title)
+    for col in ("runner", "ip", "clone ms", "boot→ssh ms", "total ms", "AddInstance ms", "→ IDLE ms", "error"):
+        table.add_column(col, justify="left" if col in ("runner", "ip", "error") else "right")
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1000:.1f}"
+
+    for r in results:
+        table.add_row(r.name, r.ip, ms(r.timings.get("clone")), ms(r.timings.get("boot_to_ssh")),
+                      ms(r.timings.get("total")), ms(r.add_seconds or None), ms(r.idle_seconds or None),
+                      r.error[:60])
+    console.print(table)
+    summary = Table(title="startup phases (nearest-rank)")
+    for col in ("phase", "n", "P50 ms", "P95 ms"):
+        summary.add_column(col, justify="left" if col == "phase" else "right")
+    for phase in ("clone", "boot_to_ssh", "total"):
+        vals = [r.timings[phase] for r in results if phase in r.timings]
+        summary.add_row(phase, str(len(vals)), ms(percentile(vals, 50)), ms(percentile(vals, 95)))
+    console.print(summary)
+
+
+async def run_demo(*, runners: int, concurrency: int, boot_delay: float, keep: bool, console: Console) -> int:
+    root = Path(tempfile.mkdtemp(prefix="shoes-vz-up-"))
+    stack = LocalStack(root, max_runners=concurrency, boot_delay=boot_delay)
+    results: list[RunResult] = []
+    leftovers: list[str] = []
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)  # an interrupted demo still cleans up
+    try:
+        with console.status("starting server and sim agent…"):
+            await stack.start()
+        console.print(f"server {stack.server_addr}, one sim agent, state in {root}")
+        if not stack.reflink:
+            console.print(f"[yellow]warning:[/] {root} cannot reflink: bundles are full (sparse) copies; "
+                          "clone timings are not representative (use XFS reflink, btrfs or APFS)")
+        metadata = (("authorization", f"Bearer {stack.token}"),)
+        sem = asyncio.Semaphore(concurrency)
+        async with grpc.aio.insecure_channel(stack.server_addr) as ch:
+            stub = pbg.ShoesServiceStub(ch)
+
+            async def one(i: int) -> RunResult:
+                async with sem:
+                    r = await drive_runner(stack, stub, f"demo-runner-{i + 1}", metadata)
+                    console.print(f"  {r.name}: " + (f"[red]{r.error}[/]" if r.error else
+                                                      f"ready at {r.ip}, IDLE, deleted"))
+                    return r
+
+            with console.status(f"driving {runners} runners ({concurrency} at a time)…"):
+                results = list(await asyncio.gather(*(one(i) for i in range(runners))))
+    finally:
+        await stack.stop()
+        leftovers = stack.leftovers()
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    report(results, console, f"{runners} sim runners through ShoesService")
+    if leftovers:
+        console.print(f"[red]left behind:[/] {leftovers}")
+    else:
+        console.print("clean exit: no VM process or bundle left behind")
+    failed = [r for r in results if r.error]
+    return 1 if failed or leftovers else 0

@@ -1,0 +1,1 @@
+"""shoes-vz server."""

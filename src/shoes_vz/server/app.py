@@ -1,0 +1,148 @@
+"""`ServerApp`: the server's object graph — store, scheduler, gRPC services, /metrics.
+
+`async with ServerApp(settings) as app:` serves until the block ends (tests bind port 0 and read
+`app.port`); the CLI adds signal handling around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from shoes_vz.config import ServerSettings, split_hostport
+from shoes_vz.core.errors import ConfigError
+from shoes_vz.server.agent_service import AgentService
+from shoes_vz.server.hub import Hub
+from shoes_vz.server.metrics import ServerMetrics
+from shoes_vz.server.scheduler import Scheduler
+from shoes_vz.server.shoes_service import ShoesService
+from shoes_vz.server.store import Store
+from shoes_vz.wire import agent_pb2_grpc, shoes_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICES = ("shoes.vz.shoes.v1.ShoesService", "shoes.vz.agent.v1.AgentService")
+
+
+class BearerAuth(grpc.aio.ServerInterceptor):
+    """Every call but health checks carries `authorization: Bearer <token>`."""
+
+    def __init__(self, token: str) -> None:
+        self.expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if details.method.startswith("/grpc.health.v1.Health/"):
+            return await continuation(details)
+        got = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(str(got).encode(), self.expected):
+            return await continuation(details)
+
+        async def deny(_req: Any, ctx: grpc.aio.ServicerContext) -> None:
+            await ctx.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        handler = await continuation(details)
+        if handler is not None and handler.request_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny)  # type: ignore[arg-type]
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+class ServerApp:
+    def __init__(self, settings: ServerSettings) -> None:
+        settings.check_transport()
+        self.settings = settings
+        self.store = Store(settings.db_path)
+        self.hub = Hub(self.store)
+        self.scheduler = Scheduler(self.store)
+        self.metrics = ServerMetrics(self.store)
+        self.port = 0
+        self.metrics_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._web: web.AppRunner | None = None
+        self._monitor: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.store.aopen()
+        interceptors = [BearerAuth(s.token)] if s.token else []
+        server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+        ])
+        shoes_pb2_grpc.add_ShoesServiceServicer_to_server(ShoesService(self), server)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self), server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if s.tls_cert and s.tls_key:
+            creds = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
+            self.port = server.add_secure_port(s.listen, creds)
+        else:
+            self.port = server.add_insecure_port(s.listen)
+        if not self.port:
+            raise ConfigError(f"server: cannot listen on {s.listen}")
+        await server.start()
+        self._grpc = server
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if s.metrics_listen:
+            app = web.Application()
+            app.router.add_get("/metrics", self.metrics.handle)
+            self._web = web.AppRunner(app, access_log=None)
+            await self._web.setup()
+            host, port = split_hostport(s.metrics_listen)
+            site = web.TCPSite(self._web, host, port)
+            try:
+                await site.start()
+            except OSError as e:
+                raise ConfigError(f"server: cannot listen on {s.metrics_listen}: {e}") from e
+            sockets = getattr(site._server, "sockets", None) or []
+            self.metrics_port = int(sockets[0].getsockname()[1]) if sockets else port
+        self._monitor = asyncio.create_task(self._watch_agents(), name="agent-monitor")
+        log.info("server listening on %s (gRPC port %d)", s.listen, self.port)
+
+    async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        if self._grpc is not None:
+            await self.health.enter_graceful_shutdown()
+            for conn in list(self.hub.connections.values()):
+                conn.close()
+            await self._grpc.stop(grace=2)
+        if self._web is not None:
+            await self._web.cleanup()
+        await self.store.aclose()
+
+    async def __aenter__(self) -> ServerApp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _watch_agents(self) -> None:
+        """Heartbeats: silent agents go offline; unacked commands are re-sent."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(min(s.sync_interval, s.command_resend_after) / 2)
+            now = time.time()
+            for agent_id in await self.store.call(self.store.mark_stale_agents_offline, now - s.agent_offline_after):
+                log.warning("agent %s missed its heartbeats: offline", agent_id)
+                conn = self.hub.connections.get(agent_id)
+                if conn is not None:
+                    conn.close()
+            for agent_id in list(self.hub.connections):
+                stale = await self.store.call(self.store.pending_commands, agent_id, now - s.command_resend_after)
+                await self.hub.send(stale)

@@ -1,0 +1,299 @@
+"""The server's durable state in SQLite (WAL): agents, runners and the command outbox.
+
+Every method is synchronous and runs on the store's single worker thread (`Store.call`), so the
+event loop never blocks on disk and SQLite sees one writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    max_runners INTEGER NOT NULL,
+    templates TEXT NOT NULL DEFAULT '[]',   -- JSON [{name, resource_types}]
+    host TEXT NOT NULL DEFAULT '{}',
+    online INTEGER NOT NULL DEFAULT 0,
+    last_seen REAL NOT NULL,
+    blocked_until REAL NOT NULL DEFAULT 0   -- after a capacity error from the host
+);
+CREATE TABLE IF NOT EXISTS runners (
+    runner_id TEXT PRIMARY KEY,
+    runner_name TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    state TEXT NOT NULL,                    -- core.states.Phase values
+    resource_type TEXT NOT NULL,
+    template TEXT NOT NULL,
+    labels TEXT NOT NULL DEFAULT '[]',
+    ip_address TEXT NOT NULL DEFAULT '',
+    mac_address TEXT NOT NULL DEFAULT '',
+    guest_state TEXT NOT NULL DEFAULT 'unspecified',
+    error TEXT NOT NULL DEFAULT '',
+    capacity_error INTEGER NOT NULL DEFAULT 0,
+    timings TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    delete_requested INTEGER NOT NULL DEFAULT 0,
+    deleted_at REAL
+);
+CREATE INDEX IF NOT EXISTS runners_name ON runners (runner_name) WHERE deleted_at IS NULL;
+CREATE INDEX IF NOT EXISTS runners_agent ON runners (agent_id) WHERE deleted_at IS NULL;
+CREATE TABLE IF NOT EXISTS outbox (
+    request_id TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    runner_id TEXT NOT NULL,
+    kind TEXT NOT NULL,                     -- 'create' | 'delete'
+    payload TEXT NOT NULL,                  -- JSON
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    acked_at REAL,
+    ok INTEGER,
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (agent_id) WHERE acked_at IS NULL;
+"""
+
+
+@dataclass
+class AgentRow:
+    agent_id: str
+    hostname: str
+    max_runners: int
+    templates: list[dict[str, Any]]
+    online: bool
+    last_seen: float
+    blocked_until: float = 0.0
+
+
+@dataclass
+class RunnerRow:
+    runner_id: str
+    runner_name: str
+    agent_id: str
+    state: str
+    resource_type: str
+    template: str
+    labels: list[str] = field(default_factory=list)
+    ip_address: str = ""
+    mac_address: str = ""
+    guest_state: str = "unspecified"
+    error: str = ""
+    capacity_error: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    delete_requested: bool = False
+    deleted_at: float | None = None
+
+
+@dataclass
+class Command:
+    request_id: str
+    agent_id: str
+    runner_id: str
+    kind: str
+    payload: dict[str, Any]
+
+
+def _runner(row: sqlite3.Row) -> RunnerRow:
+    d = dict(row)
+    d["labels"] = json.loads(d["labels"])
+    d["timings"] = json.loads(d["timings"])
+    d["capacity_error"] = bool(d["capacity_error"])
+    d["delete_requested"] = bool(d["delete_requested"])
+    return RunnerRow(**d)
+
+
+def _agent(row: sqlite3.Row) -> AgentRow:
+    d = dict(row)
+    d.pop("host")
+    d["templates"] = json.loads(d["templates"])
+    d["online"] = bool(d["online"])
+    return AgentRow(**d)
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._db: sqlite3.Connection | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def aopen(self) -> None:
+        await self.call(self.open)
+
+    async def aclose(self) -> None:
+        await self.call(self.close)
+        self._pool.shutdown(wait=True)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "store not open"
+        return self._db
+
+    # -- agents ---------------------------------------------------------------------------------
+    def upsert_agent(self, agent_id: str, hostname: str, max_runners: int,
+                     templates: list[dict[str, Any]], host: dict[str, Any]) -> None:
+        self.db.execute(
+            """INSERT INTO agents (agent_id, hostname, max_runners, templates, host, online, last_seen)
+               VALUES (?, ?, ?, ?, ?, 0, ?)
+               ON CONFLICT (agent_id) DO UPDATE SET hostname=excluded.hostname,
+                 max_runners=excluded.max_runners, templates=excluded.templates, host=excluded.host,
+                 last_seen=excluded.last_seen""",
+            (agent_id, hostname, max_runners, json.dumps(templates), json.dumps(host), time.time()),
+        )
+
+    def set_agent_online(self, agent_id: str, online: bool) -> None:
+        self.db.execute("UPDATE agents SET online=?, last_seen=? WHERE agent_id=?",
+                        (int(online), time.time(), agent_id))
+
+    def touch_agent(self, agent_id: str) -> None:
+        self.db.execute("UPDATE agents SET last_seen=? WHERE agent_id=?", (time.time(), agent_id))
+
+    def block_agent(self, agent_id: str, until: float) -> None:
+        self.db.execute("UPDATE agents SET blocked_until=? WHERE agent_id=?", (until, agent_id))
+
+    def mark_stale_agents_offline(self, older_than: float) -> list[str]:
+        rows = self.db.execute("SELECT agent_id FROM agents WHERE online=1 AND last_seen < ?",
+                               (older_than,)).fetchall()
+        ids = [r[0] for r in rows]
+        self.db.executemany("UPDATE agents SET online=0 WHERE agent_id=?", [(i,) for i in ids])
+        return ids
+
+    def agents(self) -> list[AgentRow]:
+        return [_agent(r) for r in self.db.execute("SELECT * FROM agents ORDER BY agent_id")]
+
+    # -- runners --------------------------------------------------------------------------------
+    def live_runner_by_name(self, name: str) -> RunnerRow | None:
+        row = self.db.execute(
+            "SELECT * FROM runners WHERE runner_name=? AND deleted_at IS NULL ORDER BY created_at DESC LIMIT 1",
+            (name,),
+        ).fetchone()
+        return _runner(row) if row else None
+
+    def runner(self, runner_id: str) -> RunnerRow | None:
+        row = self.db.execute("SELECT * FROM runners WHERE runner_id=?", (runner_id,)).fetchone()
+        return _runner(row) if row else None
+
+    def live_runners(self, agent_id: str | None = None) -> list[RunnerRow]:
+        if agent_id is None:
+            rows = self.db.execute("SELECT * FROM runners WHERE deleted_at IS NULL")
+        else:
+            rows = self.db.execute("SELECT * FROM runners WHERE deleted_at IS NULL AND agent_id=?", (agent_id,))
+        return [_runner(r) for r in rows]
+
+    def runner_counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT state, COUNT(*) FROM runners WHERE deleted_at IS NULL GROUP BY state")
+        return {r[0]: r[1] for r in rows}
+
+    def insert_runner_with_command(self, r: RunnerRow, cmd: Command) -> None:
+        """The reservation and its create intent, in one transaction (written before sending)."""
+        with self._tx():
+            self.db.execute(
+                """INSERT INTO runners (runner_id, runner_name, agent_id, state, resource_type, template,
+                   labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (r.runner_id, r.runner_name, r.agent_id, r.state, r.resource_type, r.template,
+                 json.dumps(r.labels), r.created_at, r.created_at),
+            )
+            self._insert_command(cmd)
+
+    def request_delete(self, runner_id: str, cmd: Command | None) -> None:
+        with self._tx():
+            self.db.execute("UPDATE runners SET delete_requested=1, updated_at=? WHERE runner_id=?",
+                            (time.time(), runner_id))
+            if cmd is not None:
+                self._insert_command(cmd)
+
+    def update_runner(self, runner_id: str, **fields: Any) -> None:
+        for k in ("labels", "timings"):
+            if k in fields:
+                fields[k] = json.dumps(fields[k])
+        for k in ("capacity_error", "delete_requested"):
+            if k in fields:
+                fields[k] = int(fields[k])
+        fields["updated_at"] = time.time()
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE runners SET {cols} WHERE runner_id=?", (*fields.values(), runner_id))
+
+    def mark_gone(self, runner_id: str) -> None:
+        self.db.execute("UPDATE runners SET state='gone', deleted_at=?, updated_at=? WHERE runner_id=? "
+                        "AND deleted_at IS NULL", (time.time(), time.time(), runner_id))
+
+    # -- outbox ---------------------------------------------------------------------------------
+    def _insert_command(self, cmd: Command) -> None:
+        self.db.execute(
+            "INSERT INTO outbox (request_id, agent_id, runner_id, kind, payload, created_at) VALUES (?,?,?,?,?,?)",
+            (cmd.request_id, cmd.agent_id, cmd.runner_id, cmd.kind, json.dumps(cmd.payload), time.time()),
+        )
+
+    def pending_commands(self, agent_id: str, sent_before: float | None = None) -> list[Command]:
+        q = "SELECT * FROM outbox WHERE agent_id=? AND acked_at IS NULL"
+        args: tuple[Any, ...] = (agent_id,)
+        if sent_before is not None:
+            q += " AND (sent_at IS NULL OR sent_at < ?)"
+            args += (sent_before,)
+        rows = self.db.execute(q + " ORDER BY created_at", args).fetchall()
+        return [Command(r["request_id"], r["agent_id"], r["runner_id"], r["kind"], json.loads(r["payload"]))
+                for r in rows]
+
+    def mark_sent(self, request_ids: list[str]) -> None:
+        now = time.time()
+        self.db.executemany("UPDATE outbox SET sent_at=? WHERE request_id=?", [(now, i) for i in request_ids])
+
+    def ack(self, request_id: str, ok: bool, error: str) -> Command | None:
+        row = self.db.execute("SELECT * FROM outbox WHERE request_id=? AND acked_at IS NULL",
+                              (request_id,)).fetchone()
+        if row is None:
+            return None
+        self.db.execute("UPDATE outbox SET acked_at=?, ok=?, error=? WHERE request_id=?",
+                        (time.time(), int(ok), error, request_id))
+        return Command(row["request_id"], row["agent_id"], row["runner_id"], row["kind"],
+                       json.loads(row["payload"]))
+
+    def create_acked(self, runner_id: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM outbox WHERE runner_id=? AND kind='create' AND acked_at IS NOT NULL",
+                              (runner_id,)).fetchone()
+        return row is not None
+
+    def _tx(self) -> Any:
+        db = self.db
+
+        class _T:
+            def __enter__(self) -> None:
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, et: Any, *_: Any) -> None:
+                db.execute("ROLLBACK" if et else "COMMIT")
+
+        return _T()

@@ -1,0 +1,198 @@
+"""`LocalStack`: the server and one sim agent as real processes on loopback, in one directory.
+
+Used by `shoes-vz up` (`make run`) and the benchmarks. Nothing is left behind: `stop()` ends both
+processes, and the agent tears its runners down first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shoes_vz.core.errors import ShoesVzError
+from shoes_vz.template import init_sim
+from shoes_vz.vm.bundle import Bundle
+from shoes_vz.vm.clone import can_reflink
+
+TEMPLATE = "sim-default"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalStack:
+    def __init__(self, root: Path, *, max_runners: int = 2, boot_delay: float = 0.0,
+                 guest_poll_interval: float = 0.25) -> None:
+        self.root = root
+        self.max_runners = max_runners
+        self.boot_delay = boot_delay
+        self.guest_poll_interval = guest_poll_interval
+        self.token = secrets.token_urlsafe(16)
+        self.server_addr = ""
+        self.reflink = False
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+
+    @property
+    def runners_dir(self) -> Path:
+        return self.root / "runners"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "runner-state.json"
+
+    def runner_state(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.state_file.read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def _write_config(self) -> Path:
+        grpc_port = free_port()
+        self.server_addr = f"127.0.0.1:{grpc_port}"
+        self.reflink = can_reflink(self.root)
+        r = self.root
+        cfg = r / "shoes-vz.toml"
+        cfg.write_text(f"""
+[server]
+listen = "{self.server_addr}"
+metrics_listen = "127.0.0.1:{free_port()}"
+db_path = "{r / 'server.db'}"
+token = "{self.token}"
+sync_interval = 2.0
+
+[agent]
+server_addr = "{self.server_addr}"
+token = "{self.token}"
+driver = "sim"
+state_dir = "{r / 'agent'}"
+templates_dir = "{r / 'templates'}"
+runners_dir = "{self.runners_dir}"
+runner_state_file = "{self.state_file}"
+lease_file = "{r / 'dhcpd_leases'}"
+notify_listen = "127.0.0.1:{free_port()}"
+metrics_listen = "127.0.0.1:{free_port()}"
+max_runners = {self.max_runners}
+sim_boot_delay = {self.boot_delay}
+guest_poll_interval = {self.guest_poll_interval}
+stop_grace = 2.0
+allow_copy = {'false' if self.reflink else 'true'}
+""")
+        return cfg
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        cfg = self._write_config()
+        await asyncio.to_thread(init_sim, self.root / "templates", TEMPLATE)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("SHOESVZ_CONFIG", None)
+        for name in ("server", "agent"):
+            log = open(self.root / f"{name}.log", "ab")
+            self.procs[name] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "shoes_vz.cli.main", name, "--config", str(cfg),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            )
+            log.close()
+            if name == "server":
+                await self._wait_server()
+        await self._wait_agent()
+
+    async def _wait_server(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(self.server_addr) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                self._check_alive("server")
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    r = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    if r.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                await asyncio.sleep(0.05)
+        raise ShoesVzError(f"server did not come up within {timeout:.0f}s (see {self.root / 'server.log'})")
+
+    async def _wait_agent(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        db = self.root / "server.db"
+        while time.monotonic() < deadline:
+            self._check_alive("agent")
+            online = await asyncio.to_thread(_agents_online, db)
+            if online:
+                return
+            await asyncio.sleep(0.05)
+        raise ShoesVzError(f"agent did not connect within {timeout:.0f}s (see {self.root / 'agent.log'})")
+
+    def _check_alive(self, name: str) -> None:
+        p = self.procs[name]
+        if p.returncode is not None:
+            tail = (self.root / f"{name}.log").read_text(errors="replace")[-2000:]
+            raise ShoesVzError(f"{name} exited with status {p.returncode}:\n{tail}")
+
+    async def stop(self) -> None:
+        # the agent first: on SIGTERM it keeps VMs (a restart re-adopts them), so tear them down here
+        for name in ("agent", "server"):
+            p = self.procs.get(name)
+            if p is None or p.returncode is not None:
+                continue
+            p.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(p.wait(), 15)
+            except TimeoutError:
+                p.kill()
+                await p.wait()
+        await asyncio.to_thread(self._reap_vms)
+
+    def _reap_vms(self) -> None:
+        for b in Bundle.list(self.runners_dir):
+            pid = b.lock_holder()
+            if pid and pid > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+    def leftovers(self) -> list[str]:
+        """Bundles or live vm processes still here (after every runner was deleted: none)."""
+        left = [str(b.path) for b in Bundle.list(self.runners_dir)]
+        left += [f"pid {pid}" for pid in _pids_mentioning(str(self.root))]
+        return left
+
+
+def _agents_online(db: Path) -> int:
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as c:
+            return int(c.execute("SELECT COUNT(*) FROM agents WHERE online=1").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line mentions `text` (Linux /proc; empty elsewhere)."""
+    found = []
+    me = os.getpid()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    for p in proc.iterdir():
+        if not p.name.isdigit() or int(p.name) == me:
+            continue
+        with contextlib.suppress(OSError):
+            if text.encode() in (p / "cmdline").read_bytes():
+                found.append(int(p.name))
+    return found

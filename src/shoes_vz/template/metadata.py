@@ -1,0 +1,41 @@
+"""`TemplateMetadata.json`: what a template is and what it serves (DESIGN §5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from shoes_vz.core.errors import TemplateError
+
+FILE_NAME = "TemplateMetadata.json"
+
+
+class TemplateMetadata(BaseModel):
+    name: str
+    version: str = "1"
+    driver: str = Field("vz", description="'vz' for macOS images, 'sim' for simulated guests")
+    macos_build: str = ""
+    cpu_count: int = 4
+    memory_bytes: int = 8 * 1024**3
+    disk_bytes: int = 0
+    resource_types: list[str] = Field(default_factory=list)
+    ssh_user: str = "runner"
+    ssh_port: int = 22
+    ssh_host_key: str = Field(..., description="pinned guest host public key, OpenSSH one-line form")
+    runner_dir: str = Field("", description="guest path of the actions runner; default: the SSH user's home")
+    runner_agent_version: str = ""
+    digests: dict[str, str] = Field(default_factory=dict, description="sha256 of small files")
+
+    @classmethod
+    def read(cls, directory: Path) -> TemplateMetadata:
+        path = directory / FILE_NAME
+        try:
+            return cls.model_validate_json(path.read_text())
+        except FileNotFoundError:
+            raise TemplateError(f"{directory} is not a template: {FILE_NAME} is missing") from None
+        except ValidationError as e:
+            raise TemplateError(f"{path}: invalid metadata: {e}") from None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"

@@ -1,0 +1,1 @@
+"""Runner bundles, clones, identities and the `vm run` process with its drivers."""

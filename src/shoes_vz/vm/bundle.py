@@ -1,0 +1,194 @@
+"""`Bundle`: a runner's directory — its paths, its lock and its metadata.
+
+Nothing else joins bundle paths. Liveness comes from the fcntl lock the `vm run` process holds on
+`vm.lock` for its whole life (as tart's PIDLock on config.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shoes_vz.core.errors import BundleError
+
+SUFFIX = ".bundle"
+
+
+def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
+    """Write JSON to a temp file in the same directory, fsync, rename over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+
+    @classmethod
+    def for_runner(cls, runners_dir: Path, runner_id: str) -> Bundle:
+        return cls(runners_dir / f"{runner_id}{SUFFIX}")
+
+    @classmethod
+    def temporary_for(cls, runners_dir: Path, runner_id: str) -> Bundle:
+        """Where a bundle is built before the rename that makes it complete."""
+        return cls(runners_dir / f".{runner_id}{SUFFIX}.tmp")
+
+    @staticmethod
+    def list(runners_dir: Path) -> list[Bundle]:
+        if not runners_dir.is_dir():
+            return []
+        return sorted(Bundle(p) for p in runners_dir.iterdir() if p.name.endswith(SUFFIX))
+
+    def __lt__(self, other: Bundle) -> bool:
+        return str(self.path) < str(other.path)
+
+    @property
+    def runner_id(self) -> str:
+        return self.path.name.removesuffix(SUFFIX)
+
+    # files (DESIGN §5)
+    @property
+    def disk(self) -> Path:
+        return self.path / "Disk.img"
+
+    @property
+    def aux_storage(self) -> Path:
+        return self.path / "AuxiliaryStorage"
+
+    @property
+    def hardware_model(self) -> Path:
+        return self.path / "HardwareModel.json"
+
+    @property
+    def machine_identifier(self) -> Path:
+        return self.path / "MachineIdentifier.json"
+
+    @property
+    def runtime_metadata(self) -> Path:
+        return self.path / "RuntimeMetadata.json"
+
+    @property
+    def saved_state(self) -> Path:
+        return self.path / "State.save"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.path / "control.sock"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "vm.lock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "vm.log"
+
+    @property
+    def guest_dir(self) -> Path:
+        """Scratch space of a simulated guest (its "disk" as seen from inside)."""
+        return self.path / "guest"
+
+    # metadata
+    def read_metadata(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.runtime_metadata.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{self.runtime_metadata}: unreadable runtime metadata: {e}") from e
+        if not isinstance(data, dict):
+            raise BundleError(f"{self.runtime_metadata}: not a JSON object")
+        return data
+
+    def update_metadata(self, **fields: Any) -> dict[str, Any]:
+        """Merge fields into RuntimeMetadata.json atomically (single writer per field group)."""
+        data = self.read_metadata()
+        data.update(fields)
+        write_json_atomic(self.runtime_metadata, data)
+        return data
+
+    # liveness
+    @contextlib.contextmanager
+    def hold_lock(self) -> Iterator[int]:
+        """Hold the exclusive bundle lock for the block's duration; BundleError if already held."""
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                raise BundleError(f"{self.path} is in use by another vm process") from e
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield fd
+        finally:
+            os.close(fd)
+
+    def lock_holder(self) -> int | None:
+        """The pid of the live `vm run` process holding the lock, or None."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raw = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                return int(raw) if raw.isdigit() else -1
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def is_running(self) -> bool:
+        return self.lock_holder() is not None
+
+    def stray_pids(self, exclude: frozenset[int] = frozenset()) -> list[int]:
+        """Processes running from inside the bundle (cwd or command line under it).
+
+        A sim guest's processes live there; once the VM is gone they are garbage, as a real VM's
+        would be. Linux only (/proc); elsewhere nothing is found.
+        """
+        root = str(self.path)
+        found = []
+        proc = Path("/proc")
+        if not proc.is_dir():
+            return []
+        for p in proc.iterdir():
+            if not p.name.isdigit() or int(p.name) in exclude or int(p.name) == os.getpid():
+                continue
+            try:
+                cwd = os.readlink(p / "cwd")
+                cmdline = (p / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cwd == root or cwd.startswith(root + "/") or root + "/" in cmdline:
+                found.append(int(p.name))
+        return found
+
+    def kill_strays(self, exclude: frozenset[int] = frozenset()) -> int:
+        import signal
+
+        pids = self.stray_pids(exclude)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        return len(pids)

@@ -1,0 +1,79 @@
+"""`BUNDLE/control.sock`: one JSON line in, one JSON line out.
+
+Commands: `status`, `stop` (graceful, then hard after the grace period), `force-stop`, `save`.
+The server side runs in a thread of the `vm run` process; the client side is asyncio (the agent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socketserver
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+COMMANDS = ("status", "stop", "force-stop", "save")
+Handler = Callable[[str], dict[str, Any]]
+
+
+class ControlServer:
+    """A Unix-socket server answering control commands through `handler` (called per request)."""
+
+    def __init__(self, path: Path, handler: Handler) -> None:
+        self.path = path
+        self.handler = handler
+        outer = self
+
+        class _Req(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline(4096)
+                try:
+                    cmd = json.loads(line).get("command", "")
+                    if cmd not in COMMANDS:
+                        reply: dict[str, Any] = {"ok": False, "error": f"unknown command {cmd!r}"}
+                    else:
+                        reply = {"ok": True, **outer.handler(cmd)}
+                except Exception as e:  # a bad request or a driver failure: answer, never die
+                    reply = {"ok": False, "error": str(e)}
+                self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._server = socketserver.ThreadingUnixStreamServer(str(path), _Req)
+        self._server.daemon_threads = True
+        os.chmod(path, 0o600)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+async def request(path: Path, command: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Send one command to a vm process; raises OSError/TimeoutError when it does not answer."""
+
+    async def _go() -> dict[str, Any]:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        try:
+            writer.write(json.dumps({"command": command}).encode() + b"\n")
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+        if not line:
+            raise OSError(f"{path}: no answer to {command!r}")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    return await asyncio.wait_for(_go(), timeout)

@@ -1,0 +1,63 @@
+"""The driver interface: one VM, driven from the `vm run` process.
+
+`run()` is called on the main thread and blocks for the VM's whole life (the vz driver needs the
+main thread for its run loop). The control socket calls `request_stop`, `force_stop`, `save_state`
+and `status` from another thread; drivers make those thread-safe.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from shoes_vz.vm.bundle import Bundle
+from shoes_vz.vm.exit_status import VMExit
+
+
+@dataclass(frozen=True)
+class DriverOptions:
+    """What `vm run` knows besides the bundle. The launch spec itself is in RuntimeMetadata.json."""
+
+    boot_delay: float = 0.0              # sim: seconds before the guest "boots" (models macOS boot)
+    lease_file: Path | None = None       # sim: where to write dhcpd_leases-format entries
+    stop_grace: float = 10.0             # seconds between requestStop and a hard stop
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DriverEvents(Protocol):
+    def started(self) -> None:
+        """The VM started (or resumed): boot_to_ssh starts counting now."""
+
+    def log(self, message: str) -> None: ...
+
+
+class Driver(ABC):
+    name: str = ""
+
+    def __init__(self, bundle: Bundle, options: DriverOptions) -> None:
+        self.bundle = bundle
+        self.options = options
+
+    @abstractmethod
+    def run(self, events: DriverEvents) -> VMExit:
+        """Configure, start (restoring State.save when present), block until the VM is gone."""
+
+    @abstractmethod
+    def request_stop(self) -> None:
+        """Ask the guest to shut down; `run` returns once it has."""
+
+    @abstractmethod
+    def force_stop(self) -> None:
+        """Stop the VM at once."""
+
+    def save_state(self) -> None:
+        """Pause and save to bundle.saved_state (warm path). Not every driver can."""
+        from shoes_vz.core.errors import DriverError
+
+        raise DriverError(f"the {self.name} driver cannot save state")
+
+    @abstractmethod
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot: at least {"state": ...}."""

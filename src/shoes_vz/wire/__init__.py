@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC code (`make proto`; never edited) and the conversions in `convert.py`."""

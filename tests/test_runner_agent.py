@@ -1,0 +1,433 @@
+"""The in-guest runner-agent as a real process (DESIGN §3.4): notify, /health, /status, /exec."""
+
+from __future__ import annotations
+
+import ast
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shoes_vz.guest.runner_agent as runner_agent_module
+
+GUEST_IP = "127.100.0.9"  # any 127/8 address is local on Linux: the "guest" address
+GUEST_MAC = "02:00:00:00:00:09"
+SRC = Path(runner_agent_module.__file__)
+
+
+# -- a notify receiver (the host agent's side) -----------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    url: str
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    reject_first: int = 0
+    got: threading.Event = field(default_factory=threading.Event)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state: dict[str, Receiver] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            rec = state["r"]
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            rec.calls.append((self.client_address[0], body))
+            status = 503 if len(rec.calls) <= rec.reject_first else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+            if status == 200:
+                rec.got.set()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state["r"] = Receiver(url=f"http://127.0.0.1:{server.server_port}/notify-ip")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield state["r"]
+    server.shutdown()
+    server.server_close()
+
+
+# -- the agent process --------------------------------------------------------------------------
+
+
+@dataclass
+class AgentProc:
+    proc: subprocess.Popen[bytes]
+    port: int
+    stderr: Path
+    token_file: Path
+    runner_dir: Path
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> tuple[int, dict[str, Any]]:
+        conn = http.client.HTTPConnection(GUEST_IP, self.port, timeout=timeout)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            hdrs = {"Content-Type": "application/json", **(headers or {})}
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read() or b"{}")
+        finally:
+            conn.close()
+
+    def exec(self, body: Any, token: str | None = None, timeout: float = 30) -> tuple[int, dict[str, Any]]:
+        auth = {"Authorization": f"Bearer {token or self.token}"}
+        return self.request("POST", "/exec", body, auth, timeout)
+
+    def state(self) -> str:
+        status, body = self.request("GET", "/status")
+        assert status == 200
+        return str(body["state"])
+
+    def log(self) -> str:
+        return self.stderr.read_text()
+
+
+def start_agent(tmp_path: Path, notify_url: str, *extra: str) -> AgentProc:
+    runner_dir = tmp_path / "actions-runner"
+    runner_dir.mkdir(exist_ok=True)
+    stderr = tmp_path / "agent.log"
+    token_file = tmp_path / "token"
+    argv = [
+        sys.executable, "-m", "shoes_vz.guest.runner_agent",
+        "--notify-url", notify_url, "--listen", f"{GUEST_IP}:0", "--runner-dir", str(runner_dir),
+        "--ip", GUEST_IP, "--mac", GUEST_MAC, "--runner-id", "runner-1", "--token-file", str(token_file),
+        *extra,
+    ]
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        m = re.search(rf"listening address={re.escape(GUEST_IP)}:(\d+)", stderr.read_text())
+        if m:
+            return AgentProc(proc, int(m.group(1)), stderr, token_file, runner_dir)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"runner-agent did not start:\n{stderr.read_text()}")
+
+
+@pytest.fixture
+def agent(tmp_path: Path, receiver: Receiver) -> Iterator[AgentProc]:
+    a = start_agent(tmp_path, receiver.url)
+    yield a
+    a.proc.send_signal(signal.SIGTERM)
+    try:
+        assert a.proc.wait(10) == 0, a.log()
+    finally:
+        if a.proc.poll() is None:
+            a.proc.kill()
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- notify -------------------------------------------------------------------------------------
+
+
+def test_notify_at_once_from_the_guest_address_with_token(agent: AgentProc, receiver: Receiver) -> None:
+    assert receiver.got.wait(10), agent.log()
+    [(source, body)] = receiver.calls
+    assert source == GUEST_IP, "the notify must leave from --ip (the agent matches by source address)"
+    assert body == {
+        "runner_id": "runner-1", "ip_address": GUEST_IP, "mac_address": GUEST_MAC, "token": agent.token
+    }
+    assert len(agent.token) >= 32
+    assert agent.token_file.stat().st_mode & 0o777 == 0o600
+    assert "notify.ok attempt=1" in agent.log()
+
+
+def test_notify_retries_with_backoff_while_serving(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.reject_first = 3
+    a = start_agent(tmp_path, receiver.url)
+    try:
+        assert a.request("GET", "/health") == (200, {"status": "ok", "version": runner_agent_module.VERSION})
+        assert receiver.got.wait(10), a.log()
+        assert len(receiver.calls) == 4
+        assert len({c[1]["token"] for c in receiver.calls}) == 1, "one token per boot"
+        assert a.log().count("notify.rejected") == 3
+    finally:
+        a.proc.kill()
+        a.proc.wait()
+
+
+def test_notify_when_the_host_comes_up_late(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    a = start_agent(tmp_path, f"http://127.0.0.1:{port}/notify-ip")
+    got: list[dict[str, Any]] = []
+
+    class Late(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+    try:
+        wait_for(lambda: "notify.error" in a.log(), what="a refused notify")
+        server = ThreadingHTTPServer(("127.0.0.1", port), Late)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            wait_for(lambda: bool(got), timeout=10, what="the late notify")  # backoff is capped at ~1 s
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert got[0]["token"] == a.token
+    finally:
+        a.proc.kill()
+        a.proc.wait()
+
+
+# -- /health and /status ------------------------------------------------------------------------
+
+
+def write_runner_file(runner_dir: Path, bom: bool = True) -> None:
+    data = json.dumps({"agentId": 42, "agentName": "shoes-vz-runner-1", "poolId": 1, "gitHubUrl": "https://x"})
+    (runner_dir / ".runner").write_bytes((b"\xef\xbb\xbf" if bom else b"") + data.encode())
+
+
+def fake_process(name: str, cwd: Path) -> subprocess.Popen[bytes]:
+    # argv[0] is what the runner-agent looks at; the cwd ties the process to a runner directory
+    return subprocess.Popen(["bash", "-c", f"exec -a {name} sleep 300"], cwd=cwd)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait()
+
+
+def diag_log(runner_dir: Path, *lines: str) -> None:
+    diag = runner_dir / "_diag"
+    diag.mkdir(exist_ok=True)
+    with open(diag / "Runner_20260101-000000-utc.log", "a") as f:
+        for line in lines:
+            f.write(f"[2026-01-01 00:00:00Z INFO Terminal] WRITE LINE: {line}\n")
+
+
+def test_health(agent: AgentProc) -> None:
+    assert agent.request("GET", "/health")[0] == 200
+    assert agent.request("GET", "/nope")[0] == 404
+
+
+def test_status_transitions_offline_preparing_idle_running_finished(agent: AgentProc) -> None:
+    rd = agent.runner_dir
+    assert agent.request("GET", "/status") == (200, {"runner_id": "", "runner_name": "", "state": "OFFLINE"})
+
+    write_runner_file(rd)  # config.sh done, run.sh not started yet
+    assert agent.state() == "PREPARING"
+    listener = fake_process("Runner.Listener", rd)
+    try:
+        diag_log(rd, "Connecting to the GitHub server")  # not a relevant line
+        wait_for(lambda: agent.state() == "PREPARING", what="PREPARING with a live listener")
+        status, body = agent.request("GET", "/status")
+        assert body == {"runner_id": "42", "runner_name": "shoes-vz-runner-1", "state": "PREPARING"}
+
+        diag_log(rd, "√ Connected to GitHub", "", "2026-01-01 00:00:01Z: Listening for Jobs")
+        assert agent.state() == "IDLE"
+
+        diag_log(rd, "2026-01-01 00:00:05Z: Running job: build")
+        assert agent.state() == "RUNNING"
+
+        diag_log(rd, "2026-01-01 00:01:05Z: Job build completed with result: Succeeded")
+        assert agent.state() == "FINISHED"
+    finally:
+        stop(listener)
+    assert agent.state() == "FINISHED"
+    log = agent.log()
+    assert re.search(r"state state=OFFLINE.*\n.*state state=PREPARING.*\n.*state state=IDLE", log), log
+    assert "state state=RUNNING" in log and "state state=FINISHED" in log
+
+
+def test_status_listener_gone_after_running_is_finished(agent: AgentProc) -> None:
+    rd = agent.runner_dir
+    write_runner_file(rd, bom=False)
+    listener = fake_process("Runner.Listener", rd)
+    worker = fake_process("Runner.Worker", rd)
+    try:
+        wait_for(lambda: agent.state() == "RUNNING", what="RUNNING from a live worker")  # no log yet
+        stop(worker)
+        assert agent.state() == "PREPARING"  # listener alive, no relevant log line
+        diag_log(rd, "Listening for Jobs", "Running job: test")
+        assert agent.state() == "RUNNING"
+    finally:
+        stop(listener)
+    assert agent.state() == "FINISHED"  # the ephemeral runner exited after its job
+
+
+def test_status_ignores_runner_processes_of_other_guests(agent: AgentProc, tmp_path: Path) -> None:
+    # sim guests share one host: another guest's listener must not count as ours
+    other = tmp_path / "other-guest"
+    other.mkdir()
+    write_runner_file(agent.runner_dir)
+    theirs = fake_process("Runner.Listener", other)
+    try:
+        time.sleep(0.2)
+        assert agent.state() == "PREPARING"
+        diag_log(agent.runner_dir, "Listening for Jobs")
+        assert agent.state() == "FINISHED"  # a log says it ran, but no listener of ours is alive
+    finally:
+        stop(theirs)
+
+
+def test_status_uses_the_newest_diag_log(agent: AgentProc) -> None:
+    rd = agent.runner_dir
+    write_runner_file(rd)
+    listener = fake_process("Runner.Listener", rd)
+    try:
+        diag = rd / "_diag"
+        diag.mkdir()
+        old = diag / "Runner_20250101-000000-utc.log"
+        old.write_text("Running job: old\n")
+        os.utime(old, (time.time() - 3600, time.time() - 3600))
+        (diag / "Runner_20260101-000000-utc.log").write_text("Listening for Jobs\n")
+        (diag / "Worker_20260101-000000-utc.log").write_text("Running job: not a Runner_ log\n")
+        wait_for(lambda: agent.state() == "IDLE", what="IDLE from the newest log")
+    finally:
+        stop(listener)
+
+
+# -- /exec --------------------------------------------------------------------------------------
+
+
+def test_exec_requires_the_bearer_token(agent: AgentProc) -> None:
+    body = {"command": ["true"]}
+    assert agent.request("POST", "/exec", body)[0] == 403
+    assert agent.request("POST", "/exec", body, {"Authorization": "Bearer wrong"})[0] == 403
+    assert agent.request("POST", "/exec", body, {"Authorization": f"Basic {agent.token}"})[0] == 403
+    assert agent.request("POST", "/exec", body, {"Authorization": "Bearer "})[0] == 403
+    status, res = agent.exec(body)
+    assert status == 200 and res["exit_code"] == 0
+    assert "exec.denied" in agent.log()
+
+
+def test_exec_runs_argv_and_shell_strings(agent: AgentProc) -> None:
+    status, res = agent.exec({"command": ["sh", "-c", "echo out; echo err >&2; exit 3"]})
+    assert (status, res) == (200, {"exit_code": 3, "stdout": "out\n", "stderr": "err\n",
+                                   "truncated": False, "timed_out": False})
+    status, res = agent.exec({"command": "pwd; echo $((6*7))", "cwd": str(agent.runner_dir)})
+    assert res["stdout"] == f"{agent.runner_dir}\n42\n" and res["exit_code"] == 0
+    status, res = agent.exec({"command": ["/no/such/binary"]})
+    assert status == 200 and res["exit_code"] == 127 and "/no/such/binary" in res["stderr"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"command": []}, {"command": ""}, {"command": [1, 2]}, {"command": "true", "timeout": -1},
+     {"command": "true", "timeout": "5"}, {"command": "true", "timeout": True}, ["true"]],
+)
+def test_exec_rejects_bad_requests(agent: AgentProc, body: Any) -> None:
+    status, res = agent.exec(body)
+    assert status == 400 and res["error"]
+
+
+def test_exec_output_is_bounded(agent: AgentProc) -> None:
+    status, res = agent.exec({"command": ["python3", "-c", "import sys; sys.stdout.write('x' * 300000); "
+                                          "sys.stderr.write('e' * 10)"]})
+    assert status == 200
+    assert res["exit_code"] == 0
+    assert len(res["stdout"]) == 64 * 1024
+    assert res["stderr"] == "e" * 10
+    assert res["truncated"] is True
+
+
+def test_exec_timeout_kills_the_process_group(agent: AgentProc, tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    started = time.monotonic()
+    command = f"sleep 300 & echo $! > {pidfile}; echo started; wait"
+    status, res = agent.exec({"command": command, "timeout": 0.5})
+    elapsed = time.monotonic() - started
+    assert status == 200
+    assert res["timed_out"] is True and res["exit_code"] == -signal.SIGKILL
+    assert res["stdout"] == "started\n"
+    assert elapsed < 10
+    child = int(pidfile.read_text())
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie is dead too (reaped by init later)
+        with open(f"/proc/{child}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")
+
+    wait_for(gone, what="the command's child to be killed")
+
+
+def test_exec_timeout_is_capped(agent: AgentProc) -> None:
+    status, res = agent.exec({"command": ["true"], "timeout": 10**9})
+    assert status == 200 and res["exit_code"] == 0
+
+
+# -- contract -----------------------------------------------------------------------------------
+
+
+def test_runner_agent_imports_only_the_stdlib_and_parses_as_python_3_9() -> None:
+    source = SRC.read_text()
+    tree = ast.parse(source, feature_version=(3, 9))  # guests may have an old python3
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports: the module is copied into guests alone"
+            imported.add((node.module or "").split(".")[0])
+    outside = {m for m in imported if m not in sys.stdlib_module_names and m != "__future__"}
+    assert not outside, f"runner_agent must be stdlib only, imports {outside}"
+    assert "importlib" not in imported and "__import__" not in source, "no dynamic imports either"
+
+
+def test_runs_as_a_lone_file_with_a_bare_interpreter(tmp_path: Path) -> None:
+    # what a guest image gets: the single file and python3 -I (no site-packages, no shoes_vz)
+    copy = tmp_path / "runner_agent.py"
+    copy.write_text(SRC.read_text())
+    argv = [sys.executable, "-I", str(copy), "--help"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "--notify-url" in out.stdout and "--runner-dir" in out.stdout
+
+
+def test_console_script_is_declared() -> None:
+    from importlib.metadata import entry_points
+
+    eps = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert eps.get("shoes-vz-runner-agent") == "shoes_vz.guest.runner_agent:main"
