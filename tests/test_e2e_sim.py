@@ -10,8 +10,8 @@ import signal
 import aiohttp
 import grpc
 import pytest
-
 from conftest import SimStack, eventually
+
 from shoes_vz.core.states import GuestState, Phase
 from shoes_vz.demo import fake_runner_script
 from shoes_vz.vm.bundle import Bundle
@@ -74,7 +74,7 @@ async def test_add_twice_same_name_is_one_runner(sim_stack: SimStack) -> None:
         c = await sim_stack.add(stub, "same-name")
         assert a.cloud_id == b.cloud_id == c.cloud_id
         assert len(sim_stack.agent.runners) == 1
-        assert len(Bundle.list(sim_stack.agent.settings.runners_dir)) == 1
+        assert len(Bundle.all_in(sim_stack.agent.settings.runners_dir)) == 1
 
 
 async def test_unknown_delete_is_not_found(sim_stack: SimStack) -> None:
@@ -119,7 +119,7 @@ async def test_bad_input_is_invalid_argument_and_creates_nothing(sim_stack: SimS
         assert needle in e.value.details()
     assert sim_stack.agent.runners == {}
     assert await sim_stack.server.store.call(sim_stack.server.store.live_runners) == []
-    assert Bundle.list(sim_stack.agent.settings.runners_dir) == []
+    assert Bundle.all_in(sim_stack.agent.settings.runners_dir) == []
 
 
 async def test_vm_process_killed_goes_error_then_torn_down(sim_stack: SimStack) -> None:
@@ -176,3 +176,32 @@ async def test_metrics_expose_design_names(sim_stack: SimStack) -> None:
                  'shoesvz_runner_startup_duration_seconds_count{phase="boot_to_ssh"} 1.0'):
         assert name in text
     assert 'shoesvz_runner_startup_duration_seconds_count{phase="clone"} 1.0' in agent_text
+
+
+async def test_agent_restart_keeps_and_readopts_vms(tmp_path) -> None:
+    from conftest import make_stack
+    from shoes_vz.agent.app import Agent
+
+    async with make_stack(tmp_path) as stack:
+        async with stack.channel() as ch:
+            stub = sgrpc.ShoesServiceStub(ch)
+            reply = await stack.add(stub, "survivor")
+            old = runner_of(stack, reply.cloud_id)
+            pid = old.bundle.lock_holder()
+            agent_id = stack.agent.agent_id
+            await stack.agent.stop(tear_down=False)  # the agent goes away; the VM must not
+            assert old.bundle.lock_holder() == pid
+            new = Agent(stack.agent.settings.model_copy(update={"notify_url": ""}))
+            await new.start()
+            try:
+                assert new.agent_id == agent_id  # stable identity
+                adopted = new.runners[old.runner_id]
+                assert adopted.phase == Phase.RUNNING and adopted.ip == reply.ip_address
+                await eventually(lambda: agent_id in stack.server.hub.connections)
+                await eventually(lambda: adopted.guest_state != GuestState.UNSPECIFIED)
+                await stub.DeleteInstance(spb.DeleteInstanceRequest(cloud_id=reply.cloud_id),
+                                          metadata=stack.metadata, timeout=10)
+                await eventually(lambda: not old.bundle.path.exists(), timeout=20)
+            finally:
+                await new.stop(tear_down=True)
+            stack.agent = new

@@ -157,7 +157,7 @@ allow_copy = {'false' if self.reflink else 'true'}
         await asyncio.to_thread(self._reap_vms)
 
     def _reap_vms(self) -> None:
-        for b in Bundle.list(self.runners_dir):
+        for b in Bundle.all_in(self.runners_dir):
             pid = b.lock_holder()
             if pid and pid > 0:
                 with contextlib.suppress(ProcessLookupError):
@@ -165,7 +165,7 @@ allow_copy = {'false' if self.reflink else 'true'}
 
     def leftovers(self) -> list[str]:
         """Bundles or live vm processes still here (after every runner was deleted: none)."""
-        left = [str(b.path) for b in Bundle.list(self.runners_dir)]
+        left = [str(b.path) for b in Bundle.all_in(self.runners_dir)]
         left += [f"pid {pid}" for pid in _pids_mentioning(str(self.root))]
         return left
 

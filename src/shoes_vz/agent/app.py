@@ -18,6 +18,7 @@ from typing import Any
 import asyncssh
 from aiohttp import web
 
+from shoes_vz.agent import supervisor
 from shoes_vz.agent.metrics import AgentMetrics
 from shoes_vz.agent.notify import NotifyApp
 from shoes_vz.agent.runner import Runner, RunnerSpec
@@ -29,6 +30,7 @@ from shoes_vz.core.states import Phase
 from shoes_vz.template import Template, TemplateStore
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.identity import new_mac
+from shoes_vz.vm.leases import MACAddress
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ class Agent:
         self.agent_id = await asyncio.to_thread(load_agent_id, s.state_dir)
         s.runners_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._sweep_stale_bundles)
+        await self._adopt_live_bundles()
         notify = NotifyApp(lambda: list(self.runners.values()), self.lease_file)
         self.notify_port = await self._serve(notify.app, s.notify_listen)
         # guests are told the port actually bound (port 0 in tests)
@@ -139,10 +142,31 @@ class Agent:
         for p in self.settings.runners_dir.iterdir():
             if p.name.startswith(".") and p.name.endswith(".tmp"):
                 shutil.rmtree(p, ignore_errors=True)
-        for b in Bundle.list(self.settings.runners_dir):
+        for b in Bundle.all_in(self.settings.runners_dir):
             if not b.is_running():
                 log.info("removing stale bundle %s", b.path)
                 shutil.rmtree(b.path, ignore_errors=True)
+
+    async def _adopt_live_bundles(self) -> None:
+        """VM processes survive an agent restart; take their runners back (the server then keeps
+        or deletes each one by reconciliation)."""
+        for b in await asyncio.to_thread(Bundle.all_in, self.settings.runners_dir):
+            meta = await asyncio.to_thread(b.read_metadata)
+            try:
+                template = self.templates.get(str(meta["template"]))
+                mac = MACAddress.parse(str(meta["mac_address"]))
+                spec = RunnerSpec(b.runner_id, str(meta.get("runner_name", "")), "", template,
+                                  str(meta.get("resource_type", "")), list(meta.get("labels", [])))
+                key = self._client_key(template)
+            except (KeyError, ValueError, TemplateError, ConfigError) as e:
+                log.error("cannot adopt %s (%s): stopping its VM", b.path, e)
+                await supervisor.stop(b, None, self.settings.stop_grace)
+                await asyncio.to_thread(shutil.rmtree, b.path, True)
+                continue
+            runner = Runner(spec, mac, self.settings, self.lease_file, key, self._runner_changed)
+            self.runners[runner.runner_id] = runner
+            runner.adopt(meta)
+            log.info("adopted runner %s (%s) in %s", runner.runner_id, spec.runner_name, runner.phase)
 
     # -- commands (idempotent by request id) ------------------------------------------------------
     def take_acks(self) -> list[Ack]:

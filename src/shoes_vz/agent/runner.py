@@ -112,6 +112,31 @@ class Runner:
         self._on(Event.FAILED)
         self.delete()  # never repair: destroy, myshoes retries
 
+    # -- adoption (agent restart) ----------------------------------------------------------------
+    def adopt(self, meta: dict[str, Any]) -> None:
+        """Take back a runner whose VM process outlived the previous agent.
+
+        A runner that had finished starting resumes being tracked; one caught half-way is
+        destroyed (never repaired).
+        """
+        self.ip = str(meta.get("ip_address", ""))
+        self.created_at = float(meta.get("created_at", self.created_at))
+        timings = meta.get("timings") or {}
+        self.timings = Timings(timings.get("clone"), timings.get("boot_to_ssh"), timings.get("total"))
+        if self.ip and meta.get("ssh_ready_at"):
+            self.phase = Phase.RUNNING
+            self._watcher = asyncio.create_task(self._watch_adopted_vm())
+            self._task = asyncio.create_task(self._poll_guest(), name=f"runner-{self.runner_id}")
+        else:
+            self.phase = Phase.BOOTING
+            self.fail("the agent restarted while this runner was starting")
+
+    async def _watch_adopted_vm(self) -> None:
+        while self.live and await asyncio.to_thread(self.bundle.is_running):
+            await asyncio.sleep(1.0)
+        if self.live:
+            self.fail(f"VM process exited while {self.phase} (log: {self.bundle.log_file})")
+
     # -- create -----------------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self._create(), name=f"runner-{self.runner_id}")

@@ -23,8 +23,10 @@ vm_app = typer.Typer(help="The per-VM process (started by the agent).", no_args_
 template_app = typer.Typer(help="Golden templates.", no_args_is_help=True)
 app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
-err = Console(stderr=True)
-out = Console()
+# piped output (CI logs, `| tee`) keeps whole table rows instead of rich's 80-column default
+_WIDTH = None if sys.stdout.isatty() else 160
+err = Console(stderr=True, width=_WIDTH)
+out = Console(width=_WIDTH)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML file ([server]/[agent] tables)",
                                                 envvar="SHOESVZ_CONFIG")]

@@ -40,6 +40,7 @@ ENUM_TO_NAME: dict[int, str] = {
 NAME_TO_ENUM: dict[str, int] = {name: value for value, name in ENUM_TO_NAME.items()}
 
 _Resp = TypeVar("_Resp")
+NO_DEADLINE_S = 1e9  # grpc reports "no deadline" as ~2**63 ns
 
 
 class UnknownResourceType(ValueError):
@@ -123,7 +124,9 @@ class ShoesForwarder(myshoes_pb2_grpc.ShoesServicer):
         context: grpc.aio.ServicerContext,
         kv: dict[str, object],
     ) -> _Resp:
-        timeout = context.time_remaining()  # None when the caller set no deadline
+        timeout = context.time_remaining()
+        if timeout is not None and timeout > NO_DEADLINE_S:
+            timeout = None  # the caller set no deadline (myshoes' strict-mode cleanup): invent none
         started = time.monotonic()
         log.info(f"{name} forwarding", extra={"kv": {**kv, "deadline_s": _round(timeout)}})
         try:

@@ -52,7 +52,7 @@ class Bundle:
         return cls(runners_dir / f".{runner_id}{SUFFIX}.tmp")
 
     @staticmethod
-    def list(runners_dir: Path) -> list[Bundle]:
+    def all_in(runners_dir: Path) -> list[Bundle]:
         if not runners_dir.is_dir():
             return []
         return sorted(Bundle(p) for p in runners_dir.iterdir() if p.name.endswith(SUFFIX))

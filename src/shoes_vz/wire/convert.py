@@ -5,7 +5,7 @@ from __future__ import annotations
 from shoes_vz.core.states import GuestState, Phase
 from shoes_vz.wire import agent_pb2 as pb
 
-PHASE_TO_STATE: dict[Phase, int] = {
+PHASE_TO_STATE: dict[Phase, pb.RunnerState.ValueType] = {
     Phase.CREATING: pb.RUNNER_STATE_CREATING,
     Phase.BOOTING: pb.RUNNER_STATE_BOOTING,
     Phase.SSH_READY: pb.RUNNER_STATE_SSH_READY,
@@ -14,9 +14,9 @@ PHASE_TO_STATE: dict[Phase, int] = {
     Phase.ERROR: pb.RUNNER_STATE_ERROR,
     Phase.GONE: pb.RUNNER_STATE_UNSPECIFIED,
 }
-STATE_TO_PHASE: dict[int, Phase] = {v: k for k, v in PHASE_TO_STATE.items()}
+STATE_TO_PHASE: dict[pb.RunnerState.ValueType, Phase] = {v: k for k, v in PHASE_TO_STATE.items()}
 
-GUEST_TO_WIRE: dict[GuestState, int] = {
+GUEST_TO_WIRE: dict[GuestState, pb.GuestRunnerState.ValueType] = {
     GuestState.UNSPECIFIED: pb.GUEST_RUNNER_STATE_UNSPECIFIED,
     GuestState.OFFLINE: pb.GUEST_RUNNER_STATE_OFFLINE,
     GuestState.IDLE: pb.GUEST_RUNNER_STATE_IDLE,
@@ -24,20 +24,20 @@ GUEST_TO_WIRE: dict[GuestState, int] = {
     GuestState.RUNNING: pb.GUEST_RUNNER_STATE_RUNNING,
     GuestState.FINISHED: pb.GUEST_RUNNER_STATE_FINISHED,
 }
-WIRE_TO_GUEST: dict[int, GuestState] = {v: k for k, v in GUEST_TO_WIRE.items()}
+WIRE_TO_GUEST: dict[pb.GuestRunnerState.ValueType, GuestState] = {v: k for k, v in GUEST_TO_WIRE.items()}
 
 
-def phase_to_state(phase: Phase) -> int:
+def phase_to_state(phase: Phase) -> pb.RunnerState.ValueType:
     return PHASE_TO_STATE[phase]
 
 
 def state_to_phase(state: int) -> Phase:
-    return STATE_TO_PHASE.get(state, Phase.ERROR)
+    return STATE_TO_PHASE.get(pb.RunnerState.ValueType(state), Phase.ERROR)
 
 
-def guest_to_wire(state: GuestState) -> int:
+def guest_to_wire(state: GuestState) -> pb.GuestRunnerState.ValueType:
     return GUEST_TO_WIRE[state]
 
 
 def wire_to_guest(state: int) -> GuestState:
-    return WIRE_TO_GUEST.get(state, GuestState.UNSPECIFIED)
+    return WIRE_TO_GUEST.get(pb.GuestRunnerState.ValueType(state), GuestState.UNSPECIFIED)

@@ -106,8 +106,12 @@ class SimDriver(Driver):
         home.mkdir(parents=True, exist_ok=True)
         cfg = self._write_sshd_config(template_dir, ssh_port, home)
         listening = threading.Event()
-        sshd_proc = self._spawn([sshd, "-D", "-e", "-f", str(cfg)], "sshd", on_line=lambda line: (
-            "Server listening on" in line and listening.set()))
+
+        def watch_sshd(line: str) -> None:
+            if "Server listening on" in line:
+                listening.set()
+
+        sshd_proc = self._spawn([sshd, "-D", "-e", "-f", str(cfg)], "sshd", on_line=watch_sshd)
         if not listening.wait(10) or sshd_proc.poll() is not None:
             self._terminate_children()
             raise DriverError(f"sim sshd did not start on {self._ip}:{ssh_port} (see {self.bundle.log_file})")

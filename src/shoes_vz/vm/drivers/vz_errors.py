@@ -1,0 +1,113 @@
+"""NSError → DriverError for the vz driver, with the VMExit each failure maps to.
+
+Codes are `VZErrorCode` from the macOS 26.5 SDK (reference §4; the contract test checks every name
+and value here against `arm64-26.5.fwinfo`). This module never imports PyObjC: it reads an NSError
+only through `domain()`, `code()`, `localizedDescription()` and `userInfo()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoes_vz.core.errors import DriverError
+from shoes_vz.vm.exit_status import VMExit
+
+VZ_ERROR_DOMAIN = "VZErrorDomain"
+
+VZ_ERROR_CODES: dict[int, str] = {
+    1: "VZErrorInternal",
+    2: "VZErrorInvalidVirtualMachineConfiguration",
+    3: "VZErrorInvalidVirtualMachineState",
+    4: "VZErrorInvalidVirtualMachineStateTransition",
+    5: "VZErrorInvalidDiskImage",
+    6: "VZErrorVirtualMachineLimitExceeded",
+    7: "VZErrorNetworkError",
+    8: "VZErrorOutOfDiskSpace",
+    9: "VZErrorOperationCancelled",
+    10: "VZErrorNotSupported",
+    11: "VZErrorSave",
+    12: "VZErrorRestore",
+}
+INVALID_CONFIGURATION, INVALID_DISK_IMAGE, LIMIT_EXCEEDED, OUT_OF_DISK_SPACE = 2, 5, 6, 8
+ENTITLEMENT = "com.apple.security.virtualization"
+
+# What an operator should do, by code (messages say what happened; these say what to do).
+_HINTS: dict[int, str] = {
+    LIMIT_EXCEEDED: "the host already runs its maximum of macOS guests (Apple allows 2); if none are "
+                    "running, the host leaked its VM quota and needs a reboot",
+    OUT_OF_DISK_SPACE: "free space on the volume that holds the runner bundles (APFS clones allocate "
+                       "lazily)",
+    INVALID_DISK_IMAGE: "the bundle's Disk.img is not a usable RAW/ASIF image; rebuild the template or "
+                        "re-clone the runner",
+}
+_ENTITLEMENT_HINT = (f"the Python interpreter image lacks the {ENTITLEMENT} entitlement; run "
+                     "`shoes-vz sign-python` (then `shoes-vz doctor`)")
+
+
+class VZDriverError(DriverError):
+    """A DriverError that remembers the NSError (if any) and the exit status it maps to."""
+
+    def __init__(self, message: str, *, exit: VMExit, domain: str | None = None,
+                 code: int | None = None) -> None:
+        super().__init__(message, capacity=exit is VMExit.CAPACITY)
+        self.exit = exit
+        self.domain = domain
+        self.code = code
+
+
+def _text(call: Any) -> str:
+    try:
+        return str(call())
+    except Exception:  # an odd NSError must not hide the real failure
+        return "?"
+
+
+def describe(err: Any) -> tuple[str, int | None, str]:
+    """(domain, code, localized description + failure reason) of an NSError-like object."""
+    domain = _text(err.domain)
+    try:
+        code: int | None = int(err.code())
+    except Exception:
+        code = None
+    text = _text(err.localizedDescription)
+    try:
+        info = err.userInfo() or {}
+        reason = info.get("NSLocalizedFailureReason") or info.get("NSLocalizedRecoverySuggestion")
+        if reason and str(reason) not in text:
+            text = f"{text} ({reason})"
+    except Exception:
+        pass
+    return domain, code, text
+
+
+def is_entitlement_error(domain: str, code: int | None, text: str) -> bool:
+    return domain == VZ_ERROR_DOMAIN and code == INVALID_CONFIGURATION and ENTITLEMENT in text
+
+
+def from_nserror(err: Any, doing: str, *, default_exit: VMExit) -> VZDriverError:
+    """One clear message with domain/code: `doing` says what we tried (e.g. "start the VM")."""
+    domain, code, text = describe(err)
+    name = VZ_ERROR_CODES.get(code, "") if domain == VZ_ERROR_DOMAIN and code is not None else ""
+    where = f"{domain} code {code}" + (f" {name}" if name else "")
+    exit = default_exit
+    if is_entitlement_error(domain, code, text):
+        hint, exit = _ENTITLEMENT_HINT, VMExit.CONFIG_ERROR
+    elif domain == VZ_ERROR_DOMAIN and code in _HINTS:
+        hint = _HINTS[code]
+        if code == LIMIT_EXCEEDED:
+            exit = VMExit.CAPACITY
+        elif code == INVALID_DISK_IMAGE:
+            exit = VMExit.CONFIG_ERROR
+    else:
+        hint = ""
+    message = f"could not {doing}: {text} [{where}]" + (f"; {hint}" if hint else "")
+    return VZDriverError(message, exit=exit, domain=domain, code=code)
+
+
+def config_error(message: str) -> VZDriverError:
+    """A bundle/configuration problem found before VZ was asked (missing file, bad JSON, ...)."""
+    return VZDriverError(message, exit=VMExit.CONFIG_ERROR)
+
+
+__all__ = ["VZ_ERROR_CODES", "VZ_ERROR_DOMAIN", "VZDriverError", "config_error", "describe",
+           "from_nserror", "is_entitlement_error"]

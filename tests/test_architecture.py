@@ -1,0 +1,76 @@
+"""Import directions of the house map (STYLE.md): an `ast` walk over the package."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "shoes_vz"
+
+# package → packages of ours it must not import
+FORBIDDEN = {
+    "core": {"server", "agent", "vm", "wire", "template", "plugin", "guest", "cli", "config"},
+    "server": {"agent", "vm", "template", "plugin", "cli"},
+    "agent": {"server", "vm.drivers", "plugin", "cli"},
+    "vm": {"agent", "server", "wire", "plugin", "cli", "template"},
+    "template": {"agent", "server", "vm", "wire", "plugin", "cli"},
+    "plugin": {"agent", "server", "vm", "template", "cli"},
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return {m.removeprefix("shoes_vz.") for m in found if m.startswith("shoes_vz.")}
+
+
+def test_import_directions() -> None:
+    bad = []
+    for pkg, forbidden in FORBIDDEN.items():
+        for path in (SRC / pkg).rglob("*.py"):
+            if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+                continue
+            for mod in imports_of(path):
+                if any(mod == f or mod.startswith(f + ".") for f in forbidden):
+                    # only vm/process.py may import the drivers
+                    bad.append(f"{path.relative_to(SRC)} imports shoes_vz.{mod}")
+    assert not bad, "\n".join(bad)
+
+
+def test_only_vm_process_imports_drivers() -> None:
+    bad = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+           if "vm/drivers" not in str(p) and p.name != "process.py"
+           and any(m.startswith("vm.drivers") for m in imports_of(p))]
+    assert not bad
+
+
+def test_runner_agent_is_stdlib_only() -> None:
+    path = SRC / "guest" / "runner_agent.py"
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    assert roots <= set(sys.stdlib_module_names) | {"__future__"}, roots - set(sys.stdlib_module_names)
+
+
+def test_pyobjc_only_in_vz_and_doctor() -> None:
+    allowed = ("vm/drivers/vz", "macos/")
+    bad = []
+    for p in SRC.rglob("*.py"):
+        rel = str(p.relative_to(SRC))
+        mods = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                mods |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods.add(node.module.split(".")[0])
+        if mods & {"objc", "Virtualization", "Foundation", "dispatch", "AppKit"} and not rel.startswith(allowed):
+            bad.append(rel)
+    assert not bad
