@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +52,7 @@ from shoes_vz.stack import TEMPLATE, LocalStack, free_port  # noqa: E402
 from shoes_vz.template import Template  # noqa: E402
 from shoes_vz.template.store import TemplateStore  # noqa: E402
 from shoes_vz.vm.bundle import Bundle  # noqa: E402
-from shoes_vz.vm.clone import CloneCopyWarning, can_reflink, clone_file, filesystem_type  # noqa: E402
+from shoes_vz.vm.clone import CloneCopyWarning, clone_file, filesystem_type  # noqa: E402
 from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases, remove_leases_for  # noqa: E402
 from shoes_vz.wire import shoes_pb2_grpc as pbg  # noqa: E402
 from tests.xfs import xfs_reflink_mount, xfs_unavailable  # noqa: E402
@@ -314,6 +315,7 @@ def run_clone_bench(template: Template, work: Path, reps: int, copy_reps: int, r
     level = clone_log.level
     clone_log.setLevel(logging.ERROR)  # allow_copy warns on every copy: that is the point here
     try:
+        work.mkdir(parents=True, exist_ok=True)
         data_src = work / "data-disk.img"
         with open(data_src, "wb") as f:  # a 64 GiB sparse disk with DATA_BYTES written (an "installed OS")
             f.truncate(template.meta.disk_bytes)
@@ -347,8 +349,29 @@ def run_clone_bench(template: Template, work: Path, reps: int, copy_reps: int, r
 # -- report ----------------------------------------------------------------------------------------
 
 
+def shell_startup(user: str, reps: int = 5) -> tuple[str, list[float]]:
+    """How long the guest user's login shell takes to run `true` under sshd.
+
+    sshd runs every command as `$SHELL -c CMD` with SSH_CLIENT set; bash then sources ~/.bashrc
+    (Debian's SSH_SOURCE_BASHRC), so a heavy rc file is paid on every probe.
+    """
+    import pwd
+
+    try:
+        shell = pwd.getpwnam(user).pw_shell or "/bin/sh"
+    except KeyError:
+        return "sh", []
+    env = {**os.environ, "SSH_CLIENT": "127.0.0.1 40000 2222", "SHLVL": "0", "HOME": os.path.expanduser(f"~{user}")}
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.run([shell, "-c", "true"], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        out.append(time.perf_counter() - t0)
+    return shell, out
+
+
 def report(console: Console, ours: list[Ours], base: list[Baseline], clones: list[CloneBench],
-           boot_delay: float) -> None:
+           boot_delay: float, shell: str, shell_times: list[float]) -> None:
     per = Table(title=f"{len(ours)} sequential sim runners (boot delay {boot_delay:g} s)")
     for col in ("runner", "clone ms", "boot→ssh ms", "total ms", "VM start→sshd listening ms",
                 "detection lag ms", "error"):
@@ -406,6 +429,7 @@ def report(console: Console, ours: list[Ours], base: list[Baseline], clones: lis
     for label, vals in (
         ("ssh CLI `true` (seed's command)", [r.ssh_floor for r in base if r.ssh_floor is not None]),
         ("agent's asyncssh wait_ready (connect + `true`)", [v for r in base for v in r.asyncssh_floor]),
+        (f"of which: guest user's shell `{shell} -c true` as sshd runs it (SSH_CLIENT set)", shell_times),
     ):
         a, b = p50_p95(vals)
         floors.add_row(label, str(len(vals)), ms(a), ms(b))
@@ -440,6 +464,7 @@ async def amain(args: argparse.Namespace, root: Path, where: str, console: Conso
     base: list[Baseline] = []
     clones: list[CloneBench] = []
     leftovers: list[str] = []
+    template: Template | None = None
     try:
         with console.status("starting server and sim agent…"):
             await stack.start()
@@ -458,7 +483,8 @@ async def amain(args: argparse.Namespace, root: Path, where: str, console: Conso
         with console.status("stopping…"):
             await stack.stop()
         leftovers = stack.leftovers()
-    report(console, ours, base, clones, args.boot_delay)
+    shell, shell_times = shell_startup(template.meta.ssh_user if template else "root")
+    report(console, ours, base, clones, args.boot_delay, shell, shell_times)
     if leftovers:
         console.print(f"[red]left behind:[/] {leftovers}")
     failed = [o.result.name for o in ours if o.result.error] + [f"baseline-{i + 1}"

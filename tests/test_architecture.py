@@ -43,8 +43,9 @@ def test_import_directions() -> None:
 
 
 def test_only_vm_process_imports_drivers() -> None:
+    # (and the macOS doctor, which reads the vz driver's minimum macOS)
     bad = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
-           if "vm/drivers" not in str(p) and p.name != "process.py"
+           if "vm/drivers" not in str(p) and p.name != "process.py" and "macos/" not in str(p)
            and any(m.startswith("vm.drivers") for m in imports_of(p))]
     assert not bad
 

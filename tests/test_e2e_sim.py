@@ -10,7 +10,7 @@ import signal
 import aiohttp
 import grpc
 import pytest
-from conftest import SimStack, eventually
+from stack_fixtures import SimStack, eventually
 
 from shoes_vz.core.states import GuestState, Phase
 from shoes_vz.demo import fake_runner_script
@@ -179,7 +179,8 @@ async def test_metrics_expose_design_names(sim_stack: SimStack) -> None:
 
 
 async def test_agent_restart_keeps_and_readopts_vms(tmp_path) -> None:
-    from conftest import make_stack
+    from stack_fixtures import make_stack
+
     from shoes_vz.agent.app import Agent
 
     async with make_stack(tmp_path) as stack:

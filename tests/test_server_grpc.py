@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import TOKEN, eventually, server_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from stack_fixtures import TOKEN, eventually, server_settings
 
 from shoes_vz.server.app import ServerApp
 from shoes_vz.wire import agent_pb2 as apb

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,9 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from shoes_vz.core.timings import percentile
+from shoes_vz.plugin.host import PluginProcess, PluginStartError, host_env
+from shoes_vz.plugin.install import install_plugin
 from shoes_vz.stack import LocalStack
-from shoes_vz.wire import shoes_pb2 as pb
-from shoes_vz.wire import shoes_pb2_grpc as pbg
+from shoes_vz.wire import myshoes_pb2 as mpb
 
 # What myshoes' setup script ends in: config.sh writes .runner, run.sh keeps Runner.Listener up
 # and logs "Listening for Jobs". This imitation does the same visible things, in seconds.
@@ -51,21 +53,42 @@ class RunResult:
     add_seconds: float = 0.0
     idle_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    plugin_handshake: list[float] = field(default_factory=list)
+    plugin_kill: list[float] = field(default_factory=list)
     error: str = ""
 
 
-async def drive_runner(stack: LocalStack, stub: pbg.ShoesServiceStub, name: str,
-                       metadata: tuple[tuple[str, str], ...]) -> RunResult:
+class PluginCaller:
+    """Calls ShoesService the way myshoes does: a fresh plugin process per call, then Kill()."""
+
+    def __init__(self, plugin: Path, server_addr: str, token: str) -> None:
+        self.plugin = plugin
+        self.env = host_env({"SHOESVZ_SERVER_ADDR": server_addr, "SHOESVZ_TOKEN": token})
+
+    def _call(self, method: str, request: object, timeout: float, res: RunResult) -> object:
+        with PluginProcess.launch(self.plugin, self.env, stderr=subprocess.DEVNULL) as proc:
+            res.plugin_handshake.append(proc.handshake_s)
+            try:
+                return getattr(proc.shoes(), method)(request, timeout=timeout)
+            finally:
+                res.plugin_kill.append(proc.kill())
+
+    async def call(self, method: str, request: object, timeout: float, res: RunResult) -> object:
+        return await asyncio.to_thread(self._call, method, request, timeout, res)
+
+
+async def drive_runner(stack: LocalStack, caller: PluginCaller, name: str) -> RunResult:
     res = RunResult(name)
     t0 = time.monotonic()
     try:
-        reply = await stub.AddInstance(
-            pb.AddInstanceRequest(runner_name=name, setup_script=fake_runner_script(name), resource_type="small",
-                                  labels=["self-hosted", "macOS", "sim"]),
-            metadata=metadata, timeout=120,
-        )
-    except grpc.aio.AioRpcError as e:
-        res.error = f"AddInstance: {e.code().name}: {e.details()}"
+        reply: mpb.AddInstanceResponse = await caller.call("AddInstance", mpb.AddInstanceRequest(
+            runner_name=name, setup_script=fake_runner_script(name), resource_type=mpb.Small,
+            labels=["self-hosted", "macOS", "sim"]), 120, res)  # type: ignore[assignment]
+    except grpc.RpcError as e:
+        res.error = f"AddInstance: {e.code().name}: {e.details()}"  # type: ignore[attr-defined]
+        return res
+    except PluginStartError as e:
+        res.error = f"plugin: {e}"
         return res
     res.add_seconds = time.monotonic() - t0
     res.cloud_id, res.ip = reply.cloud_id, reply.ip_address
@@ -81,9 +104,9 @@ async def drive_runner(stack: LocalStack, stub: pbg.ShoesServiceStub, name: str,
     else:
         res.error = "guest runner never reported IDLE"
     try:
-        await stub.DeleteInstance(pb.DeleteInstanceRequest(cloud_id=reply.cloud_id), metadata=metadata, timeout=30)
-    except grpc.aio.AioRpcError as e:
-        res.error = res.error or f"DeleteInstance: {e.code().name}: {e.details()}"
+        await caller.call("DeleteInstance", mpb.DeleteInstanceRequest(cloud_id=reply.cloud_id), 30, res)
+    except grpc.RpcError as e:
+        res.error = res.error or f"DeleteInstance: {e.code().name}: {e.details()}"  # type: ignore[attr-defined]
     while _runner(stack.runner_state(), runner_id) and time.monotonic() < deadline + 30:
         await asyncio.sleep(0.05)
     return res
@@ -112,6 +135,10 @@ def report(results: list[RunResult], console: Console, title: str) -> None:
     for phase in ("clone", "boot_to_ssh", "total"):
         vals = [r.timings[phase] for r in results if phase in r.timings]
         summary.add_row(phase, str(len(vals)), ms(percentile(vals, 50)), ms(percentile(vals, 95)))
+    for label, attr in (("plugin spawn→handshake", "plugin_handshake"), ("plugin Kill()", "plugin_kill")):
+        vals = [v for r in results for v in getattr(r, attr)]
+        if vals:
+            summary.add_row(label, str(len(vals)), ms(percentile(vals, 50)), ms(percentile(vals, 95)))
     console.print(summary)
 
 
@@ -132,26 +159,26 @@ async def run_demo(*, runners: int, concurrency: int, boot_delay: float, keep: b
         if not stack.reflink:
             console.print(f"[yellow]warning:[/] {root} cannot reflink: bundles are full (sparse) copies; "
                           "clone timings are not representative (use XFS reflink, btrfs or APFS)")
-        metadata = (("authorization", f"Bearer {stack.token}"),)
+        plugin = await asyncio.to_thread(install_plugin, root / "shoes-vz-plugin")
+        console.print(f"myshoes plugin installed at {plugin}; one plugin process per call, as myshoes does")
+        caller = PluginCaller(plugin, stack.server_addr, stack.token)
         sem = asyncio.Semaphore(concurrency)
-        async with grpc.aio.insecure_channel(stack.server_addr) as ch:
-            stub = pbg.ShoesServiceStub(ch)
 
-            async def one(i: int) -> RunResult:
-                async with sem:
-                    r = await drive_runner(stack, stub, f"demo-runner-{i + 1}", metadata)
-                    console.print(f"  {r.name}: " + (f"[red]{r.error}[/]" if r.error else
-                                                      f"ready at {r.ip}, IDLE, deleted"))
-                    return r
+        async def one(i: int) -> RunResult:
+            async with sem:
+                r = await drive_runner(stack, caller, f"demo-runner-{i + 1}")
+                console.print(f"  {r.name}: " + (f"[red]{r.error}[/]" if r.error else
+                                                  f"ready at {r.ip}, IDLE, deleted"))
+                return r
 
-            with console.status(f"driving {runners} runners ({concurrency} at a time)…"):
-                results = list(await asyncio.gather(*(one(i) for i in range(runners))))
+        with console.status(f"driving {runners} runners ({concurrency} at a time) through the plugin…"):
+            results = list(await asyncio.gather(*(one(i) for i in range(runners))))
     finally:
         await stack.stop()
         leftovers = stack.leftovers()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-    report(results, console, f"{runners} sim runners through ShoesService")
+    report(results, console, f"{runners} sim runners through the myshoes plugin → ShoesService")
     if leftovers:
         console.print(f"[red]left behind:[/] {leftovers}")
     else:

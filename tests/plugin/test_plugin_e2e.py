@@ -3,10 +3,14 @@
 - with the real hashicorp go-plugin host: `interop/goplugin-host`, built from Debian's Go packages
   (GOPATH mode, no network). Where Go is missing the test skips, except under CI, where it fails.
 - with the Python host (shoes_vz.plugin.host), for developers without Go.
+
+`sim_stack` runs the server and agent on this test's event loop, so every blocking step (the host
+program, a plugin launch, a sync gRPC call) runs in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -17,7 +21,7 @@ import grpc
 import pytest
 from sniff_cases import CASES
 
-from shoes_vz.plugin.host import PluginProcess
+from shoes_vz.plugin.host import PluginProcess, host_env
 from shoes_vz.plugin.sniff import sniff_file
 from shoes_vz.wire import myshoes_pb2
 
@@ -64,8 +68,9 @@ def test_go_sniff_agrees_with_ours(goplugin_host: Path, plugin_path: Path, tmp_p
         assert go[f] == sniff_file(f), f
 
 
-def test_go_plugin_host_add_delete_kill(goplugin_host: Path, plugin_path: Path, sim_stack: object) -> None:
-    done = subprocess.run(
+async def test_go_plugin_host_add_delete_kill(goplugin_host: Path, plugin_path: Path, sim_stack: object) -> None:
+    done = await asyncio.to_thread(
+        subprocess.run,
         [str(goplugin_host), "-max-kill", f"{int(KILL_LIMIT_S * 1000)}ms", "-log-level", "info",
          str(plugin_path)],
         env=_server_env(sim_stack), capture_output=True, text=True, timeout=600,
@@ -87,31 +92,27 @@ def test_go_plugin_host_add_delete_kill(goplugin_host: Path, plugin_path: Path, 
     assert "[INFO]  myshoes.shoes-vz-plugin: [INFO]  shoes-vz-plugin: serving" in done.stderr
 
 
-def test_python_host_add_delete_kill(plugin_path: Path, sim_stack: object) -> None:
-    env = {**_server_env(sim_stack)}
-    from shoes_vz.plugin.host import host_env
-
-    env = host_env(base=env)
+def _python_host_flow(plugin_path: Path, env: dict[str, str]) -> None:
+    """AddInstance, AddInstance again (idempotent), DeleteInstance, DeleteInstance again: one process each."""
+    add = myshoes_pb2.AddInstanceRequest(runner_name="myshoes-py-e2e", setup_script="#!/bin/bash\ntrue\n",
+                                         labels=["self-hosted"])
     with PluginProcess.launch(plugin_path, env, stderr=subprocess.DEVNULL) as p:
-        added = p.shoes().AddInstance(
-            myshoes_pb2.AddInstanceRequest(runner_name="myshoes-py-e2e", setup_script="#!/bin/bash\ntrue\n",
-                                           labels=["self-hosted"]),
-            timeout=300,
-        )
+        added = p.shoes().AddInstance(add, timeout=300)
     assert p.graceful and (p.kill_s or 0) < KILL_LIMIT_S
     assert added.cloud_id.startswith("shoes-vz-") and added.shoes_type == "shoes-vz" and added.ip_address
 
-    # idempotent on runner_name, as myshoes' retries need (one process per call)
     with PluginProcess.launch(plugin_path, env, stderr=subprocess.DEVNULL) as p:
-        again = p.shoes().AddInstance(
-            myshoes_pb2.AddInstanceRequest(runner_name="myshoes-py-e2e", setup_script="#!/bin/bash\ntrue\n"),
-            timeout=300,
-        )
-    assert again.cloud_id == added.cloud_id
+        again = p.shoes().AddInstance(add, timeout=300)
+    assert again.cloud_id == added.cloud_id  # myshoes retries a job with the same runner_name
 
+    delete = myshoes_pb2.DeleteInstanceRequest(cloud_id=added.cloud_id, labels=["self-hosted"])
     with PluginProcess.launch(plugin_path, env, stderr=subprocess.DEVNULL) as p:
-        p.shoes().DeleteInstance(myshoes_pb2.DeleteInstanceRequest(cloud_id=added.cloud_id), timeout=180)
+        p.shoes().DeleteInstance(delete, timeout=180)
     with PluginProcess.launch(plugin_path, env, stderr=subprocess.DEVNULL) as p:
         with pytest.raises(grpc.RpcError) as err:
-            p.shoes().DeleteInstance(myshoes_pb2.DeleteInstanceRequest(cloud_id=added.cloud_id), timeout=180)
+            p.shoes().DeleteInstance(delete, timeout=180)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_python_host_add_delete_kill(plugin_path: Path, sim_stack: object) -> None:
+    await asyncio.to_thread(_python_host_flow, plugin_path, host_env(base=_server_env(sim_stack)))

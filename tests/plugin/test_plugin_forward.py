@@ -138,7 +138,7 @@ def test_unreachable_server_is_unavailable(plugin_path: Path, plugin_env) -> Non
 def test_callers_deadline_passes_through(plugin: PluginProcess, fake_shoes_server) -> None:
     plugin.shoes().AddInstance(myshoes_pb2.AddInstanceRequest(runner_name="myshoes-d"), timeout=7)
     remaining = fake_shoes_server.service.seen[-1].time_remaining
-    assert remaining is not None and 5 < remaining <= 7
+    assert remaining is not None and 5 < remaining < 7.5  # grpc-timeout is rounded up on the wire
 
 
 def test_no_deadline_means_none_upstream(plugin: PluginProcess, fake_shoes_server) -> None:

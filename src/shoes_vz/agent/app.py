@@ -84,10 +84,7 @@ class Agent:
     async def start(self) -> None:
         s = self.settings
         if s.driver == "vz":
-            with contextlib.suppress(ImportError):
-                from shoes_vz.macos.doctor import run_checks_for_agent  # type: ignore[attr-defined]
-
-                await asyncio.to_thread(run_checks_for_agent)
+            await asyncio.to_thread(self._doctor)
         self.agent_id = await asyncio.to_thread(load_agent_id, s.state_dir)
         s.runners_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._sweep_stale_bundles)
@@ -102,6 +99,19 @@ class Agent:
             self.metrics_port = await self._serve(app, s.metrics_listen)
         self._publish()
         self._sync_task = asyncio.create_task(self.sync.run(), name="sync")
+
+    def _doctor(self) -> None:
+        """`shoes-vz doctor` at start: warnings are logged, a fatal check stops the agent."""
+        from shoes_vz.macos.doctor import Level, Probes, run_checks
+
+        checks = run_checks(Probes(), self.settings.templates_dir, self.settings.runners_dir)
+        for c in checks:
+            if c.level is Level.WARN:
+                log.warning("doctor: %s: %s (fix: %s)", c.name, c.message, c.fix)
+        fatal = [c for c in checks if c.level is Level.FATAL]
+        if fatal:
+            raise ConfigError("the vz driver cannot run on this host:\n" + "\n".join(
+                f"  {c.name}: {c.message}" + (f"\n    fix: {c.fix}" if c.fix else "") for c in fatal))
 
     async def stop(self, *, tear_down: bool = False) -> None:
         """Stop serving. VMs keep running unless `tear_down` (a restarted agent re-adopts them)."""

@@ -29,6 +29,7 @@ from shoes_vz.vm.identity import write_machine_identifier
 from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases
 
 log = logging.getLogger(__name__)
+LEASE_POLL_INTERVAL = 0.01  # the lease appears before sshd: probe from the first instant
 
 
 @dataclass
@@ -219,14 +220,22 @@ class Runner:
 
     async def _wait_address(self) -> GuestAddress:
         """The notify (matched by the agent) or, failing that, the newest lease for our MAC."""
+        seen: tuple[int, int] | None = None
         while True:
             if self.address.done():
                 return self.address.result()
-            lease = newest_lease_for(await asyncio.to_thread(read_leases, self.lease_file), self.mac)
-            if lease is not None:
-                return GuestAddress(lease.ip, source="lease")
+            try:
+                st = os.stat(self.lease_file)  # a stat is cheap enough for the loop; parse on change
+                stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                stamp = None
+            if stamp is not None and stamp != seen:
+                seen = stamp
+                lease = newest_lease_for(await asyncio.to_thread(read_leases, self.lease_file), self.mac)
+                if lease is not None:
+                    return GuestAddress(lease.ip, source="lease")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.address), 0.05)
+                await asyncio.wait_for(asyncio.shield(self.address), LEASE_POLL_INTERVAL)
 
     def notified(self, ip: str, token: str) -> None:
         """A matched IP notify: the guest's address and its per-boot /exec token."""

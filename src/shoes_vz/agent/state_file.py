@@ -30,7 +30,8 @@ class StateFile:
 
     def _write(self, data: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, data)
+        # atomic but not fsynced: it lives on /var/run (tmpfs) and is rewritten on every change
+        write_json_atomic(self.path, data, durable=False)
 
     async def drain(self) -> None:
         if self._task is not None:

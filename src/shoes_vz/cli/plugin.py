@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -98,7 +98,7 @@ def call_add(
     if setup_script is not None:
         script = sys.stdin.read() if str(setup_script) == "-" else setup_script.read_text()
     request = myshoes_pb2.AddInstanceRequest(
-        runner_name=runner_name, setup_script=script, resource_type=rt,
+        runner_name=runner_name, setup_script=script, resource_type=cast(myshoes_pb2.ResourceType, rt),
         labels=[label for label in labels.split(",") if label],
     )
     _call(plugin, "AddInstance", request)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import NoReturn, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -26,7 +26,7 @@ log = logging.getLogger("shoes_vz.plugin.forward")
 
 RT = myshoes_pb2.ResourceType
 # myshoes' enum ↔ myshoes' names (whywaita/myshoes:pkg/datastore/resource_type.go)
-ENUM_TO_NAME: dict[int, str] = {
+ENUM_TO_NAME: dict[myshoes_pb2.ResourceType, str] = {
     RT.Nano: "nano",
     RT.Micro: "micro",
     RT.Small: "small",
@@ -37,7 +37,7 @@ ENUM_TO_NAME: dict[int, str] = {
     RT.XLarge3: "3xlarge",
     RT.XLarge4: "4xlarge",
 }
-NAME_TO_ENUM: dict[str, int] = {name: value for value, name in ENUM_TO_NAME.items()}
+NAME_TO_ENUM: dict[str, myshoes_pb2.ResourceType] = {name: value for value, name in ENUM_TO_NAME.items()}
 
 _Resp = TypeVar("_Resp")
 NO_DEADLINE_S = 1e9  # grpc reports "no deadline" as ~2**63 ns
@@ -52,7 +52,7 @@ def resource_type_name(value: int, default: str | None) -> str:
     if value == RT.Unknown:
         return default or ""
     try:
-        return ENUM_TO_NAME[value]
+        return ENUM_TO_NAME[cast(myshoes_pb2.ResourceType, value)]
     except KeyError:
         raise UnknownResourceType(
             f"resource_type {value} is not a myshoes resource type this plugin knows "
@@ -60,10 +60,10 @@ def resource_type_name(value: int, default: str | None) -> str:
         ) from None
 
 
-def resource_type_enum(name: str) -> int:
+def resource_type_enum(name: str) -> myshoes_pb2.ResourceType:
     """The enum for a server's name; Unknown for "" or a name myshoes has no value for."""
     name = name.strip().lower()
-    return NAME_TO_ENUM.get(ALIASES.get(name, name), RT.Unknown)
+    return NAME_TO_ENUM.get(ALIASES.get(name, name), cast(myshoes_pb2.ResourceType, RT.Unknown))
 
 
 class ShoesForwarder(myshoes_pb2_grpc.ShoesServicer):
@@ -122,7 +122,7 @@ class ShoesForwarder(myshoes_pb2_grpc.ShoesServicer):
         method: Callable[..., Awaitable[_Resp]],
         request: object,
         context: grpc.aio.ServicerContext,
-        kv: dict[str, object],
+        kv: Mapping[str, object],
     ) -> _Resp:
         timeout = context.time_remaining()
         if timeout is not None and timeout > NO_DEADLINE_S:

@@ -21,15 +21,16 @@ from shoes_vz.core.errors import BundleError
 SUFFIX = ".bundle"
 
 
-def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
-    """Write JSON to a temp file in the same directory, fsync, rename over `path`."""
+def write_json_atomic(path: Path, data: Any, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Write JSON to a temp file in the same directory, fsync (if `durable`), rename over `path`."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -119,10 +120,14 @@ class Bundle:
         return data
 
     def update_metadata(self, **fields: Any) -> dict[str, Any]:
-        """Merge fields into RuntimeMetadata.json atomically (single writer per field group)."""
-        data = self.read_metadata()
-        data.update(fields)
-        write_json_atomic(self.runtime_metadata, data)
+        """Merge fields into RuntimeMetadata.json atomically; the agent and the vm process both
+        write it, so the read-modify-write holds a lock. Not fsynced: a bundle is garbage after a
+        host crash anyway."""
+        with open(self.path / ".metadata.lock", "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            data = self.read_metadata()
+            data.update(fields)
+            write_json_atomic(self.runtime_metadata, data, durable=False)
         return data
 
     # liveness

@@ -31,8 +31,13 @@ class ControlServer:
         outer = self
 
         class _Req(socketserver.StreamRequestHandler):
+            timeout = 5.0  # a client that connects and says nothing does not hold a thread forever
+
             def handle(self) -> None:
-                line = self.rfile.readline(4096)
+                try:
+                    line = self.rfile.readline(4096)
+                except OSError:
+                    return
                 try:
                     cmd = json.loads(line).get("command", "")
                     if cmd not in COMMANDS:
@@ -46,7 +51,9 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         self._server = socketserver.ThreadingUnixStreamServer(str(path), _Req)
-        self._server.daemon_threads = True
+        # non-daemon handlers joined at close: a `save` reply reaches the agent before we exit
+        self._server.daemon_threads = False
+        self._server.block_on_close = True
         os.chmod(path, 0o600)
         self._thread = threading.Thread(target=self._server.serve_forever, name="control", daemon=True)
 

@@ -178,7 +178,7 @@ class SimDriver(Driver):
                 "KbdInteractiveAuthentication no",
                 "UseDNS no",
                 "MaxStartups 100:30:200",
-                f"SetEnv SHOESVZ_GUEST_HOME={home}",
+                f"SetEnv SHOESVZ_GUEST_HOME={home} HOME={home}",
                 "LogLevel INFO",
                 "",
             ])

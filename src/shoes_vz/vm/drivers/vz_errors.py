@@ -55,21 +55,21 @@ class VZDriverError(DriverError):
         self.code = code
 
 
-def _text(call: Any) -> str:
+def _text(err: Any, selector: str) -> str:
     try:
-        return str(call())
+        return str(getattr(err, selector)())
     except Exception:  # an odd NSError must not hide the real failure
         return "?"
 
 
 def describe(err: Any) -> tuple[str, int | None, str]:
     """(domain, code, localized description + failure reason) of an NSError-like object."""
-    domain = _text(err.domain)
+    domain = _text(err, "domain")
     try:
         code: int | None = int(err.code())
     except Exception:
         code = None
-    text = _text(err.localizedDescription)
+    text = _text(err, "localizedDescription")
     try:
         info = err.userInfo() or {}
         reason = info.get("NSLocalizedFailureReason") or info.get("NSLocalizedRecoverySuggestion")

@@ -1,0 +1,53 @@
+"""`shoes-vz doctor` and `shoes-vz sign-python` (registered by cli/main.py through `register`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shoes_vz.config import DEFAULT_RUNNERS_DIR, DEFAULT_TEMPLATES_DIR
+from shoes_vz.core.errors import ShoesVzError
+
+_STYLE = {"ok": "green", "warn": "yellow", "fatal": "bold red"}
+
+
+def register(app: typer.Typer) -> None:
+    out, err = Console(), Console(stderr=True)
+
+    @app.command()
+    def doctor(
+        templates_dir: Annotated[Path, typer.Option(help="where templates live")] = DEFAULT_TEMPLATES_DIR,
+        runners_dir: Annotated[Path, typer.Option(help="where runner bundles live")] = DEFAULT_RUNNERS_DIR,
+    ) -> None:
+        """Check that this host can run vz VMs; exit 1 when a check is fatal."""
+        from shoes_vz.macos.doctor import Probes, has_fatal, run_checks
+
+        checks = run_checks(Probes(), templates_dir, runners_dir)
+        table = Table("check", "result", "details", "fix")
+        for c in checks:
+            table.add_row(c.name, f"[{_STYLE[c.level.value]}]{c.level.value}[/]", c.message, c.fix)
+        out.print(table)
+        fatal = has_fatal(checks)
+        warns = sum(c.level.value == "warn" for c in checks)
+        out.print("[bold red]FATAL: the vz driver cannot run here[/]" if fatal
+                  else f"[green]ready[/] ({warns} warning{'s' if warns != 1 else ''})")
+        if fatal:
+            raise typer.Exit(1)
+
+    @app.command("sign-python")
+    def sign_python_cmd() -> None:
+        """Ad-hoc sign the real interpreter image with com.apple.security.virtualization."""
+        from shoes_vz.macos.sign import sign_python
+
+        try:
+            result = sign_python()
+        except ShoesVzError as e:
+            err.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(1) from None
+        for argv in result.commands:
+            out.print(f"[dim]$ {' '.join(argv)}[/]")
+        out.print(result.describe())

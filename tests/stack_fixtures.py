@@ -1,0 +1,114 @@
+"""Shared test helpers (imported by conftest.py and tests): `sim_stack`, a real server and a real
+sim agent in this process over TCP on loopback, with real `vm run` processes, OpenSSH sshd guests and
+runner-agents."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from shoes_vz.agent.app import Agent
+from shoes_vz.config import AgentSettings, ServerSettings
+from shoes_vz.server.app import ServerApp
+from shoes_vz.template import Template, init_sim
+from shoes_vz.vm.clone import can_reflink
+from shoes_vz.wire import shoes_pb2 as spb
+from shoes_vz.wire import shoes_pb2_grpc as sgrpc
+
+IN_CI = bool(os.environ.get("CI"))
+TOKEN = "test-token"
+
+
+def require(condition: bool, what: str) -> None:
+    """Tests that need real parts fail in CI when a part is missing; elsewhere they skip."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI is set but {what} is missing: install it (.ci/run does)")
+    pytest.skip(f"{what} is missing")
+
+
+def have_sshd() -> bool:
+    return bool(shutil.which("sshd") or os.access("/usr/sbin/sshd", os.X_OK))
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class SimStack:
+    root: Path
+    server: ServerApp
+    agent: Agent
+    template: Template
+    token: str = TOKEN
+
+    @property
+    def server_addr(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+    def channel(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(self.server_addr)
+
+    async def add(self, stub: sgrpc.ShoesServiceStub, name: str, script: str = "true\n",
+                  timeout: float = 60, **kw: Any) -> spb.AddInstanceResponse:
+        return await stub.AddInstance(spb.AddInstanceRequest(runner_name=name, setup_script=script, **kw),
+                                      metadata=self.metadata, timeout=timeout)
+
+
+def server_settings(root: Path, **kw: Any) -> ServerSettings:
+    return ServerSettings(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", db_path=root / "server.db",
+                          token=TOKEN, sync_interval=1.0, **kw)
+
+
+def agent_settings(root: Path, server_port: int, **kw: Any) -> AgentSettings:
+    base: dict[str, Any] = dict(
+        server_addr=f"127.0.0.1:{server_port}", token=TOKEN, driver="sim", state_dir=root / "agent",
+        templates_dir=root / "templates", runners_dir=root / "runners",
+        runner_state_file=root / "runner-state.json", lease_file=root / "dhcpd_leases",
+        notify_listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", stop_grace=2.0,
+        guest_poll_interval=0.2, allow_copy=not can_reflink(root),
+    )
+    base.update(kw)
+    return AgentSettings(**base)
+
+
+@contextlib.asynccontextmanager
+async def make_stack(root: Path, *, max_runners: int = 2, **agent_kw: Any) -> AsyncIterator[SimStack]:
+    require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
+    template = await asyncio.to_thread(init_sim, root / "templates", "sim-test")
+    async with ServerApp(server_settings(root)) as server:
+        agent = Agent(agent_settings(root, server.port, max_runners=max_runners, **agent_kw))
+        async with agent:
+            await eventually(lambda: agent.agent_id in server.hub.connections, timeout=10)
+            yield SimStack(root, server, agent, template)
+
+
+@pytest.fixture
+async def sim_stack(tmp_path: Path) -> AsyncIterator[SimStack]:
+    async with make_stack(tmp_path) as stack:
+        yield stack
