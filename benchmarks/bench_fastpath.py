@@ -41,20 +41,19 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # tests.xfs
 
 import asyncssh  # noqa: E402
-import grpc  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from shoes_vz.agent import ssh as agent_ssh  # noqa: E402
 from shoes_vz.core.timings import percentile  # noqa: E402
-from shoes_vz.demo import RunResult, drive_runner  # noqa: E402
+from shoes_vz.demo import PluginCaller, RunResult, drive_runner  # noqa: E402
+from shoes_vz.plugin.install import install_plugin  # noqa: E402
 from shoes_vz.stack import TEMPLATE, LocalStack, free_port  # noqa: E402
 from shoes_vz.template import Template  # noqa: E402
 from shoes_vz.template.store import TemplateStore  # noqa: E402
 from shoes_vz.vm.bundle import Bundle  # noqa: E402
 from shoes_vz.vm.clone import CloneCopyWarning, clone_file, filesystem_type  # noqa: E402
 from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases, remove_leases_for  # noqa: E402
-from shoes_vz.wire import shoes_pb2_grpc as pbg  # noqa: E402
 from tests.xfs import xfs_reflink_mount, xfs_unavailable  # noqa: E402
 
 LAG_TARGET = 0.050  # detection lag p95 ≤ 50 ms
@@ -102,30 +101,30 @@ async def _watch_metadata(stack: LocalStack, name: str) -> dict[str, Any]:
 
 
 async def run_ours(stack: LocalStack, n: int, console: Console) -> list[Ours]:
-    metadata = (("authorization", f"Bearer {stack.token}"),)
     out: list[Ours] = []
-    async with grpc.aio.insecure_channel(stack.server_addr) as ch:
-        stub = pbg.ShoesServiceStub(ch)
-        for i in range(n):
-            name = f"bench-runner-{i + 1}"
-            watcher = asyncio.create_task(_watch_metadata(stack, name))
-            try:
-                res = await drive_runner(stack, stub, name, metadata)
-            finally:
-                meta: dict[str, Any] = {}
-                if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
-                    meta = watcher.result()
-                else:
-                    watcher.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await watcher
-            if not meta and not res.error:
-                res.error = "RuntimeMetadata.json never had ssh_ready_at"
-            o = Ours(res, meta)
-            out.append(o)
-            console.print(f"  {name}: " + (f"[red]{res.error}[/]" if res.error else
-                                            f"boot_to_ssh {ms(res.timings.get('boot_to_ssh'))} ms, "
-                                            f"detection lag {ms(o.lag)} ms"))
+    # through the myshoes plugin, one process per call, as `make run` and myshoes do
+    plugin = await asyncio.to_thread(install_plugin, stack.root / "shoes-vz-plugin")
+    caller = PluginCaller(plugin, stack.server_addr, stack.token)
+    for i in range(n):
+        name = f"bench-runner-{i + 1}"
+        watcher = asyncio.create_task(_watch_metadata(stack, name))
+        try:
+            res = await drive_runner(stack, caller, name)
+        finally:
+            meta: dict[str, Any] = {}
+            if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
+                meta = watcher.result()
+            else:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+        if not meta and not res.error:
+            res.error = "RuntimeMetadata.json never had ssh_ready_at"
+        o = Ours(res, meta)
+        out.append(o)
+        console.print(f"  {name}: " + (f"[red]{res.error}[/]" if res.error else
+                                        f"boot_to_ssh {ms(res.timings.get('boot_to_ssh'))} ms, "
+                                        f"detection lag {ms(o.lag)} ms"))
     return out
 
 
@@ -470,7 +469,7 @@ async def amain(args: argparse.Namespace, root: Path, where: str, console: Conso
             await stack.start()
         reflink = stack.reflink
         console.print(f"state on {where}; reflink: {reflink}; server {stack.server_addr}")
-        console.print(f"[bold]1. {args.runners} sequential sim runners through ShoesService[/]")
+        console.print(f"[bold]1. {args.runners} sequential sim runners through the plugin and ShoesService[/]")
         ours = await run_ours(stack, args.runners, console)
         template = TemplateStore(stack.root / "templates").get(TEMPLATE)
         console.print(f"[bold]2. baseline: seed's 1 s `ssh … true` poll loop, {args.baseline_runs} sim guests[/]")
