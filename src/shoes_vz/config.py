@@ -7,7 +7,6 @@ below. The defaults are the production paths of the seed design.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from pydantic_settings import (
 )
 
 from shoes_vz.core.errors import ConfigError
+from shoes_vz.core.net import is_loopback, split_hostport
 from shoes_vz.core.resources import RESOURCE_TYPES
 
 DEFAULT_TEMPLATES_DIR = Path("/opt/myshoes/vz/templates")
@@ -29,22 +29,6 @@ DEFAULT_RUNNERS_DIR = Path("/opt/myshoes/vz/runners")
 DEFAULT_RUNNER_STATE_FILE = Path("/var/run/myshoes/runner-state.json")
 DEFAULT_STATE_DIR = Path("/var/lib/shoes-vz")
 DEFAULT_LEASE_FILE = Path("/var/db/dhcpd_leases")
-
-
-def split_hostport(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_hostport(value: str) -> str:

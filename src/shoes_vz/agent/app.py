@@ -24,8 +24,9 @@ from shoes_vz.agent.notify import NotifyApp
 from shoes_vz.agent.runner import Runner, RunnerSpec
 from shoes_vz.agent.state_file import StateFile
 from shoes_vz.agent.sync import SyncClient
-from shoes_vz.config import AgentSettings, split_hostport
+from shoes_vz.config import AgentSettings
 from shoes_vz.core.errors import ConfigError, TemplateError
+from shoes_vz.core.net import split_hostport
 from shoes_vz.core.states import Phase
 from shoes_vz.template import Template, TemplateStore
 from shoes_vz.vm.bundle import Bundle

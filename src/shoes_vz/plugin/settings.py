@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoes_vz.core.errors import ConfigError
+from shoes_vz.core.net import is_loopback, split_hostport
 from shoes_vz.core.resources import ALIASES, RESOURCE_TYPES
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
@@ -46,21 +47,13 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 
 
 def _split_hostport(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ConfigError(f"SHOESVZ_SERVER_ADDR={value!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        host, port = split_hostport(value)
     except ValueError:
-        return False
+        host, port = "", 0
+    if not value.rpartition(":")[0] or not port:
+        raise ConfigError(f"SHOESVZ_SERVER_ADDR={value!r} is not HOST:PORT")
+    return host, port
 
 
 @dataclass(frozen=True)
@@ -91,7 +84,7 @@ class PluginSettings:
         if tls_ca is not None and not tls_ca.is_file():
             raise ConfigError(f"SHOESVZ_TLS_CA={ca_value!r} is not a readable file")
         tls = tls_ca is not None or _flag(env, "SHOESVZ_TLS")
-        if not tls and not _is_loopback(host) and not _flag(env, "SHOESVZ_ALLOW_PLAINTEXT"):
+        if not tls and not is_loopback(host) and not _flag(env, "SHOESVZ_ALLOW_PLAINTEXT"):
             raise ConfigError(
                 f"refusing plaintext gRPC to {addr}: set SHOESVZ_TLS_CA (or SHOESVZ_TLS=1), use a "
                 "loopback address, or set SHOESVZ_ALLOW_PLAINTEXT=1"

@@ -18,8 +18,9 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from shoes_vz.config import ServerSettings, split_hostport
+from shoes_vz.config import ServerSettings
 from shoes_vz.core.errors import ConfigError
+from shoes_vz.core.net import split_hostport
 from shoes_vz.server.agent_service import AgentService
 from shoes_vz.server.hub import Hub
 from shoes_vz.server.metrics import ServerMetrics
