@@ -69,15 +69,21 @@ async def server(tmp_path: Path) -> AsyncIterator[ServerApp]:
         yield app
 
 
+async def connected_agent(server: ServerApp) -> ScriptedAgent:
+    """A scripted agent whose Sync stream the server has attached."""
+    agent = ScriptedAgent(f"127.0.0.1:{server.port}")
+    await agent.connect()
+    await eventually(lambda: agent.agent_id in server.hub.connections)
+    return agent
+
+
 def running(cmd: apb.CreateRunnerCommand, agent_id: str, state=apb.RUNNER_STATE_RUNNING) -> apb.Runner:
     return apb.Runner(runner_id=cmd.runner_id, runner_name=cmd.runner_name, agent_id=agent_id, state=state,
                       ip_address="192.168.64.5")
 
 
 async def test_add_instance_completes_when_agent_reports_running(server: ServerApp) -> None:
-    agent = ScriptedAgent(f"127.0.0.1:{server.port}")
-    await agent.connect()
-    await eventually(lambda: agent.agent_id in server.hub.connections)
+    agent = await connected_agent(server)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = sgrpc.ShoesServiceStub(ch)
         call = asyncio.ensure_future(stub.AddInstance(spb.AddInstanceRequest(runner_name="j1"), metadata=MD,
@@ -95,9 +101,7 @@ async def test_add_instance_completes_when_agent_reports_running(server: ServerA
 
 
 async def test_deadline_is_respected_and_the_runner_torn_down(server: ServerApp) -> None:
-    agent = ScriptedAgent(f"127.0.0.1:{server.port}")
-    await agent.connect()
-    await eventually(lambda: agent.agent_id in server.hub.connections)
+    agent = await connected_agent(server)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = sgrpc.ShoesServiceStub(ch)
         loop = asyncio.get_running_loop()
@@ -114,9 +118,7 @@ async def test_deadline_is_respected_and_the_runner_torn_down(server: ServerApp)
 
 
 async def test_commands_resent_until_acked_and_after_reconnect(server: ServerApp) -> None:
-    agent = ScriptedAgent(f"127.0.0.1:{server.port}")
-    await agent.connect()
-    await eventually(lambda: agent.agent_id in server.hub.connections)
+    agent = await connected_agent(server)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = sgrpc.ShoesServiceStub(ch)
         call = asyncio.ensure_future(stub.AddInstance(spb.AddInstanceRequest(runner_name="r"), metadata=MD,
@@ -143,9 +145,7 @@ async def test_reconcile_orphans_and_missing(server: ServerApp) -> None:
 
 
 async def test_create_refused_for_capacity_is_resource_exhausted(server: ServerApp) -> None:
-    agent = ScriptedAgent(f"127.0.0.1:{server.port}")
-    await agent.connect()
-    await eventually(lambda: agent.agent_id in server.hub.connections)
+    agent = await connected_agent(server)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = sgrpc.ShoesServiceStub(ch)
         call = asyncio.ensure_future(stub.AddInstance(spb.AddInstanceRequest(runner_name="c"), metadata=MD,
@@ -182,9 +182,7 @@ async def test_token_required_and_health_open(server: ServerApp) -> None:
 
 
 async def test_delete_for_offline_agent_is_carried_out_on_reconnect(server: ServerApp) -> None:
-    agent = ScriptedAgent(f"127.0.0.1:{server.port}")
-    await agent.connect()
-    await eventually(lambda: agent.agent_id in server.hub.connections)
+    agent = await connected_agent(server)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = sgrpc.ShoesServiceStub(ch)
         call = asyncio.ensure_future(stub.AddInstance(spb.AddInstanceRequest(runner_name="d"), metadata=MD,
