@@ -34,6 +34,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fastpath.py
 	@test ! -f benchmarks/bench_plugin.py || $(BIN)/python benchmarks/bench_plugin.py
+	$(BIN)/python benchmarks/bench_warm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -130,6 +130,8 @@ class AgentSettings(_Base):
     guest_poll_interval: float = Field(2.0, gt=0)
     allow_copy: bool = Field(False, description="DEV ONLY: full copy when the volume cannot clone")
     sim_boot_delay: float = Field(0.0, ge=0, description="sim: seconds a guest takes to 'boot'")
+    sim_restore_delay: float = Field(0.0, ge=0, description="sim: seconds a restore from State.save takes")
+    use_warm_slots: bool = Field(True, description="restore runners from free warm slots when there are any")
 
     @field_validator("server_addr", "notify_listen")
     @classmethod

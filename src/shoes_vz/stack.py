@@ -36,11 +36,12 @@ def free_port() -> int:
 
 
 class LocalStack:
-    def __init__(self, root: Path, *, max_runners: int = 2, boot_delay: float = 0.0,
+    def __init__(self, root: Path, *, max_runners: int = 2, boot_delay: float = 0.0, restore_delay: float = 0.0,
                  guest_poll_interval: float = 0.25) -> None:
         self.root = root
         self.max_runners = max_runners
         self.boot_delay = boot_delay
+        self.restore_delay = restore_delay
         self.guest_poll_interval = guest_poll_interval
         self.token = secrets.token_urlsafe(16)
         self.server_addr = ""
@@ -62,12 +63,16 @@ class LocalStack:
         except (OSError, ValueError):
             return {}
 
+    @property
+    def config_file(self) -> Path:
+        return self.root / "shoes-vz.toml"
+
     def _write_config(self) -> Path:
         grpc_port = free_port()
         self.server_addr = f"127.0.0.1:{grpc_port}"
         self.reflink = can_reflink(self.root)
         r = self.root
-        cfg = r / "shoes-vz.toml"
+        cfg = self.config_file
         cfg.write_text(f"""
 [server]
 listen = "{self.server_addr}"
@@ -89,6 +94,7 @@ notify_listen = "127.0.0.1:{free_port()}"
 metrics_listen = "127.0.0.1:{free_port()}"
 max_runners = {self.max_runners}
 sim_boot_delay = {self.boot_delay}
+sim_restore_delay = {self.restore_delay}
 guest_poll_interval = {self.guest_poll_interval}
 stop_grace = 2.0
 allow_copy = {'false' if self.reflink else 'true'}

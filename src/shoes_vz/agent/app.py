@@ -24,6 +24,7 @@ from shoes_vz.agent.notify import NotifyApp
 from shoes_vz.agent.runner import Runner, RunnerSpec
 from shoes_vz.agent.state_file import StateFile
 from shoes_vz.agent.sync import SyncClient
+from shoes_vz.agent.warm import WarmPool, WarmSlot
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.errors import ConfigError, TemplateError
 from shoes_vz.core.net import split_hostport
@@ -62,6 +63,7 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.templates = TemplateStore(settings.templates_dir)
+        self.warm = WarmPool(settings.templates_dir, settings.driver)
         self.lease_file = settings.lease_file
         self.runners: dict[str, Runner] = {}
         self.changed = asyncio.Event()
@@ -166,10 +168,13 @@ class Agent:
             try:
                 template = self.templates.get(str(meta["template"]))
                 mac = MACAddress.parse(str(meta["mac_address"]))
+                slot = WarmSlot.read(Path(str(meta["warm_slot"]))) if meta.get("warm_slot") else None
                 spec = RunnerSpec(b.runner_id, str(meta.get("runner_name", "")), "", template,
-                                  str(meta.get("resource_type", "")), list(meta.get("labels", [])))
+                                  str(meta.get("resource_type", "")), list(meta.get("labels", [])), slot)
+                if slot is not None:
+                    self.warm.adopt(slot.path, b.runner_id)
                 key = self._client_key(template)
-            except (KeyError, ValueError, TemplateError, ConfigError) as e:
+            except (KeyError, ValueError, TypeError, OSError, TemplateError, ConfigError) as e:
                 log.error("cannot adopt %s (%s): stopping its VM", b.path, e)
                 await supervisor.stop(b, None, self.settings.stop_grace)
                 await asyncio.to_thread(shutil.rmtree, b.path, True)
@@ -210,8 +215,10 @@ class Agent:
         except (TemplateError, ConfigError, OSError, asyncssh.KeyImportError) as e:
             self._ack(Ack(request_id, False, str(e)))
             return
-        spec = RunnerSpec(runner_id, runner_name, setup_script, template, resource_type, labels)
-        mac = new_mac({r.mac for r in self.runners.values()})
+        slot = self.warm.claim(template, runner_id) if self.settings.use_warm_slots else None
+        spec = RunnerSpec(runner_id, runner_name, setup_script, template, resource_type, labels, slot)
+        # a slot's identity is its own (held by this runner alone); a cold runner avoids every slot's MAC
+        mac = slot.mac if slot is not None else new_mac({r.mac for r in self.runners.values()} | self.warm.macs())
         runner = Runner(spec, mac, self.settings, self.lease_file, key, self._runner_changed)
         self.runners[runner_id] = runner
         runner.start()
@@ -245,6 +252,7 @@ class Agent:
             self.metrics.observe(t.clone, t.boot_to_ssh, t.total)
         if runner.phase == Phase.GONE:
             self.runners.pop(runner.runner_id, None)
+            self.warm.release(runner.runner_id)
             self._observed.discard(runner.runner_id)
             for rid in self._deletes.pop(runner.runner_id, []):
                 self._ack(Ack(rid, True))
@@ -264,6 +272,7 @@ class Agent:
                     "runner_id": r.runner_id, "runner_name": r.spec.runner_name, "state": r.phase.value,
                     "guest_runner_state": r.guest_state.value, "ip_address": r.ip, "mac_address": str(r.mac),
                     "template": r.spec.template.name, "resource_type": r.spec.resource_type,
+                    "warm_slot": str(r.spec.warm_slot.path) if r.spec.warm_slot else "", "restored": r.restored,
                     "error": r.error, "created_at": r.created_at, "timings": dict(r.timings.__dict__),
                     "bundle": str(r.bundle.path),
                 }

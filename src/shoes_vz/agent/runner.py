@@ -18,6 +18,7 @@ import asyncssh
 
 from shoes_vz.agent import ssh, supervisor
 from shoes_vz.agent.lifecycle import Event, advance
+from shoes_vz.agent.warm import WarmSlot
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.errors import RunnerFailed
 from shoes_vz.core.states import LIVE_PHASES, GuestState, Phase
@@ -54,6 +55,25 @@ class RunnerSpec:
     template: Template
     resource_type: str = ""
     labels: list[str] = field(default_factory=list)
+    warm_slot: WarmSlot | None = None
+
+
+def fill_bundle(dst: Bundle, template: Template, slot: WarmSlot | None, *, allow_copy: bool) -> None:
+    """A VM's files in `dst`: clones of the template's disk and aux storage and a fresh identity,
+    or — from a warm slot — clones of the slot's disk, aux storage and saved state with its identity."""
+    src = slot.bundle if slot is not None else None
+    with slot.in_use() if slot is not None else contextlib.nullcontext():
+        pairs = [(template.disk, dst.disk), (template.aux_storage, dst.aux_storage)]
+        if src is not None:
+            pairs = [(src.disk, dst.disk), (src.aux_storage, dst.aux_storage), (src.saved_state, dst.saved_state)]
+        for source, target in pairs:
+            clone.clone_file(source, target, allow_copy=allow_copy)
+            os.chmod(target, 0o600)  # the VM's copy is writable, the template's (and slot's) is not
+        shutil.copyfile(template.hardware_model, dst.hardware_model)
+        if src is not None:
+            shutil.copyfile(src.machine_identifier, dst.machine_identifier)
+        else:
+            write_machine_identifier(dst.machine_identifier)
 
 
 class Runner:
@@ -79,6 +99,7 @@ class Runner:
         self.ip = ""
         self.token = ""
         self.timings = Timings()
+        self.restored: bool | None = None  # from a warm slot: did the restore work (else: cold boot)
         self.created_at = time.time()
         self.bundle = Bundle.for_runner(settings.runners_dir, spec.runner_id)
         self.proc: asyncio.subprocess.Process | None = None
@@ -121,6 +142,7 @@ class Runner:
         destroyed (never repaired).
         """
         self.ip = str(meta.get("ip_address", ""))
+        self.restored = meta.get("restored")
         self.created_at = float(meta.get("created_at", self.created_at))
         timings = meta.get("timings") or {}
         self.timings = Timings(timings.get("clone"), timings.get("boot_to_ssh"), timings.get("total"))
@@ -151,7 +173,7 @@ class Runner:
                 self.timings.clone = time.monotonic() - started
                 self.proc = await supervisor.spawn(
                     self.bundle, s.driver, lease_file=self.lease_file,
-                    boot_delay=s.sim_boot_delay, stop_grace=s.stop_grace,
+                    boot_delay=s.sim_boot_delay, restore_delay=s.sim_restore_delay, stop_grace=s.stop_grace,
                 )
                 self._on(Event.CLONED)
                 self._watcher = asyncio.create_task(self._watch_vm())
@@ -164,7 +186,9 @@ class Runner:
                 )
                 ready = time.time()
                 try:
-                    vm_started = (await asyncio.to_thread(self.bundle.read_metadata)).get("started_at")
+                    vm_meta = await asyncio.to_thread(self.bundle.read_metadata)
+                    vm_started = vm_meta.get("started_at")
+                    self.restored = vm_meta.get("restored")
                     self.timings.boot_to_ssh = ready - float(vm_started) if vm_started else None
                     self._on(Event.SSH_READY)
                     await ssh.start_detached(conn, self.spec.setup_script)
@@ -189,7 +213,7 @@ class Runner:
         await self._poll_guest()
 
     def _make_bundle(self) -> None:
-        """Clone the template into a temp dir with a fresh identity, then rename into place."""
+        """Clone the template (or the runner's warm slot) into a temp dir, then rename into place."""
         t = self.spec.template
         t.check()
         tmp = Bundle.temporary_for(self.settings.runners_dir, self.runner_id)
@@ -197,16 +221,13 @@ class Runner:
         shutil.rmtree(tmp.path, ignore_errors=True)
         tmp.path.mkdir()
         try:
-            clone.clone_file(t.disk, tmp.disk, allow_copy=self.settings.allow_copy)
-            clone.clone_file(t.aux_storage, tmp.aux_storage, allow_copy=self.settings.allow_copy)
-            for p in (tmp.disk, tmp.aux_storage):
-                os.chmod(p, 0o600)  # the runner's copy is writable, the template is not
-            shutil.copyfile(t.hardware_model, tmp.hardware_model)
-            write_machine_identifier(tmp.machine_identifier)
+            slot = self.spec.warm_slot
+            fill_bundle(tmp, t, slot, allow_copy=self.settings.allow_copy)
             meta = t.meta
             tmp.update_metadata(
                 runner_id=self.runner_id, runner_name=self.spec.runner_name,
                 mac_address=str(self.mac), template=t.name, template_dir=str(t.path),
+                warm_slot=str(slot.path) if slot else "",
                 resource_type=self.spec.resource_type, labels=self.spec.labels,
                 driver=self.settings.driver, notify_url=self.settings.effective_notify_url(),
                 ssh_port=meta.ssh_port, ssh_user=meta.ssh_user,

@@ -15,14 +15,15 @@ from shoes_vz.vm.bundle import Bundle
 
 
 async def spawn(
-    bundle: Bundle, driver: str, *, lease_file: Path, boot_delay: float, stop_grace: float
+    bundle: Bundle, driver: str, *, lease_file: Path, boot_delay: float, stop_grace: float,
+    restore_delay: float = 0.0,
 ) -> asyncio.subprocess.Process:
     # `python -m shoes_vz.vm.process` is `shoes-vz vm run` without the CLI's import cost
     with open(bundle.log_file, "ab") as log:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shoes_vz.vm.process", str(bundle.path),
             "--driver", driver, "--lease-file", str(lease_file),
-            "--boot-delay", str(boot_delay), "--stop-grace", str(stop_grace),
+            "--boot-delay", str(boot_delay), "--restore-delay", str(restore_delay), "--stop-grace", str(stop_grace),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True,  # an agent crash must not take its VMs down
         )

@@ -109,13 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle", type=Path)
     p.add_argument("--driver", choices=sorted(DRIVERS), default="sim")
     p.add_argument("--boot-delay", type=float, default=0.0)
+    p.add_argument("--restore-delay", type=float, default=0.0)
     p.add_argument("--lease-file", type=Path, default=None)
     p.add_argument("--stop-grace", type=float, default=10.0)
     a = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s vm[%(process)d] %(levelname)s %(message)s"
     )
-    opts = DriverOptions(boot_delay=a.boot_delay, lease_file=a.lease_file, stop_grace=a.stop_grace)
+    opts = DriverOptions(boot_delay=a.boot_delay, restore_delay=a.restore_delay, lease_file=a.lease_file,
+                         stop_grace=a.stop_grace)
     try:
         return int(run(a.bundle, a.driver, opts))
     except Exception:

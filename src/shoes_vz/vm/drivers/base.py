@@ -21,6 +21,7 @@ class DriverOptions:
     """What `vm run` knows besides the bundle. The launch spec itself is in RuntimeMetadata.json."""
 
     boot_delay: float = 0.0              # sim: seconds before the guest "boots" (models macOS boot)
+    restore_delay: float = 0.0           # sim: seconds a restore from State.save takes (models VZ restore)
     lease_file: Path | None = None       # sim: where to write dhcpd_leases-format entries
     stop_grace: float = 10.0             # seconds between requestStop and a hard stop
     extra: dict[str, Any] = field(default_factory=dict)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from shoes_vz.core.errors import DriverError
+from shoes_vz.vm import identity_files
+from shoes_vz.vm.drivers import sim_state
 from shoes_vz.vm.drivers.base import Driver, DriverEvents
 from shoes_vz.vm.exit_status import VMExit
 from shoes_vz.vm.leases import Lease, MACAddress, add_lease, read_leases
@@ -41,8 +43,10 @@ def find_sshd() -> str:
     return found
 
 
-def allocate_address(lease_file: Path, mac: MACAddress, now: datetime | None = None) -> str:
-    """The address for `mac`: its unexpired lease's, else the lowest free one; recorded as a lease."""
+def allocate_address(lease_file: Path, mac: MACAddress, now: datetime | None = None, prefer: str | None = None
+                     ) -> str:
+    """The address for `mac`: its unexpired lease's, else `prefer` when free (a restored guest keeps
+    its address), else the lowest free one; recorded as a lease."""
     now = now or datetime.now(UTC)
     lease_file.parent.mkdir(parents=True, exist_ok=True)
     # one allocator at a time across vm processes (the lease writer has its own lock)
@@ -53,6 +57,8 @@ def allocate_address(lease_file: Path, mac: MACAddress, now: datetime | None = N
         taken = {le.ip for le in leases if le.mac != mac}
         if mine:
             ip = max(mine, key=lambda le: le.expiry).ip
+        elif prefer and prefer not in taken and ipaddress.ip_address(prefer) in SIM_NETWORK:
+            ip = prefer
         else:
             ip = next(
                 (str(a) for a in SIM_NETWORK.hosts() if a.packed[2:] >= b"\x00\x02" and str(a) not in taken),
@@ -85,6 +91,7 @@ class SimDriver(Driver):
         self._state = "stopped"
         self._children: list[subprocess.Popen[bytes]] = []
         self._ip = ""
+        self._mac: MACAddress | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self, events: DriverEvents) -> VMExit:
@@ -97,11 +104,16 @@ class SimDriver(Driver):
             raise DriverError(f"{self.bundle.runtime_metadata}: incomplete launch spec: {e}") from e
         sshd = find_sshd()
         lease_file = self.options.lease_file or self.bundle.path.parent / "dhcpd_leases"
-        self._state = "starting"
-        events.started()
-        if self._stop.wait(self.options.boot_delay):
+        self._mac = mac
+        saved_ip = self._restore(mac, events)
+        if saved_ip is None:
+            self._state = "starting"
+            events.started()
+            if self._stop.wait(self.options.boot_delay):
+                return VMExit.STOPPED
+        elif self._stop.wait(self.options.restore_delay):
             return VMExit.STOPPED
-        self._ip = allocate_address(lease_file, mac)
+        self._ip = allocate_address(lease_file, mac, prefer=saved_ip)
         home = self.bundle.guest_dir / "home"
         home.mkdir(parents=True, exist_ok=True)
         cfg = self._write_sshd_config(template_dir, ssh_port, home)
@@ -116,6 +128,7 @@ class SimDriver(Driver):
             self._terminate_children()
             raise DriverError(f"sim sshd did not start on {self._ip}:{ssh_port} (see {self.bundle.log_file})")
         self.bundle.update_metadata(sshd_listening_at=time.time())
+        # a restored guest's runner-agent re-announces with a new token (DESIGN §12): a new process does
         self._spawn(
             [
                 sys.executable, "-m", "shoes_vz.guest.runner_agent",
@@ -141,10 +154,51 @@ class SimDriver(Driver):
         self._state = "stopped"
         return status
 
+    def _restore(self, mac: MACAddress, events: DriverEvents) -> str | None:
+        """Restore State.save when present: the saved guest address, or None to boot cold.
+
+        As with VZ the state is single-use and any refusal means a cold boot with a fresh
+        MachineIdentifier (DESIGN §12), never a failed runner.
+        """
+        if not self.bundle.saved_state.exists():
+            if identity_files.is_placeholder(self.bundle.machine_identifier):
+                self._mint_identity()  # what VZ does on a first start
+            return None
+        self._state = "restoring"
+        try:
+            state = sim_state.load(self.bundle, mac)
+        except sim_state.RestoreRefused as e:
+            events.log(f"cannot restore State.save ({e}); deleted it, cold-booting with a fresh MachineIdentifier")
+            self.bundle.saved_state.unlink(missing_ok=True)
+            self._mint_identity()
+            self.bundle.update_metadata(restored=False, restore_error=str(e))
+            return None
+        self.bundle.saved_state.unlink(missing_ok=True)
+        events.started()
+        self.bundle.update_metadata(restored=True)
+        events.log("restoring State.save (warm start)")
+        return str(state.get("ip_address", "")) or ""
+
+    def _mint_identity(self) -> None:
+        identity_files.write_data_representation(self.bundle.machine_identifier, os.urandom(16))
+
     def request_stop(self) -> None:
         self._stop.set()
 
     def force_stop(self) -> None:
+        self._hard.set()
+        self._stop.set()
+
+    def save_state(self) -> None:
+        """Save to State.save and stop, as VZ's pause + save + stop: the disk stays as saved."""
+        if self._state != "running" or self._mac is None:
+            raise DriverError(f"cannot save: the VM is {self._state}")
+        self._state = "saving"
+        try:
+            sim_state.save(self.bundle, self._mac, self._ip)
+        except OSError as e:
+            self._state = "running"
+            raise DriverError(f"saving the VM state failed: {e}") from e
         self._hard.set()
         self._stop.set()
 

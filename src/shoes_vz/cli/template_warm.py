@@ -1,0 +1,54 @@
+"""`shoes-vz template warm NAME --slots N`: this host's warm slots for a template (DESIGN §12)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shoes_vz.core.errors import ShoesVzError
+
+
+def register(template_app: typer.Typer) -> None:
+    @template_app.command("warm")
+    def template_warm(
+        name: str,
+        slots: Annotated[int, typer.Option(help="warm slots to keep (≤ the agent's max_runners; 0 removes all)")],
+        config: Annotated[Path | None, typer.Option("--config", "-c", help="the agent's TOML file",
+                                                    envvar="SHOESVZ_CONFIG")] = None,
+        templates_dir: Annotated[Path | None, typer.Option(help="default: the agent's")] = None,
+        runners_dir: Annotated[Path | None, typer.Option(help="default: the agent's")] = None,
+    ) -> None:
+        """Build (or trim to) N saved VMs of template NAME that runners restore from instead of booting.
+
+        Uses the agent's settings (driver, lease file, SSH key). Slots of older template versions and
+        broken slots are removed, except while a live runner holds one.
+        """
+        from shoes_vz import config as cfg
+        from shoes_vz.agent.warm_build import SlotBuilder
+        from shoes_vz.template import TemplateStore
+
+        out, err = Console(), Console(stderr=True)
+        try:
+            settings = cfg.load(cfg.AgentSettings, config, templates_dir=templates_dir, runners_dir=runners_dir)
+            template = TemplateStore(settings.templates_dir).get(name)
+            builder = SlotBuilder(settings, template, lambda msg: err.print(msg, highlight=False))
+            with err.status(f"warming {name} v{template.meta.version} ({settings.driver})"):
+                report = asyncio.run(builder.ensure(slots))
+        except ShoesVzError as e:
+            err.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(1) from None
+        table = Table("slot", "state", "MAC", "IP", title=f"warm slots of {name} v{template.meta.version}")
+        for s in report.kept:
+            table.add_row(str(s.path), "kept", str(s.mac), s.ip)
+        for s in report.built:
+            table.add_row(str(s.path), "built", str(s.mac), s.ip)
+        for p in report.removed:
+            table.add_row(str(p), "removed", "", "")
+        for p in report.busy:
+            table.add_row(str(p), "stale, held by a live runner (kept)", "", "")
+        out.print(table)

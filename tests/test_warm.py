@@ -1,0 +1,192 @@
+"""Warm slots end to end with the sim driver: real `vm run` processes, OpenSSH guests, runner-agents.
+
+A slot is made by booting, waiting for SSH + runner-agent and saving (DESIGN §12); runners restore
+from a free slot, keep its IP/MAC, never share one, and fall back to a cold boot on a bad state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from pathlib import Path
+
+import asyncssh
+import pytest
+from stack_fixtures import SimStack, agent_settings, eventually, have_sshd, make_stack, require
+from typer.testing import CliRunner
+
+from shoes_vz.agent.warm import SLOT_FILE, WarmPool, WarmSlot
+from shoes_vz.agent.warm_build import SlotBuilder, WarmError
+from shoes_vz.cli.main import app
+from shoes_vz.core.errors import ConfigError
+from shoes_vz.core.states import Phase
+from shoes_vz.template import init_sim
+from shoes_vz.vm.bundle import Bundle
+from shoes_vz.vm.drivers import sim_state
+from shoes_vz.vm.identity_files import read_data_representation
+from shoes_vz.vm.leases import MACAddress
+from shoes_vz.wire import shoes_pb2_grpc as sgrpc
+
+
+def builder(stack: SimStack, events: list[str] | None = None) -> SlotBuilder:
+    return SlotBuilder(stack.agent.settings, stack.template, (events if events is not None else []).append)
+
+
+def _rewrite_frozen(path: Path, data: bytes) -> None:
+    os.chmod(path.parent, 0o755)
+    os.chmod(path, 0o644)
+    path.write_bytes(data)
+    os.chmod(path, 0o444)
+    os.chmod(path.parent, 0o555)
+
+
+async def _runner_for(stack: SimStack, name: str) -> object:
+    return next(r for r in stack.agent.runners.values() if r.spec.runner_name == name)
+
+
+async def test_slot_is_a_saved_frozen_vm(tmp_path: Path) -> None:
+    async with make_stack(tmp_path) as stack:
+        events: list[str] = []
+        report = await builder(stack, events).ensure(1)
+        assert len(report.built) == 1 and not report.kept and not report.removed
+        slot = report.built[0]
+        names = {p.name for p in slot.path.iterdir()}
+        assert {"Disk.img", "AuxiliaryStorage", "HardwareModel.json", "MachineIdentifier.json", "State.save",
+                SLOT_FILE, "build.log"} <= names
+        assert not names & {"control.sock", "vm.lock", "RuntimeMetadata.json", "guest"}
+        for p in [slot.path, *slot.path.iterdir()]:
+            assert not p.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), p
+        # the slot has its own bound identity and the saved state belongs to its MAC and address
+        assert read_data_representation(slot.bundle.machine_identifier)
+        saved = json.loads(slot.bundle.saved_state.read_text())
+        assert saved["mac_address"] == str(slot.mac) and saved["ip_address"] == slot.ip
+        assert WarmSlot.read(slot.path) == slot
+        assert stack.agent.warm.counts(stack.template) == (1, 1)
+        assert any("saving the VM state" in e for e in events)
+        # nothing half-made beside it, and the template was never written
+        assert [p.name for p in slot.path.parent.iterdir()] == [slot.path.name]
+        stack.template.check()
+
+
+async def test_runners_restore_from_distinct_slots_and_keep_their_address(tmp_path: Path) -> None:
+    async with make_stack(tmp_path, max_runners=3) as stack:
+        slots = (await builder(stack).ensure(2)).built
+        by_mac = {s.mac: s for s in slots}
+        async with stack.channel() as ch:
+            stub = sgrpc.ShoesServiceStub(ch)
+            answers = await asyncio.gather(*(stack.add(stub, f"warm-{i}") for i in range(3)))
+            runners = [await _runner_for(stack, f"warm-{i}") for i in range(3)]
+            warm = [r for r in runners if r.spec.warm_slot is not None]  # type: ignore[attr-defined]
+            cold = [r for r in runners if r.spec.warm_slot is None]  # type: ignore[attr-defined]
+            assert len(warm) == 2 and len(cold) == 1
+            assert {r.mac for r in warm} == set(by_mac)  # type: ignore[attr-defined]
+            for r in warm:
+                assert r.restored is True  # type: ignore[attr-defined]
+                assert r.ip == by_mac[r.mac].ip  # type: ignore[attr-defined]
+            assert cold[0].mac not in by_mac and cold[0].restored is None  # type: ignore[attr-defined]
+            assert {a.ip_address for a in answers} == {r.ip for r in runners}  # type: ignore[attr-defined]
+            assert stack.agent.warm.counts(stack.template) == (2, 0)
+            # a slot is free again once its runner is gone, and the next runner restores from it
+            freed = warm[0]
+            stack.agent.handle_delete("del-1", freed.runner_id)  # type: ignore[attr-defined]
+            await eventually(lambda: stack.agent.warm.counts(stack.template) == (2, 1))
+            await stack.add(stub, "warm-again")
+            again = await _runner_for(stack, "warm-again")
+            assert again.restored is True and again.mac == freed.mac  # type: ignore[attr-defined]
+        # the slots themselves are untouched by their runners: their state is still there
+        assert all(s.bundle.saved_state.is_file() for s in slots)
+
+
+async def test_bad_saved_state_falls_back_to_a_cold_boot(tmp_path: Path) -> None:
+    async with make_stack(tmp_path) as stack:
+        slot = (await builder(stack).ensure(1)).built[0]
+        _rewrite_frozen(slot.bundle.saved_state, b'{"format": "shoes-vz-sim-state/1", "mac_address": "nope"}')
+        async with stack.channel() as ch:
+            answer = await stack.add(sgrpc.ShoesServiceStub(ch), "fallback")
+        runner = await _runner_for(stack, "fallback")
+        assert runner.phase == Phase.RUNNING and answer.ip_address  # type: ignore[attr-defined]
+        assert runner.restored is False and runner.mac == slot.mac  # type: ignore[attr-defined]
+        b: Bundle = runner.bundle  # type: ignore[attr-defined]
+        meta = b.read_metadata()
+        assert "belongs to MAC nope" in meta["restore_error"]
+        assert not b.saved_state.exists()  # single-use, and deleted on refusal
+        # a fresh identity, never the slot's
+        assert read_data_representation(b.machine_identifier) != read_data_representation(
+            slot.bundle.machine_identifier)
+
+
+async def test_ensure_trims_replaces_stale_and_respects_limits(tmp_path: Path) -> None:
+    async with make_stack(tmp_path) as stack:
+        b = builder(stack)
+        with pytest.raises(ConfigError, match="max_runners"):
+            await b.ensure(3)
+        two = (await b.ensure(2)).built
+        report = await b.ensure(1)
+        assert len(report.kept) == 1 and len(report.removed) == 1 and not report.built
+        kept = report.kept[0]
+        # a slot made from another template version is stale: never used, replaced by the next ensure
+        raw = json.loads((kept.path / SLOT_FILE).read_text())
+        _rewrite_frozen(kept.path / SLOT_FILE, json.dumps({**raw, "version": "0"}).encode())
+        assert stack.agent.warm.counts(stack.template) == (0, 0)
+        report = await b.ensure(1)
+        assert report.removed == [kept.path] and len(report.built) == 1
+        assert report.built[0].mac not in {s.mac for s in two}
+        # a slot a live runner was cloned from is kept until that runner is gone
+        async with stack.channel() as ch:
+            await stack.add(sgrpc.ShoesServiceStub(ch), "holder")
+        report = await b.ensure(0)
+        assert report.busy == [report_path := (await _runner_for(stack, "holder")).spec.warm_slot.path]  # type: ignore[attr-defined]
+        assert report_path.exists()
+
+
+async def test_build_failure_leaves_nothing(tmp_path: Path) -> None:
+    async with make_stack(tmp_path) as stack:
+        # a key the guest does not accept: SSH never gets ready
+        other = tmp_path / "other_key"
+        asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(other))
+        settings = stack.agent.settings.model_copy(update={"ssh_key": other, "ip_to_ssh_timeout": 1.0})
+        b = SlotBuilder(settings, stack.template, lambda _m: None)
+        with pytest.raises(WarmError, match="warm slot .* of sim-test"):
+            await b.ensure(1)
+        assert list(b.root.iterdir()) == []
+        assert not list(settings.runners_dir.glob("warm-*"))
+        assert WarmPool(settings.templates_dir, "sim").counts(stack.template) == (0, 0)
+
+
+def test_sim_state_refuses_another_configuration(tmp_path: Path) -> None:
+    bundle = Bundle(tmp_path / "b.bundle")
+    bundle.path.mkdir()
+    for p, data in ((bundle.disk, b"disk"), (bundle.aux_storage, b"aux"), (bundle.hardware_model, b"{}"),
+                    (bundle.machine_identifier, b'{"dataRepresentation": "AAAA"}')):
+        p.write_bytes(data)
+    mac = MACAddress.parse("02:00:00:00:00:01")
+    sim_state.save(bundle, mac, "127.100.0.9")
+    assert sim_state.load(bundle, mac)["ip_address"] == "127.100.0.9"
+    with pytest.raises(sim_state.RestoreRefused, match="belongs to MAC"):
+        sim_state.load(bundle, MACAddress.parse("02:00:00:00:00:02"))
+    with bundle.disk.open("ab") as f:
+        f.write(b"changed")
+    with pytest.raises(sim_state.RestoreRefused, match="disk"):
+        sim_state.load(bundle, mac)
+    bundle.saved_state.write_text("not json")
+    with pytest.raises(sim_state.RestoreRefused, match="unreadable"):
+        sim_state.load(bundle, mac)
+
+
+def test_cli_warm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
+    init_sim(tmp_path / "templates", "cli-warm")
+    s = agent_settings(tmp_path, 1)
+    for key in ("lease_file", "runners_dir", "state_dir", "allow_copy", "driver", "stop_grace"):
+        monkeypatch.setenv(f"SHOESVZ_AGENT_{key.upper()}", str(getattr(s, key)).lower()
+                           if isinstance(getattr(s, key), bool) else str(getattr(s, key)))
+    args = ["template", "warm", "cli-warm", "--templates-dir", str(tmp_path / "templates")]
+    result = CliRunner().invoke(app, [*args, "--slots", "1"])
+    assert result.exit_code == 0, result.output
+    assert "built" in result.output
+    result = CliRunner().invoke(app, [*args, "--slots", "9"])
+    assert result.exit_code == 1 and "max_runners" in result.output
+    result = CliRunner().invoke(app, [*args[:2], "no-such", "--slots", "1"])
+    assert result.exit_code == 1 and "no template named 'no-such'" in result.output
