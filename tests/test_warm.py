@@ -17,6 +17,7 @@ import pytest
 from stack_fixtures import SimStack, agent_settings, eventually, have_sshd, make_stack, require
 from typer.testing import CliRunner
 
+from shoes_vz.agent.host_key import probe_host_key
 from shoes_vz.agent.warm import SLOT_FILE, WarmPool, WarmSlot
 from shoes_vz.agent.warm_build import SlotBuilder, WarmError
 from shoes_vz.cli.main import app
@@ -148,7 +149,7 @@ async def test_build_failure_leaves_nothing(tmp_path: Path) -> None:
         asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(other))
         settings = stack.agent.settings.model_copy(update={"ssh_key": other, "ip_to_ssh_timeout": 1.0})
         b = SlotBuilder(settings, stack.template, lambda _m: None)
-        with pytest.raises(WarmError, match="warm slot .* of sim-test"):
+        with pytest.raises(WarmError, match="warm slot 1 of 1 for sim-test"):
             await b.ensure(1)
         assert list(b.root.iterdir()) == []
         assert not list(settings.runners_dir.glob("warm-*"))
@@ -190,3 +191,10 @@ def test_cli_warm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 1 and "max_runners" in result.output
     result = CliRunner().invoke(app, [*args[:2], "no-such", "--slots", "1"])
     assert result.exit_code == 1 and "no template named 'no-such'" in result.output
+
+
+async def test_host_key_probe_reads_the_guest_key(tmp_path: Path) -> None:
+    async with make_stack(tmp_path) as stack:
+        key = await probe_host_key(stack.agent.settings, stack.template.path)
+        assert key.split()[:2] == stack.template.meta.ssh_host_key.split()[:2]
+        assert not list(stack.agent.settings.runners_dir.glob("*.building"))

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -23,23 +22,19 @@ import aiohttp
 import asyncssh
 
 from shoes_vz.agent import ssh, supervisor
-from shoes_vz.agent.runner import fill_bundle
+from shoes_vz.agent.scratch import SCRATCH_SUFFIX, ScratchError, rmtree_frozen, scratch_leftovers, scratch_vm
 from shoes_vz.agent.warm import SLOT_FILE, SLOT_PREFIX, WarmPool, WarmSlot, slots_dir
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.errors import ConfigError, RunnerFailed, ShoesVzError
 from shoes_vz.template import Template
 from shoes_vz.vm import control
 from shoes_vz.vm.bundle import Bundle, write_json_atomic
-from shoes_vz.vm.exit_status import describe
-from shoes_vz.vm.identity import new_mac
-from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases
 
 SAVE_TIMEOUT = 120.0
-BUILDING_PREFIX, BUILDING_SUFFIX = "warm-", ".building"
 RUNTIME_LEFTOVERS = ("control.sock", "vm.lock", ".metadata.lock", "RuntimeMetadata.json")
 
 
-class WarmError(ShoesVzError):
+class WarmError(ScratchError):
     """A slot could not be made; nothing of it is left behind."""
 
 
@@ -73,19 +68,11 @@ def _remove_slot(path: Path) -> bool:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 return False
-        _rmtree_frozen(path)
+        rmtree_frozen(path)
         return True
     finally:
         if fd is not None:
             os.close(fd)
-
-
-def _rmtree_frozen(path: Path) -> None:
-    for root, dirs, _ in os.walk(path):
-        os.chmod(root, 0o755)
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o755)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _freeze(path: Path) -> None:
@@ -127,80 +114,44 @@ class SlotBuilder:
                 continue
             report.removed.append(path)
             self.on_event(f"removed {path}")
-        for i in range(count - len(report.kept)):
-            self.on_event(f"slot {i + 1} of {count - len(report.kept)}: building")
-            report.built.append(await self.build_one())
+        missing = count - len(report.kept)
+        for i in range(missing):
+            self.on_event(f"slot {i + 1} of {missing}: building")
+            try:
+                report.built.append(await self.build_one())
+            except ScratchError as e:
+                raise WarmError(f"warm slot {i + 1} of {missing} for {t.name} v{t.meta.version}: {e}") from e
         return report
 
     def _all_slot_paths(self) -> list[Path]:
         """Every slot of every version of this template, and leftovers of interrupted builds."""
         base = self.settings.templates_dir / ".warm" / self.template.meta.name
         found = sorted(base.glob(f"*/{SLOT_PREFIX}*")) if base.is_dir() else []
-        building = self.settings.runners_dir.glob(f"{BUILDING_PREFIX}*{BUILDING_SUFFIX}")
-        return found + sorted(b for b in building if not Bundle(b).is_running())
+        return found + scratch_leftovers(self.settings.runners_dir)
 
     async def build_one(self) -> WarmSlot:
         s, t = self.settings, self.template
-        slot_id = secrets.token_hex(4)
-        # built where runners run (short control-socket paths; one volume), published by a rename
-        tmp = Bundle(s.runners_dir / f"{BUILDING_PREFIX}{slot_id}{BUILDING_SUFFIX}")
-        final = self.root / f"{SLOT_PREFIX}{slot_id}"
         self.root.mkdir(parents=True, exist_ok=True)
-        s.runners_dir.mkdir(parents=True, exist_ok=True)
-        avoid = {MACAddress.parse(str(b.read_metadata().get("mac_address")))
-                 for b in Bundle.all_in(s.runners_dir) if b.read_metadata().get("mac_address")}
-        mac = new_mac(avoid | WarmPool(s.templates_dir, s.driver).macs())
-        proc: asyncio.subprocess.Process | None = None
-        tmp.path.mkdir()
-        try:
-            await asyncio.to_thread(fill_bundle, tmp, t, None, allow_copy=s.allow_copy)
-            meta = t.meta
-            await asyncio.to_thread(
-                tmp.update_metadata, runner_id=f"warm-{slot_id}", runner_name=f"warm slot {slot_id}",
-                mac_address=str(mac), template=t.name, template_dir=str(t.path), driver=s.driver,
-                notify_url="", ssh_port=meta.ssh_port, ssh_user=meta.ssh_user,
-                runner_agent_port=s.runner_agent_port, cpu_count=meta.cpu_count, memory_bytes=meta.memory_bytes,
-                created_at=time.time(),
-            )
-            proc = await supervisor.spawn(tmp, s.driver, lease_file=s.lease_file, boot_delay=s.sim_boot_delay,
-                                          stop_grace=s.stop_grace)
-            ip = await self._booted(tmp, proc, mac)
-            self.on_event(f"  {ip}: SSH and runner-agent ready; saving the VM state")
-            reply = await control.request(tmp.control_socket, "save", timeout=SAVE_TIMEOUT)
+        async with scratch_vm(s, t, "warm") as vm:
+            await self._ready(vm.ip)
+            self.on_event(f"  {vm.ip}: SSH and runner-agent ready; saving the VM state")
+            reply = await control.request(vm.bundle.control_socket, "save", timeout=SAVE_TIMEOUT)
             if "error" in reply:
                 raise WarmError(f"the VM could not save its state: {reply['error']}")
-            if not await supervisor.wait_gone(tmp, proc, s.stop_grace + 10.0):
+            if not await supervisor.wait_gone(vm.bundle, vm.proc, s.stop_grace + 10.0):
                 raise WarmError("the VM did not stop after saving its state")
-            proc = None
-            if not tmp.saved_state.is_file():
-                raise WarmError(f"the VM stopped but wrote no {tmp.saved_state.name}")
-            slot = WarmSlot(final, meta.name, meta.version, dict(meta.digests), mac, ip, s.driver, time.time())
-            await asyncio.to_thread(self._finish, tmp, slot)
-            self.on_event(f"  saved {final}")
+            if not vm.bundle.saved_state.is_file():
+                raise WarmError(f"the VM stopped but wrote no {vm.bundle.saved_state.name}")
+            slot_id = vm.bundle.path.name.removesuffix(SCRATCH_SUFFIX).removeprefix("warm-")
+            slot = WarmSlot(self.root / f"{SLOT_PREFIX}{slot_id}", t.meta.name, t.meta.version,
+                            dict(t.meta.digests), vm.mac, vm.ip, s.driver, time.time())
+            await asyncio.to_thread(self._finish, vm.bundle, slot)
+            self.on_event(f"  saved {slot.path}")
             return slot
-        except BaseException as e:
-            if proc is not None or tmp.is_running():
-                await supervisor.stop(tmp, proc, 0.0)
-            log_tail = _tail(tmp.log_file)
-            await asyncio.to_thread(_rmtree_frozen, tmp.path)
-            if isinstance(e, ShoesVzError | OSError | TimeoutError):
-                raise WarmError(f"warm slot {slot_id} of {t.name}: {e or type(e).__name__}{log_tail}") from e
-            raise
 
-    async def _booted(self, bundle: Bundle, proc: asyncio.subprocess.Process, mac: MACAddress) -> str:
-        """The guest's address once SSH (pinned host key) and the runner-agent answer."""
+    async def _ready(self, ip: str) -> None:
+        """SSH with the pinned host key, then the runner-agent: what a runner will need at once."""
         s, meta = self.settings, self.template.meta
-        deadline = time.monotonic() + s.boot_to_ip_timeout
-        ip = ""
-        while not ip:
-            if proc.returncode is not None:
-                raise WarmError(f"the VM exited while booting: {describe(proc.returncode)}")
-            if time.monotonic() > deadline:
-                raise WarmError(f"no DHCP lease for {mac} within {s.boot_to_ip_timeout:.0f}s ({s.lease_file})")
-            lease = newest_lease_for(await asyncio.to_thread(read_leases, s.lease_file), mac)
-            ip = lease.ip if lease is not None else ""
-            if not ip:
-                await asyncio.sleep(0.05)
         key_path = s.ssh_key or self.template.sim_client_key
         try:
             client_key = await asyncio.to_thread(asyncssh.read_private_key, str(key_path))
@@ -213,7 +164,6 @@ class SlotBuilder:
             raise WarmError(str(e)) from e
         conn.close()
         await self._runner_agent_ready(ip, time.monotonic() + s.ip_to_ssh_timeout)
-        return ip
 
     async def _runner_agent_ready(self, ip: str, deadline: float) -> None:
         url = f"http://{ip}:{self.settings.runner_agent_port}/health"
@@ -245,11 +195,3 @@ class SlotBuilder:
             raise WarmError(f"cannot move the slot into {slot.path.parent}: {e} (templates and runners must "
                             "be on one volume)") from e
         os.chmod(slot.path, 0o555)
-
-
-def _tail(path: Path, lines: int = 8) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return ""
-    return "\n  vm log:\n    " + "\n    ".join(text) if text else ""

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any
 from shoes_vz.core.errors import BundleError
 
 SUFFIX = ".bundle"
+SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107  # sun_path size minus the NUL
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o644, *, durable: bool = True) -> None:
@@ -92,7 +95,14 @@ class Bundle:
 
     @property
     def control_socket(self) -> Path:
-        return self.path / "control.sock"
+        """`control.sock` in the bundle, or — when that path is too long for a Unix socket address
+        (sun_path: 104 bytes on macOS, 108 on Linux) — a short one derived from the bundle's path in
+        a private directory, so a deep runners directory still works. Both ends compute the same."""
+        path = self.path / "control.sock"
+        if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
+            return path
+        digest = hashlib.sha256(os.fsencode(self.path)).hexdigest()[:24]
+        return Path(tempfile.gettempdir()) / f"shoes-vz-{os.getuid()}" / f"{digest}.sock"
 
     @property
     def lock_file(self) -> Path:

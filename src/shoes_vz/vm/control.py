@@ -48,6 +48,7 @@ class ControlServer:
                     reply = {"ok": False, "error": str(e)}
                 self.wfile.write(json.dumps(reply).encode() + b"\n")
 
+        _private_parent(path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         self._server = socketserver.ThreadingUnixStreamServer(str(path), _Req)
@@ -65,6 +66,18 @@ class ControlServer:
         self._server.server_close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def _private_parent(path: Path) -> None:
+    """A socket outside its bundle (see `Bundle.control_socket`) lives in a directory only this user
+    may enter; one made by anybody else is refused."""
+    if path.name == "control.sock":
+        return  # inside its bundle
+    parent = path.parent
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = parent.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{parent} must be owned by uid {os.getuid()} with mode 0700")
 
 
 async def request(path: Path, command: str, timeout: float = 5.0) -> dict[str, Any]:

@@ -1,0 +1,125 @@
+"""A scratch VM for the maintenance path: a clone of a template (or draft) booted outside any runner.
+
+`template warm` saves one as a slot; `template freeze --boot` reads the guest's SSH host key off
+one. It is built in the runners directory (one volume with the templates, short control-socket
+paths) under a name the agent never adopts, and whatever happens it is stopped and removed on exit
+unless the caller moved its directory away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoes_vz.agent import supervisor
+from shoes_vz.agent.runner import fill_bundle
+from shoes_vz.agent.warm import WarmPool
+from shoes_vz.config import AgentSettings
+from shoes_vz.core.errors import ShoesVzError
+from shoes_vz.template import Template
+from shoes_vz.vm.bundle import Bundle
+from shoes_vz.vm.exit_status import describe
+from shoes_vz.vm.identity import new_mac
+from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases
+
+SCRATCH_SUFFIX = ".building"
+
+
+class ScratchError(ShoesVzError):
+    """The scratch VM did not come up; the message carries the tail of its log."""
+
+
+@dataclass
+class ScratchVM:
+    bundle: Bundle
+    proc: asyncio.subprocess.Process | None
+    mac: MACAddress
+    ip: str = ""
+
+
+def scratch_leftovers(runners_dir: Path) -> list[Path]:
+    """Scratch bundles of interrupted maintenance runs (no live VM holds them)."""
+    if not runners_dir.is_dir():
+        return []
+    return sorted(p for p in runners_dir.glob(f"*{SCRATCH_SUFFIX}") if not Bundle(p).is_running())
+
+
+def rmtree_frozen(path: Path) -> None:
+    """Remove a tree even when it was frozen read-only."""
+    for root, dirs, _ in os.walk(path):
+        os.chmod(root, 0o755)
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n  vm log:\n    " + "\n    ".join(text) if text else ""
+
+
+def _live_macs(runners_dir: Path) -> set[MACAddress]:
+    found = set()
+    for b in Bundle.all_in(runners_dir):
+        with contextlib.suppress(ShoesVzError, ValueError):
+            mac = b.read_metadata().get("mac_address")
+            if mac:
+                found.add(MACAddress.parse(str(mac)))
+    return found
+
+
+@contextlib.asynccontextmanager
+async def scratch_vm(settings: AgentSettings, template: Template, label: str) -> AsyncIterator[ScratchVM]:
+    """Boot a clone of `template` with a fresh identity; yields once its DHCP lease names its address."""
+    s = settings
+    s.runners_dir.mkdir(parents=True, exist_ok=True)
+    ident = secrets.token_hex(4)
+    bundle = Bundle(s.runners_dir / f"{label}-{ident}{SCRATCH_SUFFIX}")
+    mac = await asyncio.to_thread(lambda: new_mac(_live_macs(s.runners_dir)
+                                                  | WarmPool(s.templates_dir, s.driver).macs()))
+    vm = ScratchVM(bundle, None, mac)
+    bundle.path.mkdir()
+    try:
+        await asyncio.to_thread(fill_bundle, bundle, template, None, allow_copy=s.allow_copy)
+        meta = template.meta
+        await asyncio.to_thread(
+            bundle.update_metadata, runner_id=f"{label}-{ident}", runner_name=f"{label} {ident}",
+            mac_address=str(mac), template=meta.name, template_dir=str(template.path), driver=s.driver,
+            notify_url="", ssh_port=meta.ssh_port, ssh_user=meta.ssh_user, runner_agent_port=s.runner_agent_port,
+            cpu_count=meta.cpu_count, memory_bytes=meta.memory_bytes, created_at=time.time(),
+        )
+        vm.proc = await supervisor.spawn(bundle, s.driver, lease_file=s.lease_file, boot_delay=s.sim_boot_delay,
+                                         stop_grace=s.stop_grace)
+        vm.ip = await _wait_lease(s, vm.proc, mac)
+        yield vm
+    except (ShoesVzError, OSError, TimeoutError) as e:
+        cls = type(e) if isinstance(e, ScratchError) else ScratchError  # keep a caller's subclass
+        raise cls(f"{e or type(e).__name__}{log_tail(bundle.log_file)}") from e
+    finally:
+        if bundle.path.exists():
+            if vm.proc is not None and vm.proc.returncode is None or bundle.is_running():
+                await supervisor.stop(bundle, vm.proc, 0.0)
+            await asyncio.to_thread(rmtree_frozen, bundle.path)
+
+
+async def _wait_lease(s: AgentSettings, proc: asyncio.subprocess.Process, mac: MACAddress) -> str:
+    deadline = time.monotonic() + s.boot_to_ip_timeout
+    while True:
+        if proc.returncode is not None:
+            raise ScratchError(f"the VM exited while booting: {describe(proc.returncode)}")
+        lease = newest_lease_for(await asyncio.to_thread(read_leases, s.lease_file), mac)
+        if lease is not None:
+            return lease.ip
+        if time.monotonic() > deadline:
+            raise ScratchError(f"no DHCP lease for {mac} within {s.boot_to_ip_timeout:.0f}s ({s.lease_file})")
+        await asyncio.sleep(0.05)
