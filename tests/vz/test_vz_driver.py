@@ -140,6 +140,7 @@ def test_save_then_restore(fake_vz: FakeVZ, bundle: Bundle) -> None:
     h.wait_started()
     assert not bundle.saved_state.exists()  # single-use
     assert read_data_representation(bundle.machine_identifier) == ident  # same identity restored
+    assert bundle.read_metadata()["restored"] is True  # the agent reports the warm start
     assert len(fake_vz.vms) == 2 and fake_vz.vms[1]._started_once
     assert h.driver.status()["vm_state"] == "running"
     h.driver.force_stop()
@@ -166,6 +167,8 @@ def test_restore_failure_deletes_state_and_cold_boots(fake_vz: FakeVZ, bundle: B
     assert not bundle.saved_state.exists()
     assert read_data_representation(bundle.machine_identifier) != ident  # fresh identity (DESIGN §12)
     assert any("cold-booting" in m for m in h.events.messages)
+    meta = bundle.read_metadata()
+    assert meta["restored"] is False and meta["restore_error"]
     assert h.events.started_count == 1
     h.driver.request_stop()
     assert h.result() is VMExit.STOPPED

@@ -294,6 +294,7 @@ class VZDriver(Driver):
     def _resumed(self, vm: Any, err: Any) -> None:
         if err is None:
             self._log("restored State.save and resumed the guest (warm start)")
+            self._record_restore(True, "")
             self._running()
             return
         reason = str(from_nserror(err, "resume the restored VM", default_exit=VMExit.START_FAILED))
@@ -302,8 +303,16 @@ class VZDriver(Driver):
     def _cold_boot_after(self, reason: str) -> None:
         """On the queue: forget the saved state, take a fresh identity (DESIGN §12), boot cold."""
         self._log(f"{reason}; deleted State.save, cold-booting with a fresh MachineIdentifier")
+        self._record_restore(False, reason)
         self._new_vm(self._build(fresh_identity=True))
         self._start_on_queue()
+
+    def _record_restore(self, restored: bool, error: str) -> None:
+        """RuntimeMetadata.json tells the agent whether a warm start happened (and why not)."""
+        try:
+            self.bundle.update_metadata(restored=restored, restore_error=error)
+        except (OSError, BundleError) as e:
+            self._log(f"could not record the restore outcome: {e}")
 
     def _discard_saved_state(self) -> None:
         try:
