@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,6 +77,15 @@ def test_bad_mapping_in_env(monkeypatch: pytest.MonkeyPatch, env: str, expected:
     with pytest.raises(ConfigError) as e:
         config.load(config.ServerSettings)
     assert "server.resource_types" in str(e.value) and expected in str(e.value)
+
+
+def test_server_command_stops_on_a_bad_mapping(tmp_path: Path) -> None:
+    env = {**os.environ, "SHOESVZ_SERVER_RESOURCE_TYPES": '{"small": "../x"}', "SHOESVZ_CONFIG": ""}
+    r = subprocess.run([sys.executable, "-m", "shoes_vz.cli.main", "server", "--db", str(tmp_path / "s.db")],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "server.resource_types" in r.stderr and "template name '../x' is invalid" in r.stderr
+    assert not (tmp_path / "s.db").exists()  # refused before anything was made
 
 
 def test_the_same_alias_twice_with_one_template_is_fine() -> None:

@@ -4,9 +4,11 @@ how agents report their templates (registration and Sync) — scripted agents an
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from stack_fixtures import agent_settings, eventually, server_settings
@@ -150,3 +152,30 @@ async def test_real_agent_reports_templates_and_one_frozen_while_it_runs(tmp_pat
             held = server.scheduler.template_for(row, "large")
             assert held is not None and (held.digest, held.cpu_cores, held.memory_bytes) == (
                 big.meta.fingerprint(), 8, 16 * GIB)
+
+
+async def test_metrics_show_which_templates_the_fleet_holds(mapped_server: ServerApp) -> None:
+    agent = await connected_agent(mapped_server, templates=[
+        apb.Template(name="macos-15", warm_slots=2, free_warm_slots=1), apb.Template(name="macos-15-big")])
+    other = await connected_agent(mapped_server, agent_id="agent-2", templates=[apb.Template(name="macos-15")])
+    await other.close()
+    await eventually(lambda: "agent-2" not in mapped_server.hub.connections)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{mapped_server.metrics_port}/metrics") as r:
+            text = await r.text()
+    for line in ('shoesvz_template_agents{status="online",template="macos-15"} 1.0',
+                 'shoesvz_template_agents{status="offline",template="macos-15"} 1.0',
+                 'shoesvz_template_agents{status="online",template="macos-15-big"} 1.0',
+                 'shoesvz_template_warm_slots{state="total",template="macos-15"} 2.0',
+                 'shoesvz_template_warm_slots{state="free",template="macos-15"} 1.0'):
+        assert line in text.splitlines(), line
+    await agent.close()
+
+
+async def test_a_default_type_outside_the_mapping_is_warned_about(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    settings = server_settings(tmp_path, resource_types={"large": "macos-15-big"})
+    with caplog.at_level(logging.WARNING, logger="shoes_vz.server.app"):
+        async with ServerApp(settings):
+            pass
+    assert "default_resource_type small is not in resource_types" in caplog.text
