@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -179,3 +181,28 @@ async def test_a_default_type_outside_the_mapping_is_warned_about(tmp_path: Path
         async with ServerApp(settings):
             pass
     assert "default_resource_type small is not in resource_types" in caplog.text
+
+
+async def test_a_malformed_template_keeps_the_last_report(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    templates = tmp_path / "templates"
+    await asyncio.to_thread(init_sim, templates, "macos-15", resource_types=["small"])
+    async with ServerApp(server_settings(tmp_path)) as server:
+        agent = Agent(agent_settings(tmp_path, server.port))
+        async with agent:
+            await eventually(lambda: _holds(server, "macos-15"), timeout=10)
+            broken = templates / "half-copied"
+            broken.mkdir()
+            (broken / "TemplateMetadata.json").write_text('{"name": "half-copied", ')
+            # two heartbeats later the server has heard from the agent and still holds its report
+            for _ in range(2):
+                since = time.time()
+                await eventually(lambda since=since: _seen_after(server, since), timeout=10)
+            assert [t.name for t in (await stored_agents(server))[0].templates] == ["macos-15"]
+            assert caplog.text.count("cannot list templates") == 1  # once per problem, not per heartbeat
+            shutil.rmtree(broken)
+            await asyncio.to_thread(init_sim, templates, "macos-15-big", resource_types=["large"])
+            await eventually(lambda: _holds(server, "macos-15-big"), timeout=10)
+
+
+async def _seen_after(server: ServerApp, t: float) -> bool:
+    return all(a.last_seen > t for a in await stored_agents(server))

@@ -74,6 +74,7 @@ class SyncClient:
         self.s = agent.settings
         self.connected = asyncio.Event()
         self._metadata = (("authorization", f"Bearer {self.s.token}"),) if self.s.token else ()
+        self._template_error = ""
 
     def _channel(self) -> grpc.aio.Channel:
         opts = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_permit_without_calls", 1)]
@@ -123,11 +124,15 @@ class SyncClient:
 
     async def _templates_now(self) -> list[pb.Template] | None:
         try:
-            return await asyncio.to_thread(template_messages, self.agent)
+            templates = await asyncio.to_thread(template_messages, self.agent)
         except (TemplateError, OSError) as e:
-            log.warning("cannot list templates in %s (the server keeps the last report): %s",
-                        self.s.templates_dir, e)
+            if str(e) != self._template_error:  # once per problem, not once per heartbeat
+                log.warning("cannot list templates in %s (the server keeps the last report): %s",
+                            self.s.templates_dir, e)
+            self._template_error = str(e)
             return None
+        self._template_error = ""
+        return templates
 
     async def _stream(self, stub: pbg.AgentServiceStub, interval: float) -> None:
         call = stub.Sync(metadata=self._metadata)
