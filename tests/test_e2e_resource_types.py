@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 from stack_fixtures import TOKEN, agent_settings, eventually, have_sshd, require, server_settings
 
 from shoes_vz.agent.app import Agent
@@ -20,15 +21,17 @@ GIB = 1024**3
 MD = (("authorization", f"Bearer {TOKEN}"),)
 
 
-async def test_small_and_large_land_on_their_templates_with_their_cpu_and_memory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mapped", [True, False], ids=["server-mapping", "templates-own-types"])
+async def test_small_and_large_land_on_their_templates_with_their_cpu_and_memory(tmp_path: Path,
+                                                                                 mapped: bool) -> None:
     require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
     templates = tmp_path / "templates"
-    # the templates' own resource_types say the opposite: the server's mapping decides
+    # with a mapping, the templates' own resource_types say the opposite: the mapping decides
     small = await asyncio.to_thread(init_sim, templates, "mac-small", cpu_count=2, memory_bytes=3 * GIB,
-                                    resource_types=["large"])
+                                    resource_types=["large" if mapped else "small"])
     large = await asyncio.to_thread(init_sim, templates, "mac-large", cpu_count=6, memory_bytes=12 * GIB,
-                                    resource_types=["small"])
-    mapping = {"small": "mac-small", "large": "mac-large"}
+                                    resource_types=["small" if mapped else "large"])
+    mapping = {"small": "mac-small", "large": "mac-large"} if mapped else {}
     async with ServerApp(server_settings(tmp_path, resource_types=mapping)) as server:
         async with Agent(agent_settings(tmp_path, server.port, max_runners=2)) as agent:
             await eventually(lambda: agent.agent_id in server.hub.connections, timeout=10)
