@@ -51,3 +51,7 @@ def test_wire_compatible_field_numbers() -> None:
     s = numbers(agent_pb2.SyncRequest)
     assert {k: s[k] for k in ("agent_id", "active_runners", "runners")} == dict(agent_id=1, active_runners=2,
                                                                                runners=3)
+    assert s["acks"] == 10 and s["templates"] == 11
+    assert numbers(agent_pb2.Template) == {"name": 1, "version": 2, "resource_types": 3, "cpu_cores": 4,
+                                           "memory_bytes": 5, "digest": 6, "warm_slots": 7, "free_warm_slots": 8}
+    assert numbers(agent_pb2.TemplateReport) == {"templates": 1}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -24,8 +25,10 @@ MD = (("authorization", f"Bearer {TOKEN}"),)
 class ScriptedAgent:
     """An agent whose replies the test decides."""
 
-    def __init__(self, addr: str, agent_id: str = "agent-test", slots: int = 2) -> None:
+    def __init__(self, addr: str, agent_id: str = "agent-test", slots: int = 2,
+                 templates: list[apb.Template] | None = None) -> None:
         self.addr, self.agent_id, self.slots = addr, agent_id, slots
+        self.templates = templates if templates is not None else [apb.Template(name="t", resource_types=["small"])]
         self.commands: asyncio.Queue[apb.SyncResponse] = asyncio.Queue()
         self.outgoing: asyncio.Queue[apb.SyncRequest | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -35,7 +38,7 @@ class ScriptedAgent:
         stub = agrpc.AgentServiceStub(self.channel)
         await stub.RegisterAgent(apb.RegisterAgentRequest(
             agent_id=self.agent_id, hostname="test", capacity=apb.AgentCapacity(max_runners=self.slots),
-            templates=[apb.Template(name="t", resource_types=["small"])]), metadata=MD)
+            templates=self.templates), metadata=MD)
         self.outgoing.put_nowait(apb.SyncRequest(agent_id=self.agent_id, runners=runners or []))
 
         async def requests() -> AsyncIterator[apb.SyncRequest]:
@@ -50,8 +53,13 @@ class ScriptedAgent:
 
         self._task = asyncio.create_task(pump())
 
-    def send(self, runners: list[apb.Runner] = (), acks: list[apb.CommandAck] = ()) -> None:
-        self.outgoing.put_nowait(apb.SyncRequest(agent_id=self.agent_id, runners=list(runners), acks=list(acks)))
+    def send(self, runners: list[apb.Runner] = (), acks: list[apb.CommandAck] = (),
+             templates: list[apb.Template] | None = None) -> None:
+        msg = apb.SyncRequest(agent_id=self.agent_id, runners=list(runners), acks=list(acks))
+        if templates is not None:
+            msg.templates.SetInParent()
+            msg.templates.templates.extend(templates)
+        self.outgoing.put_nowait(msg)
 
     async def next_command(self, timeout: float = 5) -> apb.SyncResponse:
         return await asyncio.wait_for(self.commands.get(), timeout)
@@ -69,9 +77,9 @@ async def server(tmp_path: Path) -> AsyncIterator[ServerApp]:
         yield app
 
 
-async def connected_agent(server: ServerApp) -> ScriptedAgent:
+async def connected_agent(server: ServerApp, **kw: Any) -> ScriptedAgent:
     """A scripted agent whose Sync stream the server has attached."""
-    agent = ScriptedAgent(f"127.0.0.1:{server.port}")
+    agent = ScriptedAgent(f"127.0.0.1:{server.port}", **kw)
     await agent.connect()
     await eventually(lambda: agent.agent_id in server.hub.connections)
     return agent

@@ -11,9 +11,9 @@ import pytest
 
 from shoes_vz.core.errors import CapacityExhausted, InvalidInput
 from shoes_vz.server.scheduler import NoAgents, Scheduler
-from shoes_vz.server.store import Command, Store
+from shoes_vz.server.store import Command, HeldTemplate, Store
 
-SMALL = [{"name": "t-small", "resource_types": ["small", "medium"]}]
+SMALL = [HeldTemplate("t-small", resource_types=("small", "medium"))]
 
 
 async def open_store(tmp_path: Path) -> Store:
@@ -22,7 +22,8 @@ async def open_store(tmp_path: Path) -> Store:
     return store
 
 
-async def add_agent(store: Store, agent_id: str, slots: int = 2, online: bool = True, templates=SMALL) -> None:
+async def add_agent(store: Store, agent_id: str, slots: int = 2, online: bool = True,
+                    templates: list[HeldTemplate] = SMALL) -> None:
     await store.call(store.upsert_agent, agent_id, agent_id + ".local", slots, templates, {})
     await store.call(store.set_agent_online, agent_id, online)
 

@@ -7,22 +7,25 @@ below. The defaults are the production paths of the seed design.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
-from shoes_vz.core.errors import ConfigError
+from shoes_vz.core.errors import ConfigError, InvalidInput
+from shoes_vz.core.ids import validate_template_name
 from shoes_vz.core.net import is_loopback, split_hostport
-from shoes_vz.core.resources import RESOURCE_TYPES
+from shoes_vz.core.resources import RESOURCE_TYPES, canonical_resource_type
 
 DEFAULT_TEMPLATES_DIR = Path("/opt/myshoes/vz/templates")
 DEFAULT_RUNNERS_DIR = Path("/opt/myshoes/vz/runners")
@@ -34,6 +37,35 @@ DEFAULT_LEASE_FILE = Path("/var/db/dhcpd_leases")
 def _check_hostport(value: str) -> str:
     split_hostport(value)
     return value
+
+
+def _resource_type_map(value: Any) -> dict[str, str]:
+    """`{myshoes type: template name}` with upstream's aliases folded into myshoes' names."""
+    if isinstance(value, str):  # the environment gives JSON
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f'not JSON ({e}); write e.g. {{"small": "macos-15"}}') from None
+    if not isinstance(value, dict):
+        raise ValueError('must be a table / JSON object of type = "template", e.g. small = "macos-15"')
+    problems: list[str] = []
+    mapping: dict[str, str] = {}
+    given_as: dict[str, str] = {}
+    for key, template in value.items():
+        try:
+            rtype = canonical_resource_type(str(key))
+            if not isinstance(template, str):
+                raise InvalidInput(f"template name must be a string, got {template!r}")
+            validate_template_name(template)
+        except InvalidInput as e:
+            problems.append(f"{key!r}: {e}")
+            continue
+        if rtype in mapping and mapping[rtype] != template:
+            problems.append(f"{given_as[rtype]!r} and {key!r} are the same type with different templates")
+        mapping[rtype], given_as[rtype] = template, str(key)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return mapping
 
 
 class _Base(BaseSettings):
@@ -68,6 +100,10 @@ class ServerSettings(_Base):
     tls_key: Path | None = None
     allow_plaintext: bool = Field(False, description="allow plaintext gRPC on a non-loopback address")
     default_resource_type: str = "small"
+    resource_types: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="myshoes type → template name; empty: each template's own resource_types decide",
+    )
     add_instance_timeout: float = Field(300.0, gt=0, description="upper bound of one AddInstance call")
     sync_interval: float = Field(5.0, gt=0, description="agent heartbeat period, seconds")
     agent_offline_after: float = Field(20.0, gt=0, description="no heartbeat for this long → offline")
@@ -86,6 +122,11 @@ class ServerSettings(_Base):
         if v not in RESOURCE_TYPES:
             raise ValueError(f"must be one of {', '.join(RESOURCE_TYPES)}")
         return v
+
+    @field_validator("resource_types", mode="before")
+    @classmethod
+    def _rt_map(cls, v: Any) -> dict[str, str]:
+        return _resource_type_map(v)
 
     def check_transport(self) -> None:
         host, _ = split_hostport(self.listen)

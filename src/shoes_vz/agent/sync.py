@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from shoes_vz import __version__
+from shoes_vz.core.errors import TemplateError
 from shoes_vz.wire import agent_pb2 as pb
 from shoes_vz.wire import agent_pb2_grpc as pbg
 from shoes_vz.wire.convert import guest_to_wire, phase_to_state
@@ -50,6 +51,19 @@ def runner_message(r: Runner, agent_id: str) -> pb.Runner:
     )
 
 
+def template_messages(agent: Agent) -> list[pb.Template]:
+    """The templates this host holds now, with their build digest and warm slots."""
+    messages = []
+    for t in agent.templates.list():
+        warm, free = agent.warm_slot_counts(t)
+        m = t.meta
+        messages.append(pb.Template(
+            name=t.name, version=m.version, resource_types=m.resource_types, cpu_cores=m.cpu_count,
+            memory_bytes=m.memory_bytes, digest=m.fingerprint(), warm_slots=warm, free_warm_slots=free,
+        ))
+    return messages
+
+
 def ack_message(a: Ack) -> pb.CommandAck:
     return pb.CommandAck(request_id=a.request_id, ok=a.ok, error=a.error)
 
@@ -60,6 +74,7 @@ class SyncClient:
         self.s = agent.settings
         self.connected = asyncio.Event()
         self._metadata = (("authorization", f"Bearer {self.s.token}"),) if self.s.token else ()
+        self._template_error = ""
 
     def _channel(self) -> grpc.aio.Channel:
         opts = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_permit_without_calls", 1)]
@@ -74,11 +89,7 @@ class SyncClient:
             agent_id=a.agent_id, hostname=socket.gethostname(),
             capacity=pb.AgentCapacity(max_runners=self.s.max_runners, cpu_cores=a.cpu_cores,
                                       memory_bytes=a.memory_bytes),
-            templates=[
-                pb.Template(name=t.name, version=t.meta.version, resource_types=t.meta.resource_types,
-                            cpu_cores=t.meta.cpu_count, memory_bytes=t.meta.memory_bytes)
-                for t in a.templates.list()
-            ],
+            templates=template_messages(a),
             host=pb.HostFacts(os=f"{platform.system()} {platform.release()}", arch=platform.machine(),
                               driver=self.s.driver, agent_version=__version__),
         )
@@ -111,6 +122,18 @@ class SyncClient:
             attempt += 1
             await asyncio.sleep(delay)
 
+    async def _templates_now(self) -> list[pb.Template] | None:
+        try:
+            templates = await asyncio.to_thread(template_messages, self.agent)
+        except (TemplateError, OSError) as e:
+            if str(e) != self._template_error:  # once per problem, not once per heartbeat
+                log.warning("cannot list templates in %s (the server keeps the last report): %s",
+                            self.s.templates_dir, e)
+            self._template_error = str(e)
+            return None
+        self._template_error = ""
+        return templates
+
     async def _stream(self, stub: pbg.AgentServiceStub, interval: float) -> None:
         call = stub.Sync(metadata=self._metadata)
         self.connected.set()
@@ -135,15 +158,24 @@ class SyncClient:
 
     async def _send_loop(self, call: grpc.aio.StreamStreamCall, interval: float) -> None:
         a = self.agent
+        reported: list[pb.Template] | None = None
         while True:
             a.changed.clear()
+            templates = await self._templates_now()
             acks = a.take_acks()
             runners = [r for r in a.runners.values()]
-            await call.write(pb.SyncRequest(
+            msg = pb.SyncRequest(
                 agent_id=a.agent_id, active_runners=sum(1 for r in runners if r.live),
                 runners=[runner_message(r, a.agent_id) for r in runners],
                 acks=[ack_message(x) for x in acks],
-            ))
+            )
+            # templates ride along when they changed (one frozen meanwhile becomes schedulable
+            # without a restart), as do warm slots taken or refilled
+            if templates is not None and templates != reported:
+                msg.templates.templates.extend(templates)
+                msg.templates.SetInParent()
+                reported = templates
+            await call.write(msg)
             try:
                 await asyncio.wait_for(a.changed.wait(), interval)
             except TimeoutError:

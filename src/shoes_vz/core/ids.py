@@ -11,6 +11,8 @@ SHOES_TYPE = "shoes-vz"
 CLOUD_ID_PREFIX = "shoes-vz-"
 RUNNER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RUNNER_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+# a template's name is its directory under templates_dir: no path separators, never hidden
+TEMPLATE_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 MAX_SETUP_SCRIPT_BYTES = 1024 * 1024
 MAX_LABELS = 64
 MAX_LABEL_CHARS = 256
@@ -30,13 +32,21 @@ def runner_id_from_cloud_id(value: str) -> str | None:
     if not value.startswith(CLOUD_ID_PREFIX):
         return None
     rid = value[len(CLOUD_ID_PREFIX) :]
-    return rid if RUNNER_ID_RE.match(rid) else None
+    return rid if RUNNER_ID_RE.fullmatch(rid) else None
 
 
 def validate_runner_name(name: str) -> None:
-    if not RUNNER_NAME_RE.match(name):
+    if not RUNNER_NAME_RE.fullmatch(name):  # `$` alone would accept a trailing newline
         raise InvalidInput(
             f"runner_name {name[:140]!r} is invalid: it must match {RUNNER_NAME_RE.pattern}"
+        )
+
+
+def validate_template_name(name: str) -> None:
+    if not TEMPLATE_NAME_RE.fullmatch(name):
+        raise InvalidInput(
+            f"template name {name[:140]!r} is invalid: use letters, digits, '.', '_', '-' and do not "
+            "start with '.'"
         )
 
 

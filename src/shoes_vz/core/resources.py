@@ -11,14 +11,19 @@ RESOURCE_TYPES: tuple[str, ...] = (
 ALIASES = {"xlarge2": "2xlarge", "xlarge3": "3xlarge", "xlarge4": "4xlarge"}
 
 
-def normalize_resource_type(value: str, default: str) -> str:
-    """myshoes' name for a resource type; empty or "unknown" means the configured default."""
+def canonical_resource_type(value: str) -> str:
+    """myshoes' name for `value` (case-insensitive; upstream's aliases accepted)."""
     name = value.strip().lower()
-    if name in ("", "unknown"):
-        name = default
     name = ALIASES.get(name, name)
     if name not in RESOURCE_TYPES:
         raise InvalidInput(
             f"resource_type {value[:40]!r} is unknown; expected one of {', '.join(RESOURCE_TYPES)}"
         )
     return name
+
+
+def normalize_resource_type(value: str, default: str) -> str:
+    """myshoes' name for a requested resource type; empty or "unknown" means the configured default."""
+    if value.strip().lower() in ("", "unknown"):
+        value = default
+    return canonical_resource_type(value)

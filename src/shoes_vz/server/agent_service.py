@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from shoes_vz.core.errors import InvalidInput
+from shoes_vz.core.resources import canonical_resource_type
 from shoes_vz.core.states import Phase
 from shoes_vz.server.scheduler import new_request_id
-from shoes_vz.server.store import Command
+from shoes_vz.server.store import Command, HeldTemplate
 from shoes_vz.wire import agent_pb2 as pb
 from shoes_vz.wire import agent_pb2_grpc as pbg
 from shoes_vz.wire.convert import state_to_phase, wire_to_guest
@@ -22,6 +24,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CAPACITY_BLOCK_SECONDS = 60.0
+
+
+def held_templates(agent_id: str, report: list[pb.Template]) -> list[HeldTemplate]:
+    """The wire's templates as stored; resource types in myshoes' spelling (unknown ones dropped)."""
+    held = []
+    for t in report:
+        types = []
+        for rt in t.resource_types:
+            try:
+                types.append(canonical_resource_type(rt))
+            except InvalidInput:
+                log.warning("agent %s: template %s lists unknown resource type %r: ignored", agent_id, t.name, rt)
+        held.append(HeldTemplate(
+            name=t.name, version=t.version, digest=t.digest, resource_types=tuple(types),
+            cpu_cores=t.cpu_cores, memory_bytes=t.memory_bytes, warm_slots=t.warm_slots,
+            free_warm_slots=t.free_warm_slots,
+        ))
+    return held
+
+
+def describe_templates(templates: list[HeldTemplate]) -> str:
+    return ", ".join(f"{t.name} v{t.version} ({t.digest[:12] or 'no digest'}, {t.free_warm_slots}/"
+                     f"{t.warm_slots} warm free)" for t in templates) or "none"
 
 
 class AgentService(pbg.AgentServiceServicer):
@@ -35,14 +60,14 @@ class AgentService(pbg.AgentServiceServicer):
                             ) -> pb.RegisterAgentResponse:
         if not request.agent_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent_id is required")
-        templates = [{"name": t.name, "version": t.version, "resource_types": list(t.resource_types)}
-                     for t in request.templates]
+        templates = held_templates(request.agent_id, list(request.templates))
         host = {"os": request.host.os, "arch": request.host.arch, "driver": request.host.driver,
                 "agent_version": request.host.agent_version}
         await self.store.call(self.store.upsert_agent, request.agent_id, request.hostname,
                               request.capacity.max_runners or 2, templates, host)
-        log.info("agent %s (%s) registered: %d templates, %d slots", request.agent_id, request.hostname,
-                 len(templates), request.capacity.max_runners or 2)
+        self.app.scheduler.templates_reported(request.agent_id)
+        log.info("agent %s (%s) registered: %d slots; templates: %s", request.agent_id, request.hostname,
+                 request.capacity.max_runners or 2, describe_templates(templates))
         return pb.RegisterAgentResponse(agent_id=request.agent_id,
                                         sync_interval_seconds=max(1, int(self.app.settings.sync_interval)))
 
@@ -87,6 +112,8 @@ class AgentService(pbg.AgentServiceServicer):
     async def _process(self, req: pb.SyncRequest) -> None:
         agent_id = req.agent_id
         await self.store.call(self.store.touch_agent, agent_id)
+        if req.HasField("templates"):
+            await self._templates_report(agent_id, held_templates(agent_id, list(req.templates.templates)))
         for ack in req.acks:
             await self._ack(ack)
         reported = set()
@@ -98,6 +125,15 @@ class AgentService(pbg.AgentServiceServicer):
                 # known to us, gone from the agent: it was torn down (or lost with its host)
                 await self.store.call(self.store.mark_gone, row.runner_id)
                 self.hub.changed(row.runner_id)
+
+    async def _templates_report(self, agent_id: str, templates: list[HeldTemplate]) -> None:
+        """A template frozen or removed while the agent runs, or a warm slot taken or refilled."""
+        before = {(t.name, t.digest) for a in await self.store.call(self.store.agents) if a.agent_id == agent_id
+                  for t in a.templates}
+        await self.store.call(self.store.set_agent_templates, agent_id, templates)
+        self.app.scheduler.templates_reported(agent_id)
+        level = logging.INFO if before != {(t.name, t.digest) for t in templates} else logging.DEBUG
+        log.log(level, "agent %s templates: %s", agent_id, describe_templates(templates))
 
     async def _ack(self, ack: pb.CommandAck) -> None:
         cmd = await self.store.call(self.store.ack, ack.request_id, ack.ok, ack.error)

@@ -24,7 +24,7 @@ from shoes_vz.core.net import split_hostport
 from shoes_vz.server.agent_service import AgentService
 from shoes_vz.server.hub import Hub
 from shoes_vz.server.metrics import ServerMetrics
-from shoes_vz.server.scheduler import Scheduler
+from shoes_vz.server.scheduler import Scheduler, describe_mapping
 from shoes_vz.server.shoes_service import ShoesService
 from shoes_vz.server.store import Store
 from shoes_vz.wire import agent_pb2_grpc, shoes_pb2_grpc
@@ -64,7 +64,7 @@ class ServerApp:
         self.settings = settings
         self.store = Store(settings.db_path)
         self.hub = Hub(self.store)
-        self.scheduler = Scheduler(self.store)
+        self.scheduler = Scheduler(self.store, settings.resource_types)
         self.metrics = ServerMetrics(self.store)
         self.port = 0
         self.metrics_port = 0
@@ -111,6 +111,13 @@ class ServerApp:
             self.metrics_port = int(sockets[0].getsockname()[1]) if sockets else port
         self._monitor = asyncio.create_task(self._watch_agents(), name="agent-monitor")
         log.info("server listening on %s (gRPC port %d)", s.listen, self.port)
+        if s.resource_types:
+            log.info("resource types: %s", describe_mapping(s.resource_types))
+            if s.default_resource_type not in s.resource_types:
+                log.warning("default_resource_type %s is not in resource_types: myshoes' Unknown type will "
+                            "be refused (INVALID_ARGUMENT)", s.default_resource_type)
+        else:
+            log.info("resource types: no mapping configured; each template's own resource_types decide")
 
     async def stop(self) -> None:
         if self._monitor is not None:

@@ -6,7 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
 
 from shoes_vz.core.states import Phase
-from shoes_vz.server.store import Store
+from shoes_vz.server.store import AgentRow, Store
 
 STARTUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
@@ -19,6 +19,10 @@ class ServerMetrics:
         self.agents_total = Gauge("shoesvz_agents_total", "known agents by status", ["status"], registry=r)
         self.runners_total = Gauge("shoesvz_runners_total", "live runners by state", ["state"], registry=r)
         self.capacity = Gauge("shoesvz_capacity_total_runners", "runner slots on online agents", registry=r)
+        self.template_agents = Gauge("shoesvz_template_agents", "agents holding a template, by status",
+                                     ["template", "status"], registry=r)
+        self.template_warm = Gauge("shoesvz_template_warm_slots", "warm slots for a template on online agents",
+                                   ["template", "state"], registry=r)
         self.startup = Histogram("shoesvz_runner_startup_duration_seconds", "runner startup phases", ["phase"],
                                  buckets=STARTUP_BUCKETS, registry=r)
 
@@ -39,6 +43,18 @@ class ServerMetrics:
         for p in Phase:
             if p is not Phase.GONE:
                 self.runners_total.labels(state=p.value).set(counts.get(p.value, 0))
+        self._templates(agents)
+
+    def _templates(self, agents: list[AgentRow]) -> None:
+        """Which templates the fleet can serve now (a template gone from every host drops out)."""
+        self.template_agents.clear()
+        self.template_warm.clear()
+        for a in agents:
+            for t in a.templates:
+                status = "online" if a.online else "offline"
+                self.template_agents.labels(template=t.name, status=status).inc()
+                self.template_warm.labels(template=t.name, state="total").inc(t.warm_slots if a.online else 0)
+                self.template_warm.labels(template=t.name, state="free").inc(t.free_warm_slots if a.online else 0)
 
     async def handle(self, _request: web.Request) -> web.Response:
         await self.refresh()

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS agents (
     agent_id TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
     max_runners INTEGER NOT NULL,
-    templates TEXT NOT NULL DEFAULT '[]',   -- JSON [{name, resource_types}]
+    templates TEXT NOT NULL DEFAULT '[]',   -- JSON [HeldTemplate]
     host TEXT NOT NULL DEFAULT '{}',
     online INTEGER NOT NULL DEFAULT 0,
     last_seen REAL NOT NULL,
@@ -67,12 +67,34 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (agent_id) WHERE acked_at IS
 """
 
 
+@dataclass(frozen=True)
+class HeldTemplate:
+    """A template an agent reported holding, with its warm slots at the time of the report."""
+
+    name: str
+    version: str = ""
+    digest: str = ""
+    resource_types: tuple[str, ...] = ()
+    cpu_cores: int = 0
+    memory_bytes: int = 0
+    warm_slots: int = 0
+    free_warm_slots: int = 0
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> HeldTemplate:
+        # rows written before a field existed lack it: the default stands in
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        values["resource_types"] = tuple(values.get("resource_types", ()))
+        return cls(**values)
+
+
 @dataclass
 class AgentRow:
     agent_id: str
     hostname: str
     max_runners: int
-    templates: list[dict[str, Any]]
+    templates: list[HeldTemplate]
     online: bool
     last_seen: float
     blocked_until: float = 0.0
@@ -120,9 +142,13 @@ def _runner(row: sqlite3.Row) -> RunnerRow:
 def _agent(row: sqlite3.Row) -> AgentRow:
     d = dict(row)
     d.pop("host")
-    d["templates"] = json.loads(d["templates"])
+    d["templates"] = [HeldTemplate.from_json(t) for t in json.loads(d["templates"])]
     d["online"] = bool(d["online"])
     return AgentRow(**d)
+
+
+def _templates_json(templates: list[HeldTemplate]) -> str:
+    return json.dumps([asdict(t) for t in templates])
 
 
 class Store:
@@ -164,15 +190,18 @@ class Store:
 
     # -- agents ---------------------------------------------------------------------------------
     def upsert_agent(self, agent_id: str, hostname: str, max_runners: int,
-                     templates: list[dict[str, Any]], host: dict[str, Any]) -> None:
+                     templates: list[HeldTemplate], host: dict[str, Any]) -> None:
         self.db.execute(
             """INSERT INTO agents (agent_id, hostname, max_runners, templates, host, online, last_seen)
                VALUES (?, ?, ?, ?, ?, 0, ?)
                ON CONFLICT (agent_id) DO UPDATE SET hostname=excluded.hostname,
                  max_runners=excluded.max_runners, templates=excluded.templates, host=excluded.host,
                  last_seen=excluded.last_seen""",
-            (agent_id, hostname, max_runners, json.dumps(templates), json.dumps(host), time.time()),
+            (agent_id, hostname, max_runners, _templates_json(templates), json.dumps(host), time.time()),
         )
+
+    def set_agent_templates(self, agent_id: str, templates: list[HeldTemplate]) -> None:
+        self.db.execute("UPDATE agents SET templates=? WHERE agent_id=?", (_templates_json(templates), agent_id))
 
     def set_agent_online(self, agent_id: str, online: bool) -> None:
         self.db.execute("UPDATE agents SET online=?, last_seen=? WHERE agent_id=?",

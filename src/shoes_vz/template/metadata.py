@@ -39,3 +39,12 @@ class TemplateMetadata(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of (name, version, sorted digests): the same for every host
+        that holds this frozen template, different for any other build of it."""
+        import hashlib
+        import json
+
+        canonical = json.dumps([self.name, self.version, sorted(self.digests.items())], separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

@@ -53,18 +53,30 @@ class AgentCapacity(_message.Message):
     def __init__(self, max_runners: _Optional[int] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class Template(_message.Message):
-    __slots__ = ("name", "version", "resource_types", "cpu_cores", "memory_bytes")
+    __slots__ = ("name", "version", "resource_types", "cpu_cores", "memory_bytes", "digest", "warm_slots", "free_warm_slots")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_TYPES_FIELD_NUMBER: _ClassVar[int]
     CPU_CORES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    WARM_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    FREE_WARM_SLOTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     resource_types: _containers.RepeatedScalarFieldContainer[str]
     cpu_cores: int
     memory_bytes: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., resource_types: _Optional[_Iterable[str]] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    digest: str
+    warm_slots: int
+    free_warm_slots: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., resource_types: _Optional[_Iterable[str]] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., digest: _Optional[str] = ..., warm_slots: _Optional[int] = ..., free_warm_slots: _Optional[int] = ...) -> None: ...
+
+class TemplateReport(_message.Message):
+    __slots__ = ("templates",)
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    templates: _containers.RepeatedCompositeFieldContainer[Template]
+    def __init__(self, templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ...) -> None: ...
 
 class HostFacts(_message.Message):
     __slots__ = ("os", "arch", "driver", "agent_version")
@@ -169,16 +181,18 @@ class CommandAck(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("agent_id", "active_runners", "runners", "acks")
+    __slots__ = ("agent_id", "active_runners", "runners", "acks", "templates")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_RUNNERS_FIELD_NUMBER: _ClassVar[int]
     RUNNERS_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     active_runners: int
     runners: _containers.RepeatedCompositeFieldContainer[Runner]
     acks: _containers.RepeatedCompositeFieldContainer[CommandAck]
-    def __init__(self, agent_id: _Optional[str] = ..., active_runners: _Optional[int] = ..., runners: _Optional[_Iterable[_Union[Runner, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ...) -> None: ...
+    templates: TemplateReport
+    def __init__(self, agent_id: _Optional[str] = ..., active_runners: _Optional[int] = ..., runners: _Optional[_Iterable[_Union[Runner, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., templates: _Optional[_Union[TemplateReport, _Mapping]] = ...) -> None: ...
 
 class CreateRunnerCommand(_message.Message):
     __slots__ = ("runner_id", "runner_name", "setup_script", "request_id", "resource_type", "template", "labels")
