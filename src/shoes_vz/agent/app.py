@@ -281,5 +281,5 @@ class Agent:
         }
 
     def warm_slot_counts(self, template: Template) -> tuple[int, int]:
-        """(warm slots, free warm slots) this host holds for `template`"""
-        return (0, 0)
+        """(warm slots, free warm slots) this host holds for `template`."""
+        return self.warm.counts(template)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -60,10 +61,7 @@ def allocate_address(lease_file: Path, mac: MACAddress, now: datetime | None = N
         elif prefer and prefer not in taken and ipaddress.ip_address(prefer) in SIM_NETWORK:
             ip = prefer
         else:
-            ip = next(
-                (str(a) for a in SIM_NETWORK.hosts() if a.packed[2:] >= b"\x00\x02" and str(a) not in taken),
-                "",
-            )
+            ip = next((str(a) for a in _scan_order(lease_file) if str(a) not in taken), "")
             if not ip:
                 raise DriverError(f"no free sim address left in {SIM_NETWORK} ({lease_file})")
         add_lease(
@@ -72,6 +70,16 @@ def allocate_address(lease_file: Path, mac: MACAddress, now: datetime | None = N
                   identifier=None),
         )
         return ip
+
+
+def _scan_order(lease_file: Path) -> Iterator[ipaddress.IPv4Address]:
+    """Free addresses are searched from an offset derived from the lease file: each simulated
+    "host" (its own lease file: a test, the demo, a benchmark) hands out its own corner of
+    127.100/16, so two running side by side rarely give the same address to two guests."""
+    first, count = int(SIM_NETWORK.network_address) + 2, SIM_NETWORK.num_addresses - 3
+    start = int.from_bytes(hashlib.sha256(os.fsencode(lease_file.resolve())).digest()[:4], "big") % count
+    for i in range(count):
+        yield ipaddress.IPv4Address(first + (start + i) % count)
 
 
 def _die_with_parent() -> None:
