@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 from shoes_vz.core.errors import TemplateError
 from shoes_vz.template.draft import Draft, new_draft, write_metadata
 from shoes_vz.template.metadata import FILE_NAME
 from shoes_vz.template.store import TemplateStore
-from shoes_vz.vm.clone import CopyProgress, clone_file
+from shoes_vz.vm.clone import CloneCopyWarning, CopyProgress, clone_file
 
 CLONED = ("Disk.img", "AuxiliaryStorage")  # big: copy-on-write; the rest is small and copied
 
@@ -36,7 +37,9 @@ def edit(store: TemplateStore, name: str, *, copy: bool = False, progress: CopyP
                 if n == FILE_NAME and rel == Path("."):
                     continue
                 if rel == Path(".") and n in CLONED:
-                    clone_file(src, dst, allow_copy=copy, progress=progress)
+                    with warnings.catch_warnings():  # the copy is what the caller asked for; it is logged once
+                        warnings.simplefilter("ignore", CloneCopyWarning)
+                        clone_file(src, dst, allow_copy=copy, progress=progress)
                 else:
                     shutil.copyfile(src, dst)
                 os.chmod(dst, 0o600 if n.startswith("id_") or n.endswith("_key") else 0o644)

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from shoes_vz.core.errors import TemplateError
 from shoes_vz.template.draft import Draft, new_draft, write_metadata
 from shoes_vz.template.metadata import TemplateMetadata
 from shoes_vz.template.store import TemplateStore, check_resource_types
-from shoes_vz.vm.clone import CopyProgress, clone_file, filesystem_type, mount_point
+from shoes_vz.vm.clone import CloneCopyWarning, CopyProgress, clone_file, filesystem_type, mount_point
 from shoes_vz.vm.identity_files import write_data_representation
 
 FILES = {"disk.img": "Disk.img", "nvram.bin": "AuxiliaryStorage"}
@@ -142,7 +143,9 @@ def import_tart(
         for tart_name, ours in FILES.items():
             size = (src / tart_name).stat().st_size
             sub = None if progress is None else (lambda d, _t, base=done: progress(base + d, total))
-            clone_file(src / tart_name, tmp / ours, allow_copy=copy, progress=sub)
+            with warnings.catch_warnings():  # the copy is what the caller asked for; it is logged once
+                warnings.simplefilter("ignore", CloneCopyWarning)
+                clone_file(src / tart_name, tmp / ours, allow_copy=copy, progress=sub)
             done += size
         write_data_representation(tmp / "HardwareModel.json", config.hardware_model)
         meta = TemplateMetadata(
