@@ -109,7 +109,7 @@ def verify(
             result.problems.append(f"{name} is missing")
         elif name not in meta.digests:
             result.problems.append(f"{name} has no recorded digest (freeze records it)")
-    for rel in sorted(set(files) - set(meta.digests) - {FILE_NAME}):
+    for rel in sorted(set(files) - set(meta.digests) - {FILE_NAME, *REQUIRED}):
         result.problems.append(f"{rel} is not recorded in the digests (added after freeze?)")
     todo = {rel: rec for rel, rec in meta.digests.items() if rel in files}
     for rel in sorted(set(meta.digests) - set(files) - set(REQUIRED)):
