@@ -17,7 +17,16 @@ import pytest
 
 from shoes_vz.core.errors import TemplateError
 from shoes_vz.template import (
-    Draft, TemplateMetadata, TemplateStore, edit, file_digest, freeze, init_sim, live_users, new_draft, verify,
+    Draft,
+    TemplateMetadata,
+    TemplateStore,
+    edit,
+    file_digest,
+    freeze,
+    init_sim,
+    live_users,
+    new_draft,
+    verify,
 )
 from shoes_vz.template import digest as digest_mod
 from shoes_vz.template.draft import write_metadata
