@@ -143,8 +143,8 @@ class TemplateStore:
         return found
 
     def get(self, name: str) -> Template:
-        path = self.directory / name
-        if name.startswith(".") or not (path / FILE_NAME).is_file():
+        path = self.path(name)
+        if not (path / FILE_NAME).is_file():
             raise TemplateError(f"no template named {name!r} in {self.directory}")
         return Template(path, TemplateMetadata.read(path))
 
