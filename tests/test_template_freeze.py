@@ -238,6 +238,14 @@ def test_freeze_replaces_an_older_version_but_not_while_vms_use_it(
     lock_holders.append(_hold_lock(live))
     lock_holders.append(_hold_lock(other))
     assert live_users(runners, v1.path) == ["r-live"]
+    garbled = Bundle.for_runner(runners, "r-garbled")  # a live VM we cannot read counts as a user
+    garbled.path.mkdir()
+    garbled.runtime_metadata.write_text("{")
+    lock_holders.append(_hold_lock(garbled))
+    assert live_users(runners, v1.path) == ["r-garbled (metadata unreadable: may use it)", "r-live"]
+    gone = lock_holders.pop()
+    gone.kill()
+    gone.wait()
 
     d = edit(store, "mac", copy=True)
     assert d.meta.version == "2" and d.meta.parent_version == "1"
@@ -300,6 +308,26 @@ def test_freeze_without_a_draft(store: TemplateStore) -> None:
         freeze(store, "nope", runners_dir=None)
 
 
+def test_modes_round_trip_and_frozen_moves(tmp_path: Path) -> None:
+    from shoes_vz.template.modes import make_read_only, move_dir, remove_tree
+
+    root = tmp_path / "t"
+    (root / "sub").mkdir(parents=True)
+    (root / "f").write_text("x")
+    (root / "sub" / "g").write_text("y")
+    make_read_only(root)
+    _assert_frozen(root)
+    (tmp_path / "elsewhere").mkdir()
+    move_dir(root, tmp_path / "elsewhere" / "t")
+    _assert_frozen(tmp_path / "elsewhere" / "t")
+    make_writable(tmp_path / "elsewhere" / "t")
+    assert all(p.stat().st_mode & stat.S_IWUSR for p in (tmp_path / "elsewhere" / "t").rglob("*"))
+    make_read_only(tmp_path / "elsewhere" / "t")
+    remove_tree(tmp_path / "elsewhere" / "t")
+    remove_tree(tmp_path / "never-existed")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 # -- edit ---------------------------------------------------------------------------------------------
 
 
@@ -312,7 +340,7 @@ def test_edit_makes_a_writable_next_version_and_leaves_the_frozen_one(tmp_path: 
     assert d.meta.ssh_host_key == t.meta.ssh_host_key  # kept: the guest disk still has that key
     assert sorted(str(p.relative_to(d.path)) for p in d.path.rglob("*")) == sorted(
         str(p.relative_to(t.path)) for p in t.path.rglob("*"))
-    assert all(os.access(p, os.W_OK) for p in [d.path, *d.path.rglob("*")])
+    assert all(p.stat().st_mode & stat.S_IWUSR for p in [d.path, *d.path.rglob("*")])
     assert (d.path / "Disk.img").stat().st_size == GIB
     assert before == {p: (p.stat().st_mode, p.stat().st_mtime_ns) for p in [t.path, *t.path.rglob("*")]}
     assert verify(t.path).ok

@@ -97,12 +97,12 @@ def normalize_host_key(text: str, source: str = "the host key") -> str:
 def _host_key(draft: Draft, given: str | None, probe: HostKeyProbe | None) -> str:
     if given:
         given = given.strip()
-        if " " not in given:  # a key line always has a space: this is a file
-            try:
-                return normalize_host_key(Path(given).read_text(), given)
-            except OSError as e:
-                raise TemplateError(f"cannot read the host key file {given}: {e.strerror}") from None
-        return normalize_host_key(given)
+        if " " in given and not Path(given).is_file():  # a key line always has a space
+            return normalize_host_key(given)
+        try:
+            return normalize_host_key(Path(given).read_text(), given)
+        except OSError as e:
+            raise TemplateError(f"cannot read the host key file {given}: {e.strerror}") from None
     if probe is not None:
         return normalize_host_key(probe(draft.path), "the host key read from a boot")
     sim_key = draft.path / SIM_HOST_KEY
