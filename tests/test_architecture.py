@@ -14,9 +14,11 @@ FORBIDDEN = {
     "server": {"agent", "vm", "template", "plugin", "cli"},
     "agent": {"server", "vm.drivers", "plugin", "cli"},
     "vm": {"agent", "server", "wire", "plugin", "cli", "template"},
-    "template": {"agent", "server", "vm", "wire", "plugin", "cli"},
+    "template": {"agent", "server", "wire", "plugin", "cli", "vm.drivers", "vm.process"},
     "plugin": {"agent", "server", "vm", "template", "cli"},
 }
+# of `vm`, templates use only the file-level pieces (clone, bundle paths/locks, identity files, leases)
+ALLOWED_VM_FOR_TEMPLATE = {"vm.clone", "vm.bundle", "vm.digest", "vm.identity_files", "vm.leases"}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -25,7 +27,10 @@ def imports_of(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
+            for alias in node.names:  # `from shoes_vz.vm import digest` imports shoes_vz.vm.digest
+                sub = f"{node.module}.{alias.name}"
+                is_module = (SRC.parent / Path(*sub.split("."))).with_suffix(".py").is_file()
+                found.add(sub if is_module else node.module)
     return {m.removeprefix("shoes_vz.") for m in found if m.startswith("shoes_vz.")}
 
 
@@ -39,6 +44,12 @@ def test_import_directions() -> None:
                 if any(mod == f or mod.startswith(f + ".") for f in forbidden):
                     # only vm/process.py may import the drivers
                     bad.append(f"{path.relative_to(SRC)} imports shoes_vz.{mod}")
+    assert not bad, "\n".join(bad)
+
+
+def test_template_uses_only_file_level_vm_modules() -> None:
+    bad = [f"{p.relative_to(SRC)} imports shoes_vz.{m}" for p in (SRC / "template").rglob("*.py")
+           for m in imports_of(p) if (m == "vm" or m.startswith("vm.")) and m not in ALLOWED_VM_FOR_TEMPLATE]
     assert not bad, "\n".join(bad)
 
 

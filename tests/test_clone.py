@@ -140,7 +140,7 @@ def test_copy_failure_removes_partial_destination(
 ) -> None:
     monkeypatch.setattr(clone.fcntl, "ioctl", _failing_ioctl(errno.EOPNOTSUPP))
 
-    def half_copy(sfd: int, dfd: int) -> None:
+    def half_copy(sfd: int, dfd: int, progress: Any = None) -> None:
         os.write(dfd, b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -71,7 +71,8 @@ def test_init_sim_layout_and_freeze(tmp_path: Path) -> None:
     assert TemplateStore(tmp_path).for_resource_type("xlarge") is None
     with pytest.raises(TemplateError, match="already exists"):
         init_sim(tmp_path, "mac-sim")
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-made
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".drafts"]
+    assert list((tmp_path / ".drafts").iterdir()) == []  # nothing half-made, the draft was published
 
 
 def test_template_refused_when_writable_or_tampered(tmp_path: Path) -> None:

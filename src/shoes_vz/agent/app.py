@@ -29,7 +29,7 @@ from shoes_vz.config import AgentSettings
 from shoes_vz.core.errors import ConfigError, TemplateError
 from shoes_vz.core.net import split_hostport
 from shoes_vz.core.states import Phase
-from shoes_vz.template import Template, TemplateStore
+from shoes_vz.template import Template, TemplateStore, UsableTemplates
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.identity import new_mac
 from shoes_vz.vm.leases import MACAddress
@@ -62,7 +62,8 @@ def load_agent_id(state_dir: Path) -> str:
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
-        self.templates = TemplateStore(settings.templates_dir)
+        self.templates = UsableTemplates(TemplateStore(settings.templates_dir),
+                                         settings.state_dir / "template-digests.json")
         self.warm = WarmPool(settings.templates_dir, settings.driver)
         self.lease_file = settings.lease_file
         self.runners: dict[str, Runner] = {}
@@ -89,6 +90,7 @@ class Agent:
         if s.driver == "vz":
             await asyncio.to_thread(self._doctor)
         self.agent_id = await asyncio.to_thread(load_agent_id, s.state_dir)
+        await self._verify_templates()
         s.runners_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._sweep_stale_bundles)
         await self._adopt_live_bundles()
@@ -102,6 +104,26 @@ class Agent:
             self.metrics_port = await self._serve(app, s.metrics_listen)
         self._publish()
         self._sync_task = asyncio.create_task(self.sync.run(), name="sync")
+
+    async def _verify_templates(self) -> None:
+        """Fully verify every frozen template (off the loop; digests cached by stat in the state dir).
+
+        A refused template is logged with its fix and is neither reported nor used. With no usable
+        template at all the agent stops: it could serve nothing, and a failed start is what an
+        operator (and launchd) notices — an agent that registers with nothing to offer looks healthy.
+        """
+        refused = await asyncio.to_thread(self.templates.verify_all)
+        for v in refused:
+            log.error("refusing template %s: %s (fix: %s)", v.path, "; ".join(v.problems), v.fix)
+        usable = self.templates.list()
+        if not usable:
+            raise ConfigError(
+                f"no usable template in {self.settings.templates_dir}"
+                + (f" ({len(refused)} refused: " + "; ".join(f"{v.path.name}: {v.problems[0]}" for v in refused)
+                   + ")" if refused else "")
+                + ": make one (`shoes-vz template import-tart`, `template create`, `template init-sim`) and "
+                "`shoes-vz template freeze` it; `shoes-vz template verify NAME` shows what is wrong")
+        log.info("templates: %s", ", ".join(f"{t.name} v{t.meta.version}" for t in usable))
 
     def _doctor(self) -> None:
         """`shoes-vz doctor` at start: warnings are logged, a fatal check stops the agent."""

@@ -52,7 +52,10 @@ def runner_message(r: Runner, agent_id: str) -> pb.Runner:
 
 
 def template_messages(agent: Agent) -> list[pb.Template]:
-    """The templates this host holds now, with their build digest and warm slots."""
+    """The templates this host holds now, with their build digest and warm slots (blocking: a newly
+    frozen template is verified here first)."""
+    for v in agent.templates.refresh():
+        log.error("refusing template %s: %s (fix: %s)", v.path, "; ".join(v.problems), v.fix)
     messages = []
     for t in agent.templates.list():
         warm, free = agent.warm_slot_counts(t)
@@ -100,8 +103,8 @@ class SyncClient:
             try:
                 async with self._channel() as channel:
                     stub = pbg.AgentServiceStub(channel)
-                    reply = await stub.RegisterAgent(self._register_request(), metadata=self._metadata,
-                                                     timeout=10)
+                    request = await asyncio.to_thread(self._register_request)  # reads template files
+                    reply = await stub.RegisterAgent(request, metadata=self._metadata, timeout=10)
                     interval = reply.sync_interval_seconds or 5
                     log.info("registered as agent %s with %s", self.agent.agent_id, self.s.server_addr)
                     connected_at = time.monotonic()

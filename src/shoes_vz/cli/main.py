@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from shoes_vz import __version__
+from shoes_vz.cli import template as template_cli
 from shoes_vz.core.errors import ShoesVzError
 
 app = typer.Typer(help="Ephemeral macOS VMs on Apple Silicon as GitHub Actions runners for myshoes.",
@@ -23,6 +24,7 @@ vm_app = typer.Typer(help="The per-VM process (started by the agent).", no_args_
 template_app = typer.Typer(help="Golden templates.", no_args_is_help=True)
 app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
+template_cli.register(template_app)
 # piped output (CI logs, `| tee`) keeps whole table rows instead of rich's 80-column default
 _WIDTH = None if sys.stdout.isatty() else 160
 err = Console(stderr=True, width=_WIDTH)
@@ -140,44 +142,6 @@ def runner_agent(ctx: typer.Context) -> None:
     from shoes_vz.guest import runner_agent as ra
 
     raise typer.Exit(ra.main(list(ctx.args)) or 0)
-
-
-@template_app.command("init-sim")
-def template_init_sim(
-    name: str,
-    templates_dir: Annotated[Path, typer.Option(help="where templates live")] = Path("/opt/myshoes/vz/templates"),
-    resource_types: Annotated[str, typer.Option(help="comma-separated types served")] = "",
-    disk_gib: Annotated[int, typer.Option(help="sparse Disk.img size")] = 64,
-    authorized_key: Annotated[Path | None, typer.Option(help="public key the agent will use")] = None,
-) -> None:
-    """Make a sim template (simulated guest) with the seed's layout, frozen read-only."""
-    from shoes_vz.template import init_sim
-
-    try:
-        t = init_sim(templates_dir, name,
-                     resource_types=[x.strip() for x in resource_types.split(",") if x.strip()] or None,
-                     disk_bytes=disk_gib * 1024**3,
-                     authorized_key=authorized_key.read_text() if authorized_key else None)
-    except (ShoesVzError, OSError) as e:
-        raise _fail(e) from None
-    out.print(f"template [bold]{t.name}[/] at {t.path} serves {', '.join(t.meta.resource_types)}")
-
-
-@template_app.command("list")
-def template_list(
-    templates_dir: Annotated[Path, typer.Option()] = Path("/opt/myshoes/vz/templates"),
-) -> None:
-    """List templates and what they serve."""
-    from rich.table import Table
-
-    from shoes_vz.template import TemplateStore
-
-    table = Table("name", "driver", "version", "resource types", "cpu", "memory GiB")
-    for t in TemplateStore(templates_dir).list():
-        m = t.meta
-        table.add_row(m.name, m.driver, m.version, ", ".join(m.resource_types), str(m.cpu_count),
-                      f"{m.memory_bytes / 1024**3:.0f}")
-    out.print(table)
 
 
 @app.command()

@@ -22,10 +22,15 @@ class TemplateMetadata(BaseModel):
     resource_types: list[str] = Field(default_factory=list)
     ssh_user: str = "runner"
     ssh_port: int = 22
-    ssh_host_key: str = Field(..., description="pinned guest host public key, OpenSSH one-line form")
+    ssh_host_key: str = Field("", description="pinned guest host public key, OpenSSH one-line form; "
+                              "'' in a draft: not pinned yet (freeze pins it; the agent refuses an unpinned template)")
     runner_dir: str = Field("", description="guest path of the actions runner; default: the SSH user's home")
     runner_agent_version: str = ""
-    digests: dict[str, str] = Field(default_factory=dict, description="sha256 of small files")
+    digests: dict[str, str] = Field(default_factory=dict, description="relative path → digest "
+                                    "('sha256c4m:<hex>', or bare sha256 hex from earlier versions)")
+    frozen_at: float | None = Field(None, description="UNIX time of `template freeze`; None in a draft")
+    source: str = Field("", description="where it came from: 'tart:/path', 'ipsw:…', 'sim', 'edit:NAME@VERSION'")
+    parent_version: str = Field("", description="the version `template edit` started from")
 
     @classmethod
     def read(cls, directory: Path) -> TemplateMetadata:

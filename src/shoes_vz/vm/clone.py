@@ -18,6 +18,7 @@ import stat
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,8 @@ _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOTTY}
 _COPY_CHUNK = 8 << 20
 
 Method = Literal["clone", "copy"]
+CopyProgress = Callable[[int, int], None]
+"""(bytes done, bytes total) of a full copy (allow_copy); a clone is instant and reports nothing."""
 
 
 class CloneCopyWarning(UserWarning):
@@ -156,7 +159,9 @@ def _error(e: OSError, src: Path, dst: Path) -> CloneError:
 # -- the clone ----------------------------------------------------------------------------------
 
 
-def clone_file(src: Path | str, dst: Path | str, *, allow_copy: bool = False) -> Method:
+def clone_file(
+    src: Path | str, dst: Path | str, *, allow_copy: bool = False, progress: CopyProgress | None = None
+) -> Method:
     """Clone `src` to the new file `dst` (which must not exist). Returns "clone", or "copy" when
     `allow_copy` let a volume that cannot clone fall back to a full copy (dev only; warns).
 
@@ -165,11 +170,11 @@ def clone_file(src: Path | str, dst: Path | str, *, allow_copy: bool = False) ->
     """
     src, dst = Path(src), Path(dst)
     if sys.platform == "darwin":
-        return _clone_darwin(src, dst, allow_copy)
-    return _clone_ficlone(src, dst, allow_copy)
+        return _clone_darwin(src, dst, allow_copy, progress)
+    return _clone_ficlone(src, dst, allow_copy, progress)
 
 
-def _clone_ficlone(src: Path, dst: Path, allow_copy: bool) -> Method:
+def _clone_ficlone(src: Path, dst: Path, allow_copy: bool, progress: CopyProgress | None) -> Method:
     try:
         sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -188,7 +193,7 @@ def _clone_ficlone(src: Path, dst: Path, allow_copy: bool) -> Method:
                     raise _error(e, src, dst) from e
                 _warn_copy(src, dst, e)
                 try:
-                    _sparse_copy(sfd, dfd)
+                    _sparse_copy(sfd, dfd, progress)
                 except OSError as e2:
                     raise _error(e2, src, dst) from e2
                 return "copy"
@@ -219,7 +224,7 @@ def _libc_clonefile():  # type: ignore[no-untyped-def]
     return _clonefile
 
 
-def _clone_darwin(src: Path, dst: Path, allow_copy: bool) -> Method:
+def _clone_darwin(src: Path, dst: Path, allow_copy: bool, progress: CopyProgress | None) -> Method:
     rc = _libc_clonefile()(os.fsencode(src), os.fsencode(dst), CLONE_NOFOLLOW | CLONE_NOOWNERCOPY)
     if rc == 0:
         try:
@@ -245,7 +250,7 @@ def _clone_darwin(src: Path, dst: Path, allow_copy: bool) -> Method:
         except OSError as e2:
             raise _error(e2, src, dst) from e2
         try:
-            _sparse_copy(sfd, dfd)
+            _sparse_copy(sfd, dfd, progress)
         except BaseException as e3:
             os.close(dfd)
             dfd = -1
@@ -283,13 +288,14 @@ def _warn_copy(src: Path, dst: Path, e: OSError) -> None:
     warnings.warn(msg, CloneCopyWarning, stacklevel=4)
 
 
-def _sparse_copy(sfd: int, dfd: int) -> None:
+def _sparse_copy(sfd: int, dfd: int, progress: CopyProgress | None = None) -> None:
     """Copy only the data regions of `sfd` (SEEK_DATA/SEEK_HOLE), so a sparse disk stays sparse."""
     size = os.fstat(sfd).st_size
     os.ftruncate(dfd, size)
+    report = None if progress is None else (lambda done: progress(done, size))
     seek_data, seek_hole = getattr(os, "SEEK_DATA", None), getattr(os, "SEEK_HOLE", None)
     if seek_data is None or seek_hole is None:
-        _copy_range(sfd, dfd, 0, size)
+        _copy_range(sfd, dfd, 0, size, report)
         return
     pos = 0
     while pos < size:
@@ -299,15 +305,17 @@ def _sparse_copy(sfd: int, dfd: int) -> None:
             if e.errno == errno.ENXIO:  # no more data: the rest is a hole
                 break
             if e.errno == errno.EINVAL and pos == 0:  # the filesystem has no SEEK_DATA
-                _copy_range(sfd, dfd, 0, size)
+                _copy_range(sfd, dfd, 0, size, report)
                 return
             raise
         end = os.lseek(sfd, start, seek_hole)
-        _copy_range(sfd, dfd, start, end)
+        _copy_range(sfd, dfd, start, end, report)
         pos = end
+    if progress is not None:
+        progress(size, size)
 
 
-def _copy_range(sfd: int, dfd: int, start: int, end: int) -> None:
+def _copy_range(sfd: int, dfd: int, start: int, end: int, report: Callable[[int], None] | None = None) -> None:
     pos = start
     cfr = getattr(os, "copy_file_range", None)
     while pos < end and cfr is not None:
@@ -320,6 +328,8 @@ def _copy_range(sfd: int, dfd: int, start: int, end: int) -> None:
         if n == 0:
             return  # src shrank under us
         pos += n
+        if report is not None:
+            report(pos)
     while pos < end:
         chunk = os.pread(sfd, min(_COPY_CHUNK, end - pos), pos)
         if not chunk:
@@ -328,6 +338,8 @@ def _copy_range(sfd: int, dfd: int, start: int, end: int) -> None:
         while written < len(chunk):
             written += os.pwrite(dfd, chunk[written:], pos + written)
         pos += len(chunk)
+        if report is not None:
+            report(pos)
 
 
 def can_reflink(directory: Path | str) -> bool:

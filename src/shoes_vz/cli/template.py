@@ -1,0 +1,166 @@
+"""`shoes-vz template …`: init-sim, import-tart, freeze, verify, list, edit (registered by cli/main.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from shoes_vz.config import DEFAULT_RUNNERS_DIR, DEFAULT_TEMPLATES_DIR
+from shoes_vz.core.errors import ShoesVzError
+
+TemplatesOpt = Annotated[Path, typer.Option(help="where templates live")]
+RunnersOpt = Annotated[Path, typer.Option(help="runner bundles (live VMs) to check before replacing a template")]
+CopyOpt = Annotated[bool, typer.Option("--copy", help="full copy where a clone is impossible (slow; dev only)")]
+GIB = 1024**3
+
+
+def _types(value: str) -> list[str] | None:
+    return [x.strip() for x in value.split(",") if x.strip()] or None
+
+
+@contextlib.contextmanager
+def _bar(console: Console, what: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar fed with (done, total) bytes."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def register(app: typer.Typer) -> None:
+    width = None if sys.stdout.isatty() else 160
+    out, err = Console(width=width), Console(stderr=True, width=width)
+
+    def fail(e: Exception) -> typer.Exit:
+        err.print(f"[bold red]error:[/] {e}")
+        return typer.Exit(1)
+
+    @app.command("init-sim")
+    def init_sim_cmd(
+        name: str,
+        templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR,
+        resource_types: Annotated[str, typer.Option(help="comma-separated types served")] = "",
+        disk_gib: Annotated[int, typer.Option(min=1, help="sparse Disk.img size")] = 64,
+        authorized_key: Annotated[Path | None, typer.Option(help="public key the agent will use")] = None,
+    ) -> None:
+        """Make a sim template (simulated guest) with the seed's layout, frozen read-only."""
+        from shoes_vz.template import init_sim
+
+        try:
+            t = init_sim(templates_dir, name, resource_types=_types(resource_types), disk_bytes=disk_gib * GIB,
+                         authorized_key=authorized_key.read_text() if authorized_key else None)
+        except (ShoesVzError, OSError) as e:
+            raise fail(e) from None
+        out.print(f"template [bold]{t.name}[/] at {t.path} serves {', '.join(t.meta.resource_types)}")
+
+    @app.command("import-tart")
+    def import_tart_cmd(
+        src: Annotated[Path, typer.Argument(help="tart VM directory, e.g. ~/.tart/vms/NAME")],
+        name: str,
+        templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR,
+        cpu: Annotated[int | None, typer.Option(min=1, help="vCPUs (default: tart's cpuCount)")] = None,
+        memory_gib: Annotated[int | None, typer.Option(min=1, help="memory (default: tart's memorySize)")] = None,
+        resource_types: Annotated[str, typer.Option(help="comma-separated types served")] = "",
+        copy: CopyOpt = False,
+    ) -> None:
+        """Import a stopped tart VM as the draft NAME (clones its disk and NVRAM; fresh identity per runner)."""
+        from shoes_vz.template import TemplateStore, import_tart
+
+        if copy:
+            err.print("[yellow]warning:[/] --copy: where the tart VM cannot be cloned, its disk is copied in "
+                      "full (slow; costs the disk's full size)")
+        try:
+            with _bar(err, "copying") as progress:
+                d = import_tart(src, TemplateStore(templates_dir), name, cpu_count=cpu,
+                                memory_bytes=memory_gib * GIB if memory_gib else None,
+                                resource_types=_types(resource_types), copy=copy, progress=progress)
+        except (ShoesVzError, OSError) as e:
+            raise fail(e) from None
+        m = d.meta
+        out.print(f"draft [bold]{m.name}[/] v{m.version} at {d.path} ({m.cpu_count} cpu, "
+                  f"{m.memory_bytes / GIB:.0f} GiB, disk {m.disk_bytes / GIB:.0f} GiB); next: "
+                  f"shoes-vz template freeze {m.name} --host-key KEY")
+
+    @app.command()
+    def freeze(
+        name: str,
+        templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR,
+        runners_dir: RunnersOpt = DEFAULT_RUNNERS_DIR,
+        host_key: Annotated[str | None, typer.Option(
+            help="guest SSH host public key: the 'ssh-ed25519 AAAA…' line or a .pub file")] = None,
+    ) -> None:
+        """Pin the host key, record digests, make the draft NAME read-only and publish it."""
+        from shoes_vz.template import TemplateStore
+        from shoes_vz.template import freeze as do_freeze
+
+        try:
+            with _bar(err, "digesting") as progress:
+                t = do_freeze(TemplateStore(templates_dir), name, runners_dir=runners_dir, host_key=host_key,
+                              progress=progress)
+        except (ShoesVzError, OSError) as e:
+            raise fail(e) from None
+        out.print(f"template [bold]{t.name}[/] v{t.meta.version} frozen at {t.path} "
+                  f"(host key {t.meta.ssh_host_key.split()[0]}, {len(t.meta.digests)} files digested)")
+
+    @app.command()
+    def verify(name: str, templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR) -> None:
+        """Check a frozen template: digests, modes, symlinks, pinned host key. Exit 1 listing problems."""
+        from shoes_vz.template import TemplateStore
+        from shoes_vz.template import verify as do_verify
+
+        try:
+            path = TemplateStore(templates_dir).path(name)
+            if not path.is_dir():
+                raise ShoesVzError(f"no template named {name!r} in {templates_dir}")
+            with _bar(err, "verifying") as progress:
+                result = do_verify(path, progress=progress)
+        except (ShoesVzError, OSError) as e:
+            raise fail(e) from None
+        if result.ok:
+            out.print(f"template [bold]{name}[/] is intact ({len(result.stat_keys)} files match their digests)")
+            return
+        err.print(f"[bold red]template {name} has {len(result.problems)} problem(s):[/]")
+        for p in result.problems:
+            err.print(f"  - {p}")
+        err.print(f"fix: {result.fix}")
+        raise typer.Exit(1)
+
+    @app.command("list")
+    def list_cmd(templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR) -> None:
+        """List frozen templates and drafts."""
+        from shoes_vz.template import TemplateStore
+
+        table = Table("name", "version", "status", "driver", "macOS build", "cpu", "memory", "disk",
+                      "resource types", "frozen at")
+        for e in TemplateStore(templates_dir).entries():
+            m = e.meta
+            if m is None:
+                table.add_row(e.path.name, "-", f"[red]{e.status}, broken[/]", "", "", "", "", "", e.error[:60], "")
+                continue
+            frozen = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m.frozen_at)) if m.frozen_at else "-"
+            table.add_row(m.name, m.version, e.status, m.driver, m.macos_build or "-", str(m.cpu_count),
+                          f"{m.memory_bytes / GIB:.0f} GiB", f"{m.disk_bytes / GIB:.0f} GiB",
+                          ", ".join(m.resource_types), frozen)
+        out.print(table)
+
+    @app.command()
+    def edit(name: str, templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR, copy: CopyOpt = False) -> None:
+        """Un-freeze NAME into a new writable draft (version + 1); the frozen one keeps serving."""
+        from shoes_vz.template import TemplateStore
+        from shoes_vz.template import edit as do_edit
+
+        try:
+            d = do_edit(TemplateStore(templates_dir), name, copy=copy)
+        except (ShoesVzError, OSError) as e:
+            raise fail(e) from None
+        out.print(f"draft [bold]{name}[/] v{d.meta.version} (from v{d.meta.parent_version}) at {d.path}; "
+                  f"when done: shoes-vz template freeze {name}")

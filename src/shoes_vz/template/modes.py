@@ -1,0 +1,102 @@
+"""Read-only and back: the modes (and, on macOS, the `uchg` flag) that make a template frozen.
+
+Frozen: files 0444, directories 0555, and `chflags uchg` where the platform has it (so even root's
+tools cannot change a template by accident). Drafts and retired versions are made writable again
+before they are changed or removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+IMMUTABLE: int = getattr(stat, "UF_IMMUTABLE", 0)
+WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+def has_flags() -> bool:
+    """Whether this platform has BSD file flags (`chflags uchg`): macOS yes, Linux no."""
+    return IMMUTABLE != 0 and hasattr(os, "chflags")
+
+
+def _set_immutable(path: str, on: bool) -> None:
+    if not has_flags():
+        return
+    flags: int = getattr(os.lstat(path), "st_flags", 0)
+    new = flags | IMMUTABLE if on else flags & ~IMMUTABLE
+    if new != flags:
+        os.chflags(path, new, follow_symlinks=False)  # type: ignore[attr-defined,unused-ignore]
+
+
+def make_read_only(root: Path) -> None:
+    """Files 0444, directories 0555, then `uchg` on everything (children before parents)."""
+    for dirpath, dirs, files in os.walk(root, topdown=False):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                os.chmod(p, 0o444)
+                _set_immutable(p, True)
+        for d in dirs:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                os.chmod(p, 0o555)
+                _set_immutable(p, True)
+    os.chmod(root, 0o555)
+    _set_immutable(str(root), True)
+
+
+def make_writable(root: Path) -> None:
+    """Undo `make_read_only`: clear `uchg` (parents first), owner-writable files and directories."""
+    _unlock_one(str(root), is_dir=True)
+    for dirpath, dirs, files in os.walk(root):
+        for d in dirs:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                _unlock_one(p, is_dir=True)
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                _unlock_one(p, is_dir=False)
+
+
+def _unlock_one(path: str, *, is_dir: bool) -> None:
+    _set_immutable(path, False)
+    mode = stat.S_IMODE(os.lstat(path).st_mode)
+    os.chmod(path, mode | (0o700 if is_dir else 0o600))
+
+
+def remove_tree(root: Path) -> None:
+    """Remove a directory tree even when it is frozen; a missing tree is fine."""
+    if not os.path.lexists(root):
+        return
+    with contextlib.suppress(OSError):
+        make_writable(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def move_dir(src: Path, dst: Path) -> None:
+    """`rename(2)` a possibly frozen directory into another parent, keeping it frozen.
+
+    Moving a directory to a new parent rewrites its `..` entry, which needs the directory writable
+    and not `uchg`; it is unlocked for the rename only (contents stay frozen all along).
+    """
+    mode = stat.S_IMODE(os.lstat(src).st_mode)
+    frozen = not mode & WRITE_BITS
+    if frozen:
+        _unlock_one(str(src), is_dir=True)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        if frozen:
+            os.chmod(src, mode)
+            _set_immutable(str(src), True)
+        raise
+    if frozen:
+        os.chmod(dst, mode)
+        _set_immutable(str(dst), True)
+
+
+__all__ = ["has_flags", "make_read_only", "make_writable", "move_dir", "remove_tree"]

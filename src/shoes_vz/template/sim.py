@@ -1,0 +1,69 @@
+"""`init-sim`: a sim template (simulated guest: OpenSSH sshd + runner-agent), made as a draft and
+frozen by the same code as every other template."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from pathlib import Path
+
+import asyncssh
+
+from shoes_vz.core.errors import TemplateError
+from shoes_vz.core.resources import RESOURCE_TYPES
+from shoes_vz.template.draft import new_draft, write_metadata
+from shoes_vz.template.freeze import freeze
+from shoes_vz.template.metadata import TemplateMetadata
+from shoes_vz.template.store import Template, TemplateStore, check_name, check_resource_types
+
+
+def init_sim(
+    templates_dir: Path,
+    name: str,
+    *,
+    resource_types: list[str] | None = None,
+    disk_bytes: int = 64 * 1024**3,
+    authorized_key: str | None = None,
+    cpu_count: int = 4,
+    memory_bytes: int = 8 * 1024**3,
+    ssh_port: int = 2222,
+) -> Template:
+    """Make a sim template with the seed's layout, frozen read-only.
+
+    The guest's sshd host key and (unless `authorized_key` is given) a client key for the agent are
+    generated into `sim/`; freeze pins the host key. The guest sshd listens on `ssh_port` (2222: a
+    host sshd on *:22 would shadow port 22 of 127.100/16).
+    """
+    check_name(name)
+    types = check_resource_types(resource_types or list(RESOURCE_TYPES))
+    store = TemplateStore(templates_dir)
+    if os.path.lexists(store.path(name)):
+        raise TemplateError(f"template {store.path(name)} already exists")
+    with new_draft(store, name) as tmp:
+        with (tmp / "Disk.img").open("wb") as f:
+            f.truncate(disk_bytes)  # sparse: the "installed macOS" costs nothing here
+        (tmp / "AuxiliaryStorage").write_bytes(os.urandom(64 * 1024))
+        (tmp / "HardwareModel.json").write_text(
+            json.dumps({"dataRepresentation": "", "driver": "sim"}, indent=2) + "\n")
+        sim = tmp / "sim"
+        sim.mkdir()
+        host_key = asyncssh.generate_private_key("ssh-ed25519")
+        host_key.write_private_key(str(sim / "ssh_host_ed25519_key"))
+        if authorized_key is None:
+            client = asyncssh.generate_private_key("ssh-ed25519", comment="shoes-vz-sim")
+            client.write_private_key(str(sim / "id_ed25519"))
+            authorized_key = client.export_public_key().decode().strip()
+        (sim / "authorized_keys").write_text(authorized_key.strip() + "\n")
+        write_metadata(tmp, TemplateMetadata(
+            name=name, driver="sim", cpu_count=cpu_count, memory_bytes=memory_bytes, disk_bytes=disk_bytes,
+            resource_types=types, ssh_user=getpass.getuser(), ssh_port=ssh_port, source="sim",
+        ))
+        (tmp / "README.md").write_text(
+            f"# {name}\n\nA shoes-vz **sim** template (simulated guest: OpenSSH sshd + runner-agent).\n"
+            "Frozen read-only; never edit. Make a new template instead.\n")
+    # nothing older to replace (checked above), so no runners directory is needed
+    return freeze(store, name, runners_dir=None)
+
+
+__all__ = ["init_sim"]
