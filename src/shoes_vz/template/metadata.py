@@ -22,7 +22,8 @@ class TemplateMetadata(BaseModel):
     resource_types: list[str] = Field(default_factory=list)
     ssh_user: str = "runner"
     ssh_port: int = 22
-    ssh_host_key: str = Field(..., description="pinned guest host public key, OpenSSH one-line form")
+    ssh_host_key: str = Field("", description="pinned guest host public key, OpenSSH one-line form; empty "
+                                              "means not pinned yet (a draft): `template freeze` pins it")
     runner_dir: str = Field("", description="guest path of the actions runner; default: the SSH user's home")
     runner_agent_version: str = ""
     digests: dict[str, str] = Field(default_factory=dict, description="sha256 of small files")
@@ -36,6 +37,11 @@ class TemplateMetadata(BaseModel):
             raise TemplateError(f"{directory} is not a template: {FILE_NAME} is missing") from None
         except ValidationError as e:
             raise TemplateError(f"{path}: invalid metadata: {e}") from None
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the guest's SSH host key is pinned (runners must never trust an unpinned key)."""
+        return bool(self.ssh_host_key.strip())
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"

@@ -59,7 +59,11 @@ class Template:
         return self.sim_dir / "id_ed25519"
 
     def check(self) -> None:
-        """Refuse a writable or tampered template (DESIGN §9)."""
+        """Refuse an unpinned, writable or tampered template (DESIGN §9)."""
+        if not self.meta.pinned:
+            raise TemplateError(f"template {self.name}: its guest SSH host key is not pinned (ssh_host_key is "
+                                f"empty; a draft from `template create`?); freeze it first: "
+                                f"shoes-vz template freeze {self.name}")
         for p in [self.path, *self.path.iterdir()]:
             if p.is_symlink():
                 raise TemplateError(f"template {self.name}: {p} is a symlink")
