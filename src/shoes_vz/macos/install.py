@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shoes_vz.core.errors import BundleError
+from shoes_vz.core.sizes import format_size
 from shoes_vz.macos import ipsw_cache
 from shoes_vz.macos.install_errors import (
     RERUN,
@@ -56,7 +57,6 @@ LOAD_TIMEOUT = 900.0      # loading (and verifying) a ~15 GB IPSW
 CANCEL_TIMEOUT = 60.0     # the installer's handler after progress.cancel()
 STOP_TIMEOUT = 60.0
 POLL_INTERVAL = 0.5       # how often the installer's NSProgress is read
-GIB = 1 << 30
 
 
 class InstallProgress(Protocol):
@@ -94,10 +94,6 @@ class _Completion:
         if not self.done.wait(timeout):
             raise InstallError(f"{what} did not finish within {timeout:g}s; {RERUN}", resumable=True)
         return self.args
-
-
-def _size(n: int) -> str:
-    return f"{n / GIB:g} GiB" if n % GIB == 0 else f"{n // MIB} MiB"
 
 
 def require_virtualization() -> tuple[Any, Any, Any]:
@@ -214,10 +210,11 @@ def _check_requirements(vz: Any, image: Any, path: Path, cpu_count: int, memory_
         problems.append(f"--cpu {cpu_count} is below the minimum of {min_cpu} CPUs {what} needs")
     if cpu_count > max_cpu:
         problems.append(f"--cpu {cpu_count} is more than this host allows a VM ({max_cpu})")
+    memory, low, high = format_size(memory_bytes), format_size(min_memory), format_size(max_memory)
     if memory_bytes < min_memory:
-        problems.append(f"--memory {_size(memory_bytes)} is below the minimum of {_size(min_memory)} {what} needs")
+        problems.append(f"--memory {memory} is below the minimum of {low} {what} needs")
     if memory_bytes > max_memory:
-        problems.append(f"--memory {_size(memory_bytes)} is more than this host allows a VM ({_size(max_memory)})")
+        problems.append(f"--memory {memory} is more than this host allows a VM ({high})")
     if memory_bytes % MIB:
         problems.append(f"--memory {memory_bytes} bytes is not a whole number of MiB")
     if problems:

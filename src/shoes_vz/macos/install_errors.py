@@ -26,23 +26,32 @@ NSURL_ERROR_DOMAIN = "NSURLErrorDomain"
 NS_COCOA_ERROR_DOMAIN = "NSCocoaErrorDomain"
 NS_FILE_WRITE_OUT_OF_SPACE = 640  # NSFileWriteOutOfSpaceError
 
+_CODE = {name: code for code, name in VZ_ERROR_CODES.items()}  # a misspelt name fails at import
+
 # VZErrorCode → (resumable, what the operator should do)
 _ACTIONS: dict[int, tuple[bool, str]] = {
-    6: (True, "the host already runs its maximum of 2 macOS guests; stop one, then " + RERUN),
-    7: (True, f"a network error; check the connection, then {RERUN}"),
-    8: (True, f"the volume is out of space; free space where --templates-dir lives, then {RERUN}"),
-    9: (True, f"the installation was cancelled; {RERUN} to start it again"),
-    10001: (True, f"could not reach Apple's restore-image catalog; check the network, then {RERUN}"),
-    10002: (True, f"Apple's restore-image catalog was unreadable; {RERUN} later, or pass --ipsw PATH"),
-    10003: (False, "Apple's catalog has no restore image this host supports; update macOS on the host, "
-                   "or pass --ipsw PATH with an IPSW this host supports"),
-    10004: (True, f"the IPSW could not be loaded; download it again, then {RERUN}"),
-    10005: (True, f"the IPSW is damaged or not a macOS restore image; download it again, then {RERUN}"),
-    10006: (True, f"this IPSW needs a newer host: update macOS on the host (Software Update), then {RERUN}"),
-    10007: (True, f"the installer failed; {RERUN} (it starts over); if it fails again, download the IPSW "
-                  "again"),
+    _CODE["VZErrorVirtualMachineLimitExceeded"]: (
+        True, f"the host already runs its maximum of 2 macOS guests; stop one, then {RERUN}"),
+    _CODE["VZErrorNetworkError"]: (True, f"a network error; check the connection, then {RERUN}"),
+    _CODE["VZErrorOutOfDiskSpace"]: (
+        True, f"the volume is out of space; free space where --templates-dir lives, then {RERUN}"),
+    _CODE["VZErrorOperationCancelled"]: (True, f"the installation was cancelled; {RERUN} to start it again"),
+    _CODE["VZErrorRestoreImageCatalogLoadFailed"]: (
+        True, f"could not reach Apple's restore-image catalog; check the network, then {RERUN}"),
+    _CODE["VZErrorInvalidRestoreImageCatalog"]: (
+        True, f"Apple's restore-image catalog was unreadable; {RERUN} later, or pass --ipsw PATH"),
+    _CODE["VZErrorNoSupportedRestoreImagesInCatalog"]: (
+        False, "Apple's catalog has no restore image this host supports; update macOS on the host, or pass "
+               "--ipsw PATH with an IPSW this host supports"),
+    _CODE["VZErrorRestoreImageLoadFailed"]: (True, f"the IPSW could not be loaded; download it again, then {RERUN}"),
+    _CODE["VZErrorInvalidRestoreImage"]: (
+        True, f"the IPSW is damaged or not a macOS restore image; download it again, then {RERUN}"),
+    _CODE["VZErrorInstallationRequiresUpdate"]: (
+        True, f"this IPSW needs a newer host: update macOS on the host (Software Update), then {RERUN}"),
+    _CODE["VZErrorInstallationFailed"]: (
+        True, f"the installer failed; {RERUN} (it starts over); if it fails again, download the IPSW again"),
 }
-RESTORE_IMAGE_UNUSABLE = (10004, 10005)
+RESTORE_IMAGE_UNUSABLE = (_CODE["VZErrorRestoreImageLoadFailed"], _CODE["VZErrorInvalidRestoreImage"])
 
 
 class InstallError(ShoesVzError):
@@ -67,7 +76,7 @@ def from_nserror(err: Any, doing: str) -> InstallError:
     elif domain == NSURL_ERROR_DOMAIN:
         resumable, hint = True, f"a network error; check the connection, then {RERUN}"
     elif domain == NS_COCOA_ERROR_DOMAIN and code == NS_FILE_WRITE_OUT_OF_SPACE:
-        resumable, hint = _ACTIONS[8]
+        resumable, hint = _ACTIONS[_CODE["VZErrorOutOfDiskSpace"]]
     message = f"could not {doing}: {text} [{where}]" + (f"; {hint}" if hint else "")
     return InstallError(message, resumable=resumable, domain=domain, code=code)
 
