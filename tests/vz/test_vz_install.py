@@ -143,6 +143,20 @@ def test_latest_downloads_into_the_cache_and_reuses_it(fake_vz: FakeVZ, server: 
     assert {p.name for p in second.iterdir()} == EXPECTED_FILES
 
 
+def test_a_cached_ipsw_that_changed_size_is_downloaded_again(fake_vz: FakeVZ, server: IpswServer, target: Path,
+                                                             tmp_path: Path) -> None:
+    fake_vz.knobs.latest_url = server.url
+    cache = tmp_path / "cache"
+    run(target, "latest", cache)
+    for p in target.iterdir():
+        p.unlink()
+    with (cache / NAME).open("r+b") as f:
+        f.truncate(1000)  # e.g. a disk-full copy, or someone replaced it
+    run(target, "latest", cache)
+    assert server.range_headers == [None, None]
+    assert (cache / NAME).read_bytes() == server.payload
+
+
 def test_a_dropped_download_resumes_with_a_range_request(fake_vz: FakeVZ, server: IpswServer, target: Path,
                                                         tmp_path: Path) -> None:
     fake_vz.knobs.latest_url = server.url
@@ -196,6 +210,8 @@ def test_download_http_errors(fake_vz: FakeVZ, server: IpswServer, target: Path,
     fake_vz.knobs.latest_url = "http://127.0.0.1:1/" + NAME  # nothing listens on port 1
     e = failure(target, "latest", tmp_path / "cache")
     assert e.resumable and "check the network" in str(e)
+    fake_vz.knobs.latest_url = "ftp://example.com/" + NAME
+    assert "only http(s) URLs" in str(failure(target, "latest", tmp_path / "cache"))
 
 
 def test_a_damaged_cached_ipsw_is_forgotten(fake_vz: FakeVZ, server: IpswServer, target: Path,

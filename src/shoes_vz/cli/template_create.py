@@ -16,16 +16,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from shoes_vz.config import DEFAULT_TEMPLATES_DIR
 from shoes_vz.core.errors import InvalidInput, ShoesVzError, TemplateError
 from shoes_vz.core.resources import RESOURCE_TYPES
 from shoes_vz.core.sizes import format_size, parse_size
-from shoes_vz.template.metadata import FILE_NAME, TemplateMetadata
-from shoes_vz.template.store import NAME_OK
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest loads when the command runs: every `shoes-vz` start (e.g. `vm run`) stays fast
+    from rich.progress import Progress, TaskID
+
     from shoes_vz.macos.install import InstalledImage, InstallProgress
 
 DRAFTS = ".drafts"
@@ -49,6 +48,8 @@ class RichInstallProgress:
 
 def _check_request(templates_dir: Path, name: str, resource_types: list[str]) -> Path:
     """The draft's final path, after refusing a bad name or one already taken."""
+    from shoes_vz.template.store import NAME_OK
+
     if not name or not set(name) <= NAME_OK or name.startswith("."):
         raise TemplateError(f"template name {name!r} is invalid: use letters, digits, '.', '_', '-'")
     bad = [t for t in resource_types if t not in RESOURCE_TYPES]
@@ -68,6 +69,7 @@ def create_draft(templates_dir: Path, name: str, *, ipsw: str, cpu_count: int, m
                  progress: InstallProgress) -> tuple[Path, InstalledImage]:
     """Install macOS into `<templates_dir>/.drafts/NAME` (whole, or not at all)."""
     from shoes_vz.macos.install import install_macos, require_virtualization
+    from shoes_vz.template.metadata import FILE_NAME, TemplateMetadata
 
     draft = _check_request(templates_dir, name, resource_types)
     require_virtualization()  # before anything is written: on Linux this is where we stop
@@ -110,6 +112,8 @@ def register(template_app: typer.Typer) -> None:
         resource_types: Annotated[str, typer.Option(help="comma-separated myshoes types it will serve")] = "",
     ) -> None:
         """Install macOS from an IPSW into a new draft template (<templates-dir>/.drafts/NAME)."""
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
         from shoes_vz.macos.install import require_virtualization
         from shoes_vz.macos.install_errors import InstallError
 
