@@ -3,7 +3,8 @@
 The draft is built in `<templates_dir>/.drafts/.NAME.tmp-<pid>` and renamed to
 `<templates_dir>/.drafts/NAME` only once macOS is installed and TemplateMetadata.json is written; on
 any failure or Ctrl-C the temporary directory is removed, so a draft either exists whole or not at
-all. The draft is not served: its `ssh_host_key` is empty until `template freeze` pins it.
+all (the shared `.drafts` directory itself stays). The draft is not served: its `ssh_host_key` is
+empty until `template freeze` pins it.
 """
 
 from __future__ import annotations
