@@ -11,6 +11,7 @@ import pytest
 from fakevz import SDK, FakeVZ, load_sdk
 from vzharness import make_bundle
 
+from shoes_vz.macos import install as macos_install
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.drivers import vz as vz_driver
 
@@ -27,6 +28,7 @@ def fake_vz(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVZ]:
     for name, module in fake.modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(vz_driver, "host_macos", lambda: fake.knobs.host)
+    monkeypatch.setattr(macos_install, "host_macos", lambda: fake.knobs.host)
     vz_driver.delegate_class.cache_clear()
     yield fake
     fake.close()

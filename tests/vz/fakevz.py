@@ -17,6 +17,14 @@ from `pyobjc_metadata.py.txt`. So, as with real PyObjC:
 
 Behaviour knobs (`Knobs`) inject failures: start/restore/resume/save errors with a domain and code,
 missing entitlement, guest stop or error after a delay, whether the guest honours requestStop.
+
+Installing macOS (`shoes_vz.macos.install`): a fake IPSW is a zip-headed file whose JSON header
+(`fake_ipsw_bytes`) says its build, version, minimum CPU/memory and whether this host supports its
+hardware model; `VZMacOSRestoreImage.loadFileURL…`/`fetchLatestSupported…` call back on a new thread
+(as the real ones do, on an arbitrary thread); `VZMacAuxiliaryStorage.initCreatingStorage…` writes a
+file and refuses to overwrite without the option; `VZMacOSInstaller` must be made and started on the
+VM's queue and advances an `NSProgress` step by step until it completes, fails (`install_error` at
+`install_error_at`) or is cancelled (VZErrorOperationCancelled).
 Every VZ symbol touched is recorded in `FakeVZ.used` (and module-wide in `SESSION_USED`).
 """
 
@@ -193,6 +201,15 @@ class Knobs:
     guest_shutdown_delay: float = 0.05
     guest_stops_after: float | None = None
     guest_error_after: float | None = None
+    # installing macOS
+    load_error: tuple[str, int, str] | None = None
+    fetch_error: tuple[str, int, str] | None = None
+    latest_url: str = "http://127.0.0.1:9/UniversalMac_26.5_25F71_Restore.ipsw"
+    aux_error: tuple[str, int, str] | None = None
+    install_error: tuple[str, int, str] | None = None
+    install_error_at: float = 0.5
+    install_steps: int = 8
+    install_step_delay: float = 0.005
 
 
 class QueueViolation(AssertionError):
@@ -446,11 +463,22 @@ class FakeVZ:
                 url._path = path
                 return url
 
+            @classmethod
+            def URLWithString_(cls, text: str) -> Any:  # noqa: N802 - Foundation's name
+                if not isinstance(text, str):
+                    raise TypeError("URLWithString_ takes a str")
+                url = cls()
+                url._path, url._string = None, text
+                return url
+
             def path(self) -> str:
                 return str(self._path)
 
-            def isFileURL(self) -> bool:
-                return True
+            def absoluteString(self) -> str:  # noqa: N802 - Foundation's name
+                return getattr(self, "_string", None) or f"file://{self._path}"
+
+            def isFileURL(self) -> bool:  # noqa: N802 - Foundation's name
+                return self._path is not None
 
         class NSError(root):  # type: ignore[misc,valid-type]
             _sdk_name = None
@@ -477,6 +505,29 @@ class FakeVZ:
             def __repr__(self) -> str:
                 return f"Error Domain={self._d} Code={self._c} \"{self.localizedDescription()}\""
 
+        class NSProgress(root):  # type: ignore[misc,valid-type]
+            _sdk_name = None
+
+            def __init__(self) -> None:
+                super().__init__()
+                self._total, self._done, self._cancelled = 1, 0, False
+
+            def fractionCompleted(self) -> float:  # noqa: N802 - Foundation's name
+                return self._done / self._total if self._total else 0.0
+
+            def completedUnitCount(self) -> int:  # noqa: N802
+                return int(self._done)
+
+            def totalUnitCount(self) -> int:  # noqa: N802
+                return int(self._total)
+
+            def cancel(self) -> None:
+                self._cancelled = True
+
+            def isCancelled(self) -> bool:  # noqa: N802
+                return bool(self._cancelled)
+
+        self.NSProgress = NSProgress
         return NSURL, NSError
 
     def _vz_module(self) -> types.ModuleType:
@@ -501,6 +552,7 @@ class FakeVZ:
     def _foundation_module(self) -> types.ModuleType:
         mod = types.ModuleType("Foundation", "generated fake: NSObject, NSURL, NSError only")
         mod.NSObject, mod.NSURL, mod.NSError = self.NSObject, self.NSURL, self.NSError
+        mod.NSProgress = self.NSProgress
         return mod
 
     def _dispatch_module(self) -> types.ModuleType:
@@ -851,6 +903,146 @@ def _disk_init(fake: FakeVZ, obj: Any, url: Any, ro: bool, caching: int, sync: i
     return obj, None
 
 
+def _mac_random(fake: FakeVZ, cls: Any) -> Any:
+    mac = cls()
+    mac._mac = ":".join(f"{b:02x}" for b in bytes([0x02 | (secrets.randbits(8) & 0xFC)]) + secrets.token_bytes(5))
+    return mac
+
+
+# -- installing macOS ------------------------------------------------------------------------------------
+
+IPSW_MAGIC = b"PK\x03\x04FAKEIPSW1:"
+
+
+def fake_ipsw_bytes(*, build: str = "25F71", version: tuple[int, int, int] = (26, 5, 0), min_cpu: int = 2,
+                    min_memory: int = 4 << 30, supported: bool = True, padding: int = 0) -> bytes:
+    """A file the fake loads as a restore image (zip-headed like a real IPSW; `padding` adds bulk)."""
+    header = {"build": build, "version": list(version), "min_cpu": min_cpu, "min_memory": min_memory,
+              "supported": supported}
+    return IPSW_MAGIC + json.dumps(header).encode() + b"\n" + secrets.token_bytes(padding)
+
+
+@dataclass(frozen=True)
+class OSVersion:  # PyObjC's NSOperatingSystemVersion struct wrapper has these fields
+    majorVersion: int  # noqa: N815
+    minorVersion: int  # noqa: N815
+    patchVersion: int  # noqa: N815
+
+
+def _restore_image(fake: FakeVZ, url: Any, header: dict[str, Any]) -> Any:
+    image = fake.vz_class("VZMacOSRestoreImage")()  # the framework makes it; init is NS_UNAVAILABLE
+    req = None
+    if header["supported"]:
+        req = fake.vz_class("VZMacOSConfigurationRequirements")()
+        hw = fake.vz_class("VZMacHardwareModel")()
+        hw._data = fake_hardware_model_data()
+        req._props.update(hardwareModel=hw, minimumSupportedCPUCount=header["min_cpu"],
+                          minimumSupportedMemorySize=header["min_memory"])
+    image._props.update(URL=url, buildVersion=header["build"], operatingSystemVersion=OSVersion(*header["version"]),
+                        mostFeaturefulSupportedConfiguration=req, supported=header["supported"])
+    return image
+
+
+def _on_some_thread(fake: FakeVZ, fn: Callable[[], Any]) -> None:
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # real: a crash on a libdispatch worker
+            fake.escaped.append(e)
+
+    threading.Thread(target=run, name="fake-vz-any-thread", daemon=True).start()
+
+
+def _load_restore_image(fake: FakeVZ, cls: Any, url: Any, handler: Callable[[Any, Any], Any]) -> None:
+    if not url.isFileURL():
+        raise ValueError("loadFileURL: needs a file URL")  # NSInvalidArgumentException (reference §1.6)
+
+    def load() -> None:
+        if fake.knobs.load_error is not None:
+            return handler(None, _err(fake, fake.knobs.load_error))
+        try:
+            raw = Path(url.path()).read_bytes()
+        except OSError:
+            return handler(None, fake.vz_error(10004, "The restore image failed to load."))
+        if not raw.startswith(IPSW_MAGIC):
+            return handler(None, fake.vz_error(10005, "The restore image is invalid."))
+        header = json.loads(raw[len(IPSW_MAGIC):].split(b"\n", 1)[0])
+        handler(_restore_image(fake, url, header), None)
+
+    _on_some_thread(fake, load)
+
+
+def _fetch_latest(fake: FakeVZ, cls: Any, handler: Callable[[Any, Any], Any]) -> None:
+    def fetch() -> None:
+        if fake.knobs.fetch_error is not None:
+            return handler(None, _err(fake, fake.knobs.fetch_error))
+        header = json.loads(fake_ipsw_bytes()[len(IPSW_MAGIC):].split(b"\n", 1)[0])
+        handler(_restore_image(fake, fake.NSURL.URLWithString_(fake.knobs.latest_url), header), None)
+
+    _on_some_thread(fake, fetch)
+
+
+def _aux_create(fake: FakeVZ, aux: Any, url: Any, hw: Any, options: int, _e: Any) -> Any:
+    path = Path(url.path())
+    if fake.knobs.aux_error is not None:
+        return None, _err(fake, fake.knobs.aux_error)
+    if path.exists() and not options & fake.sdk.enums["VZMacAuxiliaryStorageInitializationOptionAllowOverwrite"]:
+        return None, fake.nserror("NSCocoaErrorDomain", 516, "The file already exists.")
+    path.write_bytes(b"FAKEAUX1:" + hw._data)
+    aux._props["URL"] = url
+    return aux, None
+
+
+def _on_vm_queue(fake: FakeVZ, vm: Any, what: str) -> None:
+    if not vm._queue.current:
+        msg = f"VZMacOSInstaller.{what} called off the VM's queue"
+        fake.violations.append(msg)
+        raise QueueViolation(msg)
+
+
+def _installer_init(fake: FakeVZ, inst: Any, vm: Any, url: Any) -> Any:
+    _on_vm_queue(fake, vm, "initWithVirtualMachine:restoreImageURL:")
+    if not url.isFileURL():
+        raise ValueError("the restore image URL must be a file URL")  # an exception, per the header
+    if not isinstance(vm._cfg._props.get("platform"), fake.vz_class("VZMacPlatformConfiguration")):
+        raise ValueError("the VM is not configured for macOS")
+    inst._vm, inst._url, inst._progress, inst._started = vm, url, fake.NSProgress(), False
+    vm._installer = inst
+    inst._progress._total = fake.knobs.install_steps
+    return inst
+
+
+def _install(fake: FakeVZ, inst: Any, handler: Callable[[Any], Any]) -> None:
+    vm, k = inst._vm, fake.knobs
+    _on_vm_queue(fake, vm, "installWithCompletionHandler:")
+    if inst._started:
+        raise RuntimeError("installWithCompletionHandler: called twice")  # an ObjC exception
+    inst._started = True
+    if not _state_is(fake, vm, "Stopped"):
+        return _complete(fake, vm, handler, fake.vz_error(3, "Invalid virtual machine state."))
+    _set_state(fake, vm, "Running")
+    progress = inst._progress
+
+    def finish(err: Any) -> None:
+        _set_state(fake, vm, "Stopped")
+        handler(err)
+
+    def step() -> None:
+        if progress._cancelled:
+            return finish(fake.vz_error(9, "The operation was cancelled."))
+        progress._done += 1
+        if k.install_error is not None and progress.fractionCompleted() >= k.install_error_at:
+            return finish(_err(fake, k.install_error))
+        if progress._done < progress._total:
+            return _later(fake, vm, step, k.install_step_delay)
+        disk = vm._cfg._props["storageDevices"][0]._props["attachment"]._props["URL"]
+        with open(disk.path(), "r+b") as f:  # "macOS" lands on the boot disk; the image stays sparse
+            f.write(b"FAKE-MACOS from " + inst._url.path().encode())
+        finish(None)
+
+    _later(fake, vm, step, k.install_step_delay)
+
+
 def _set_delegate(fake: FakeVZ, vm: Any, delegate: Any) -> None:
     vm._props["delegate"] = weakref.ref(delegate) if delegate is not None else None  # weak (rule 7)
 
@@ -900,6 +1092,13 @@ def _behaviour() -> dict[tuple[str, str], Callable[..., Any]]:
         ("VZMACAddress", "string"): lambda f, mac: mac._mac,
         ("VZDiskImageStorageDeviceAttachment",
          "initWithURL:readOnly:cachingMode:synchronizationMode:error:"): _disk_init,
+        ("VZMACAddress", "randomLocallyAdministeredAddress"): _mac_random,
+        ("VZMacOSRestoreImage", "loadFileURL:completionHandler:"): _load_restore_image,
+        ("VZMacOSRestoreImage", "fetchLatestSupportedWithCompletionHandler:"): _fetch_latest,
+        ("VZMacAuxiliaryStorage", "initCreatingStorageAtURL:hardwareModel:options:error:"): _aux_create,
+        ("VZMacOSInstaller", "initWithVirtualMachine:restoreImageURL:"): _installer_init,
+        ("VZMacOSInstaller", "installWithCompletionHandler:"): _install,
+        ("VZMacOSInstaller", "progress"): lambda f, inst: inst._progress,
     }
 
 

@@ -1,10 +1,11 @@
-"""CONTRACT: every VZ symbol the driver uses exists in the macOS 26.5 SDK (as PyObjC records it) and
-was introduced no later than the driver's MIN_MACOS.
+"""CONTRACT: every VZ symbol the driver and the macOS installer use exists in the macOS 26.5 SDK (as
+PyObjC records it) and was introduced no later than the driver's MIN_MACOS.
 
-Two nets: a static AST walk of the driver modules (classes, enums and constants read off the
-`Virtualization` module, every `selector_with_args_` and delegate method), and the fake's record of
-every (class, selector) actually called while the driver runs start, stop, save, restore and the
-restore fallback. Enum values carry no `introduced` in the fwinfo (they are compile-time ints that
+Two nets: a static AST walk of the driver and installer modules (classes, enums and constants read
+off the `Virtualization` module, every `selector_with_args_` and delegate method), and the fake's
+record of every (class, selector) actually called while the driver runs start, stop, save, restore
+and the restore fallback, and while the installer runs from a local IPSW, from `latest` (over HTTP),
+and is cancelled. Enum values carry no `introduced` in the fwinfo (they are compile-time ints that
 PyObjC always exposes), so they are checked for existence and value only.
 """
 
@@ -13,14 +14,18 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from fakevz import SDK, FakeVZ, version
+import pytest
+from fakevz import SDK, FakeVZ, fake_ipsw_bytes, version
+from ipswserver import IpswServer
 from vzharness import make_bundle, start
 
 import shoes_vz.vm.drivers.vz as vz_module
-from shoes_vz.vm.drivers import vz_config, vz_errors
+from shoes_vz.macos import install, install_errors, ipsw_cache
+from shoes_vz.vm.drivers import vz_config, vz_errors, vz_runtime
 from shoes_vz.vm.exit_status import VMExit
 
-DRIVER_FILES = [Path(m.__file__) for m in (vz_module, vz_config, vz_errors)]  # type: ignore[arg-type]
+DRIVER_FILES = [Path(m.__file__) for m in (vz_module, vz_config, vz_errors,  # type: ignore[arg-type]
+                                           vz_runtime, install, install_errors, ipsw_cache)]
 NOT_VZ = {"fileURLWithPath_"}  # Foundation selectors the driver calls
 MIN = ".".join(map(str, vz_module.MIN_MACOS))
 
@@ -79,9 +84,42 @@ def exercise(fake: FakeVZ, root: Path) -> None:
     h.wait_started()
     fake.guest_shutdown(fake.vms[-1])
     assert h.result() is VMExit.STOPPED
+    exercise_install(fake, root)
 
 
-def test_every_vz_symbol_is_in_the_sdk_and_old_enough(fake_vz: FakeVZ, tmp_path: Path) -> None:
+class _Interrupt:
+    def update(self, phase: str, fraction: float) -> None:
+        if phase == "install" and fraction > 0:
+            raise KeyboardInterrupt
+
+
+class _Quiet:
+    def update(self, phase: str, fraction: float) -> None:
+        pass
+
+
+def exercise_install(fake: FakeVZ, root: Path) -> None:
+    """Run the installer through every path that talks to VZ."""
+    ipsw = root / "local.ipsw"
+    ipsw.write_bytes(fake_ipsw_bytes())
+    args = {"cpu_count": 4, "memory_bytes": 8 << 30, "disk_bytes": 1 << 30, "cache_dir": root / "cache"}
+    local, latest, interrupted = (root / name for name in ("install-local", "install-latest", "install-ctrl-c"))
+    for target in (local, latest, interrupted):
+        target.mkdir()
+    install.install_macos(local, ipsw=str(ipsw), progress=_Quiet(), **args)
+    server = IpswServer(fake_ipsw_bytes())
+    try:
+        fake.knobs.latest_url = server.url
+        install.install_macos(latest, ipsw=install.LATEST, progress=_Quiet(), **args)
+    finally:
+        server.close()
+    with pytest.raises(KeyboardInterrupt):
+        install.install_macos(interrupted, ipsw=str(ipsw), progress=_Interrupt(), **args)
+
+
+def test_every_vz_symbol_is_in_the_sdk_and_old_enough(fake_vz: FakeVZ, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "POLL_INTERVAL", 0.002)
     sdk = fake_vz.sdk
     problems: list[str] = []
     names, selectors = static_symbols()
@@ -134,6 +172,11 @@ def test_every_vz_symbol_is_in_the_sdk_and_old_enough(fake_vz: FakeVZ, tmp_path:
           f"{len(fake_vz.used)} recorded uses, {len(used)} symbols checked against macOS {MIN}")
     assert not problems, "\n".join(problems)
     assert len(selectors) > 20 and len(fake_vz.used) > 60  # the walk really saw the driver
+    for sel in ("initWithVirtualMachine:restoreImageURL:", "loadFileURL:completionHandler:",
+                "initCreatingStorageAtURL:hardwareModel:options:error:"):
+        assert sel in selectors  # ... and the installer
+    assert ("method", "VZMacOSRestoreImage", "fetchLatestSupportedWithCompletionHandler:", "class") in fake_vz.used
+    assert ("method", "VZMacOSConfigurationRequirements", "minimumSupportedMemorySize", "instance") in fake_vz.used
 
 
 def test_min_macos_is_justified_by_what_the_driver_needs(fake_vz: FakeVZ) -> None:

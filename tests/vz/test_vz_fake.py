@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+from typing import Any
+
 import pytest
-from fakevz import FakeVZ, check_behaviour_against_sdk
+from fakevz import FakeVZ, QueueViolation, check_behaviour_against_sdk, fake_ipsw_bytes
 
 
 def test_unknown_names_raise_attribute_error(fake_vz: FakeVZ) -> None:
@@ -67,3 +71,53 @@ def test_delegate_is_weak_and_protocols_exist(fake_vz: FakeVZ) -> None:
     with pytest.raises(TypeError, match="arguments for selector"):
         class Bad(Foundation.NSObject, protocols=[objc.protocolNamed("VZVirtualMachineDelegate")]):
             def guestDidStopVirtualMachine_(self) -> None: ...
+
+
+def test_install_surface_is_the_sdk(fake_vz: FakeVZ, tmp_path: Path) -> None:
+    import Foundation
+    import Virtualization as vz
+
+    for cls in (vz.VZMacOSInstaller, vz.VZMacOSRestoreImage, vz.VZMacOSConfigurationRequirements,
+                vz.VZMacAuxiliaryStorage):
+        with pytest.raises(TypeError, match="NS_UNAVAILABLE"):
+            cls.new()
+    ipsw = tmp_path / "x.ipsw"
+    ipsw.write_bytes(fake_ipsw_bytes(min_cpu=3))
+    loaded = threading.Event()
+    box: list[Any] = []
+    vz.VZMacOSRestoreImage.loadFileURL_completionHandler_(Foundation.NSURL.fileURLWithPath_(str(ipsw)),
+                                                          lambda image, err: (box.append(image), loaded.set()))
+    assert loaded.wait(5)
+    image = box[0]
+    assert image.buildVersion() == "25F71" and image.operatingSystemVersion().majorVersion == 26
+    req = image.mostFeaturefulSupportedConfiguration()
+    assert req.minimumSupportedCPUCount() == 3 and req.hardwareModel().isSupported()
+    with pytest.raises(AttributeError):
+        image.minimumCPUCount()  # not an SDK selector
+    with pytest.raises(ValueError, match="file URL"):
+        vz.VZMacOSRestoreImage.loadFileURL_completionHandler_(Foundation.NSURL.URLWithString_("https://x/y.ipsw"),
+                                                              lambda image, err: None)
+    aux_url = Foundation.NSURL.fileURLWithPath_(str(tmp_path / "aux"))
+    aux, err = vz.VZMacAuxiliaryStorage.alloc().initCreatingStorageAtURL_hardwareModel_options_error_(
+        aux_url, req.hardwareModel(), 0, None)
+    assert aux is not None and err is None
+    again, err = vz.VZMacAuxiliaryStorage.alloc().initCreatingStorageAtURL_hardwareModel_options_error_(
+        aux_url, req.hardwareModel(), 0, None)
+    assert again is None and err.code() == 516  # no overwrite without the option
+    assert vz.VZMacAuxiliaryStorage.alloc().initCreatingStorageAtURL_hardwareModel_options_error_(
+        aux_url, req.hardwareModel(), vz.VZMacAuxiliaryStorageInitializationOptionAllowOverwrite, None)[0]
+
+
+def test_the_installer_lives_on_the_vm_queue(fake_vz: FakeVZ) -> None:
+    import dispatch
+    import Foundation
+    import Virtualization as vz
+
+    q = dispatch.dispatch_queue_create(b"q", None)
+    cfg = vz.VZVirtualMachineConfiguration.new()
+    cfg.setPlatform_(vz.VZMacPlatformConfiguration.new())
+    vm = vz.VZVirtualMachine.alloc().initWithConfiguration_queue_(cfg, q)
+    url = Foundation.NSURL.fileURLWithPath_("/x.ipsw")
+    with pytest.raises(QueueViolation):
+        vz.VZMacOSInstaller.alloc().initWithVirtualMachine_restoreImageURL_(vm, url)
+    fake_vz.violations.clear()  # expected here; the fixture fails on any other

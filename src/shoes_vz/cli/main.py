@@ -196,6 +196,7 @@ for _mod in ("shoes_vz.cli.macos", "shoes_vz.cli.plugin"):
     with contextlib.suppress(ImportError):
         importlib.import_module(_mod).register(app)
 importlib.import_module("shoes_vz.cli.template_warm").register(template_app)
+importlib.import_module("shoes_vz.cli.template_create").register(template_app)
 
 
 def main() -> None:

@@ -42,6 +42,11 @@ class TemplateMetadata(BaseModel):
         except ValidationError as e:
             raise TemplateError(f"{path}: invalid metadata: {e}") from None
 
+    @property
+    def pinned(self) -> bool:
+        """Whether the guest's SSH host key is pinned (runners must never trust an unpinned key)."""
+        return bool(self.ssh_host_key.strip())
+
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"
 

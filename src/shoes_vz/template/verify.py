@@ -155,7 +155,7 @@ def _check_tree(root: Path, problems: list[str]) -> dict[str, os.stat_result]:
 
 
 def _check_host_key(meta: TemplateMetadata, problems: list[str]) -> None:
-    if not meta.ssh_host_key:
+    if not meta.pinned:
         problems.append("no pinned SSH host key (unpinned: `shoes-vz template freeze` pins it)")
         return
     try:

@@ -81,7 +81,7 @@ def _next_data(fd: int, pos: int, size: int) -> int:
         raise
 
 
-def legacy_sha256(path: Path, progress: Progress | None = None) -> str:
+def sha256_file(path: Path, progress: Progress | None = None) -> str:
     h = hashlib.sha256()
     done = 0
     with open(path, "rb") as f:
@@ -107,7 +107,7 @@ def algorithm_of(recorded: str) -> str:
 
 
 def digest_with(algo: str, path: Path, progress: Progress | None = None) -> str:
-    return file_digest(path, progress) if algo == ALGO else legacy_sha256(path, progress)
+    return file_digest(path, progress) if algo == ALGO else sha256_file(path, progress)
 
 
 def matches(path: Path, recorded: str, progress: Progress | None = None) -> bool:

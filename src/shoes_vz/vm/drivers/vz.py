@@ -1,7 +1,8 @@
 """The `vz` driver: one macOS guest through PyObjC's Virtualization.framework bindings.
 
-PyObjC (`Virtualization`, `Foundation`, `dispatch`, `objc`) is imported only here, lazily, in `run`.
-Configuration lives in `vz_config`, NSError mapping in `vz_errors`.
+PyObjC (`Virtualization`, `Foundation`, `dispatch`, `objc`) is imported lazily, in `run`, through
+`vz_runtime` (which also owns the serial queue). Configuration lives in `vz_config`, NSError mapping
+in `vz_errors`.
 
 Threading — why a private serial queue and not the main queue + run loop:
   A VZVirtualMachine must be driven only from the queue it was created with; its completion handlers
@@ -44,21 +45,10 @@ from shoes_vz.vm.drivers.vz_config import (
     host_macos,
 )
 from shoes_vz.vm.drivers.vz_errors import VZDriverError, config_error, from_nserror
+from shoes_vz.vm.drivers.vz_runtime import QUEUE_TIMEOUT, SerialQueue, import_pyobjc
 from shoes_vz.vm.exit_status import VMExit
 
-QUEUE_TIMEOUT = 30.0    # a VM queue that does not run a block this long is wedged
 SAVE_TIMEOUT = 600.0    # pause + save of a large guest's memory
-
-
-def _import_pyobjc() -> tuple[Any, Any, Any, Any]:
-    try:
-        import dispatch  # type: ignore[import-not-found]
-        import Foundation  # type: ignore[import-not-found]
-        import objc  # type: ignore[import-not-found]
-        import Virtualization  # type: ignore[import-not-found]
-    except ImportError as e:
-        raise config_error(f"the vz driver needs macOS and PyObjC ({e}); install shoes-vz[macos]") from None
-    return Virtualization, Foundation, dispatch, objc
 
 
 @functools.cache
@@ -96,9 +86,8 @@ class VZDriver(Driver):
         self._events: DriverEvents | None = None
         self._vz: Any = None
         self._foundation: Any = None
-        self._dispatch: Any = None
         self._objc: Any = None
-        self._queue: Any = None
+        self._queue: SerialQueue | None = None
         self._spec: LaunchSpec | None = None
         self._host = (0, 0)
         # Strong references for the VM's whole life: the delegate property is weak (rule 7) and the
@@ -191,31 +180,17 @@ class VZDriver(Driver):
         return guarded
 
     def _async(self, fn: Callable[[], Any], what: str = "queued block") -> None:
-        self._dispatch.dispatch_async(self._queue, self._guard(fn, what))
+        assert self._queue is not None
+        self._queue.submit(self._guard(fn, what))
 
     def _call(self, fn: Callable[[], Any], timeout: float = QUEUE_TIMEOUT) -> Any:
         """Run `fn` on the VM queue from another thread and return its result (never from the queue)."""
-        box: dict[str, Any] = {}
-        ran = threading.Event()
-
-        def block() -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as e:  # carried back to the caller, never into libdispatch
-                box["error"] = e
-            finally:
-                ran.set()
-
-        self._dispatch.dispatch_async(self._queue, block)
-        if not ran.wait(timeout):
-            raise VZDriverError(f"the VM queue did not answer within {timeout:g}s", exit=VMExit.CRASHED)
-        if "error" in box:
-            raise box["error"]
-        return box.get("value")
+        assert self._queue is not None
+        return self._queue.call(fn, timeout)
 
     # -- boot (main thread, then the queue) -------------------------------------------------------
     def _boot(self) -> None:
-        self._vz, self._foundation, self._dispatch, self._objc = _import_pyobjc()
+        self._vz, self._foundation, dispatch, self._objc = import_pyobjc()
         self._host = host_macos()
         if self._host < MIN_MACOS:
             raise config_error(f"the vz driver needs macOS {MIN_MACOS[0]}.{MIN_MACOS[1]} or later "
@@ -227,8 +202,7 @@ class VZDriver(Driver):
             self._spec = LaunchSpec.from_metadata(self.bundle.read_metadata())
         except BundleError as e:
             raise config_error(str(e)) from None
-        self._queue = self._dispatch.dispatch_queue_create(
-            f"shoes-vz.vm.{self.bundle.runner_id}".encode(), None)  # None: serial (§3.2 B)
+        self._queue = SerialQueue(dispatch, f"shoes-vz.vm.{self.bundle.runner_id}")
         restoring = self.bundle.saved_state.exists()
         cfg = self._build(fresh_identity=False)
         self._call(lambda: self._new_vm(cfg))
@@ -243,7 +217,8 @@ class VZDriver(Driver):
         """On the queue: a VM for `cfg` with our delegate (the old VM, if any, is kept alive)."""
         if self._vm is not None:
             self._retired.append((self._vm, self._delegate))
-        vm = self._vz.VZVirtualMachine.alloc().initWithConfiguration_queue_(cfg, self._queue)
+        assert self._queue is not None
+        vm = self._vz.VZVirtualMachine.alloc().initWithConfiguration_queue_(cfg, self._queue.queue)
         delegate = delegate_class(self._foundation, self._objc).new()
         delegate.sink = self
         vm.setDelegate_(delegate)

@@ -127,22 +127,30 @@ def platform_configuration(vz: Any, foundation: Any, bundle: Bundle, *, fresh_id
     return plat
 
 
-def boot_disk(vz: Any, foundation: Any, bundle: Bundle, spec: LaunchSpec) -> Any:
-    _require(bundle.disk, "Disk.img")
+def block_device(vz: Any, foundation: Any, path: Path, *, caching_mode: str = "automatic",
+                 sync_mode: str = "full") -> Any:
+    """A virtio block device on the RAW image at `path` (writable)."""
     caching = {"automatic": vz.VZDiskImageCachingModeAutomatic, "cached": vz.VZDiskImageCachingModeCached,
-               "uncached": vz.VZDiskImageCachingModeUncached}[spec.caching_mode]
+               "uncached": vz.VZDiskImageCachingModeUncached}[caching_mode]
     sync = {"full": vz.VZDiskImageSynchronizationModeFull, "fsync": vz.VZDiskImageSynchronizationModeFsync,
-            "none": vz.VZDiskImageSynchronizationModeNone}[spec.sync_mode]
+            "none": vz.VZDiskImageSynchronizationModeNone}[sync_mode]
     attachment, err = vz.VZDiskImageStorageDeviceAttachment.alloc() \
         .initWithURL_readOnly_cachingMode_synchronizationMode_error_(
-            file_url(foundation, bundle.disk), False, caching, sync, None)
+            file_url(foundation, path), False, caching, sync, None)
     if attachment is None:
-        raise from_nserror(err, f"open {bundle.disk}", default_exit=VMExit.CONFIG_ERROR)
+        raise from_nserror(err, f"open {path}", default_exit=VMExit.CONFIG_ERROR)
     return vz.VZVirtioBlockDeviceConfiguration.alloc().initWithAttachment_(attachment)
 
 
-def nat_network(vz: Any, mac: str) -> Any:
-    address = vz.VZMACAddress.alloc().initWithString_(mac)
+def boot_disk(vz: Any, foundation: Any, bundle: Bundle, spec: LaunchSpec) -> Any:
+    _require(bundle.disk, "Disk.img")
+    return block_device(vz, foundation, bundle.disk, caching_mode=spec.caching_mode, sync_mode=spec.sync_mode)
+
+
+def nat_network(vz: Any, mac: str | None) -> Any:
+    """NAT networking with the MAC `mac`, or a random locally administered one for None."""
+    address = (vz.VZMACAddress.randomLocallyAdministeredAddress() if mac is None
+               else vz.VZMACAddress.alloc().initWithString_(mac))
     if address is None:
         raise config_error(f"mac_address {mac!r} is not a MAC address VZ accepts (aa:bb:cc:dd:ee:ff)")
     net = vz.VZVirtioNetworkDeviceConfiguration.new()
@@ -186,15 +194,28 @@ def clamp_memory(vz: Any, wanted: int) -> int:
 
 def build_configuration(vz: Any, foundation: Any, bundle: Bundle, spec: LaunchSpec, *,
                         host: tuple[int, int], fresh_identity: bool = False) -> Any:
-    """A validated VZVirtualMachineConfiguration, or VZDriverError saying what is wrong."""
+    """A validated VZVirtualMachineConfiguration for a runner bundle, or VZDriverError saying what is wrong."""
+    return assemble(vz, host=host,
+                    platform=platform_configuration(vz, foundation, bundle, fresh_identity=fresh_identity),
+                    cpu_count=clamp_cpu(vz, spec.cpu_count), memory_bytes=clamp_memory(vz, spec.memory_bytes),
+                    disk=boot_disk(vz, foundation, bundle, spec), network=nat_network(vz, spec.mac))
+
+
+def assemble(vz: Any, *, host: tuple[int, int], platform: Any, cpu_count: int, memory_bytes: int,
+             disk: Any, network: Any) -> Any:
+    """The macOS guest recipe (§2.0) around a platform, boot disk and network; validated.
+
+    Shared by runner boots and the installer (`shoes_vz.macos.install`), so a template is installed
+    on exactly the device set its runners boot with.
+    """
     keyboards, pointers = input_devices(vz, host)
     cfg = vz.VZVirtualMachineConfiguration.new()
-    cfg.setPlatform_(platform_configuration(vz, foundation, bundle, fresh_identity=fresh_identity))
+    cfg.setPlatform_(platform)
     cfg.setBootLoader_(vz.VZMacOSBootLoader.new())
-    cfg.setCPUCount_(clamp_cpu(vz, spec.cpu_count))
-    cfg.setMemorySize_(clamp_memory(vz, spec.memory_bytes))
-    cfg.setStorageDevices_([boot_disk(vz, foundation, bundle, spec)])  # the boot disk must be first
-    cfg.setNetworkDevices_([nat_network(vz, spec.mac)])
+    cfg.setCPUCount_(cpu_count)
+    cfg.setMemorySize_(memory_bytes)
+    cfg.setStorageDevices_([disk])  # the boot disk must be first
+    cfg.setNetworkDevices_([network])
     cfg.setGraphicsDevices_([graphics(vz)])
     cfg.setKeyboards_(keyboards)
     cfg.setPointingDevices_(pointers)
@@ -213,5 +234,5 @@ def check_save_restore(cfg: Any) -> VZDriverError | None:
                                         default_exit=VMExit.START_FAILED)
 
 
-__all__ = ["MIN_MACOS", "LaunchSpec", "VZDriverError", "build_configuration", "check_save_restore",
-           "host_macos"]
+__all__ = ["MIN_MACOS", "LaunchSpec", "VZDriverError", "assemble", "block_device", "build_configuration",
+           "check_save_restore", "clamp_cpu", "clamp_memory", "file_url", "host_macos", "nat_network"]

@@ -27,6 +27,14 @@ VZ_ERROR_CODES: dict[int, str] = {
     10: "VZErrorNotSupported",
     11: "VZErrorSave",
     12: "VZErrorRestore",
+    # restore images and the installer (13.0; reference §4.4)
+    10001: "VZErrorRestoreImageCatalogLoadFailed",
+    10002: "VZErrorInvalidRestoreImageCatalog",
+    10003: "VZErrorNoSupportedRestoreImagesInCatalog",
+    10004: "VZErrorRestoreImageLoadFailed",
+    10005: "VZErrorInvalidRestoreImage",
+    10006: "VZErrorInstallationRequiresUpdate",
+    10007: "VZErrorInstallationFailed",
 }
 INVALID_CONFIGURATION, INVALID_DISK_IMAGE, LIMIT_EXCEEDED, OUT_OF_DISK_SPACE = 2, 5, 6, 8
 ENTITLEMENT = "com.apple.security.virtualization"
@@ -40,7 +48,7 @@ _HINTS: dict[int, str] = {
     INVALID_DISK_IMAGE: "the bundle's Disk.img is not a usable RAW/ASIF image; rebuild the template or "
                         "re-clone the runner",
 }
-_ENTITLEMENT_HINT = (f"the Python interpreter image lacks the {ENTITLEMENT} entitlement; run "
+ENTITLEMENT_HINT = (f"the Python interpreter image lacks the {ENTITLEMENT} entitlement; run "
                      "`shoes-vz sign-python` (then `shoes-vz doctor`)")
 
 
@@ -91,7 +99,7 @@ def from_nserror(err: Any, doing: str, *, default_exit: VMExit) -> VZDriverError
     where = f"{domain} code {code}" + (f" {name}" if name else "")
     exit = default_exit
     if is_entitlement_error(domain, code, text):
-        hint, exit = _ENTITLEMENT_HINT, VMExit.CONFIG_ERROR
+        hint, exit = ENTITLEMENT_HINT, VMExit.CONFIG_ERROR
     elif domain == VZ_ERROR_DOMAIN and code in _HINTS:
         hint = _HINTS[code]
         if code == LIMIT_EXCEEDED:
@@ -109,5 +117,5 @@ def config_error(message: str) -> VZDriverError:
     return VZDriverError(message, exit=VMExit.CONFIG_ERROR)
 
 
-__all__ = ["VZ_ERROR_CODES", "VZ_ERROR_DOMAIN", "VZDriverError", "config_error", "describe",
+__all__ = ["ENTITLEMENT_HINT", "VZ_ERROR_CODES", "VZ_ERROR_DOMAIN", "VZDriverError", "config_error", "describe",
            "from_nserror", "is_entitlement_error"]
