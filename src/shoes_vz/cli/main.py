@@ -16,6 +16,7 @@ from rich.console import Console
 
 from shoes_vz import __version__
 from shoes_vz.cli import template as template_cli
+from shoes_vz.cli import template_create, template_warm
 from shoes_vz.core.errors import ShoesVzError
 
 app = typer.Typer(help="Ephemeral macOS VMs on Apple Silicon as GitHub Actions runners for myshoes.",
@@ -24,7 +25,8 @@ vm_app = typer.Typer(help="The per-VM process (started by the agent).", no_args_
 template_app = typer.Typer(help="Golden templates.", no_args_is_help=True)
 app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
-template_cli.register(template_app)
+for _part in (template_cli, template_create, template_warm):
+    _part.register(template_app)
 # piped output (CI logs, `| tee`) keeps whole table rows instead of rich's 80-column default
 _WIDTH = None if sys.stdout.isatty() else 160
 err = Console(stderr=True, width=_WIDTH)
@@ -195,8 +197,6 @@ def status(
 for _mod in ("shoes_vz.cli.macos", "shoes_vz.cli.plugin"):
     with contextlib.suppress(ImportError):
         importlib.import_module(_mod).register(app)
-importlib.import_module("shoes_vz.cli.template_warm").register(template_app)
-importlib.import_module("shoes_vz.cli.template_create").register(template_app)
 
 
 def main() -> None:

@@ -36,6 +36,23 @@ def _bar(console: Console, what: str) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+def _boot_probe(config: Path | None, templates_dir: Path, runners_dir: Path) -> Callable[[Path], str]:
+    """`freeze --boot`: boot a clone of the draft with the agent's settings and read its host key."""
+    import asyncio
+
+    from shoes_vz import config as cfg
+    from shoes_vz.agent.host_key import probe_host_key
+
+    settings = cfg.load(cfg.AgentSettings, config, templates_dir=templates_dir, runners_dir=runners_dir)
+    err = Console(stderr=True)
+
+    def probe(draft_dir: Path) -> str:
+        with err.status(f"booting a clone of {draft_dir.name} ({settings.driver}) to read its SSH host key"):
+            return asyncio.run(probe_host_key(settings, draft_dir))
+
+    return probe
+
+
 def register(app: typer.Typer) -> None:
     width = None if sys.stdout.isatty() else 160
     out, err = Console(width=width), Console(stderr=True, width=width)
@@ -97,15 +114,21 @@ def register(app: typer.Typer) -> None:
         runners_dir: RunnersOpt = DEFAULT_RUNNERS_DIR,
         host_key: Annotated[str | None, typer.Option(
             help="guest SSH host public key: the 'ssh-ed25519 AAAA…' line or a .pub file")] = None,
+        boot: Annotated[bool, typer.Option(
+            "--boot", help="read the host key off a scratch boot of the draft (a clone; the agent's "
+                           "driver, lease file and runners dir from --config)")] = False,
+        config: Annotated[Path | None, typer.Option("--config", "-c", help="the agent's TOML file (for --boot)",
+                                                    envvar="SHOESVZ_CONFIG")] = None,
     ) -> None:
         """Pin the host key, record digests, make the draft NAME read-only and publish it."""
         from shoes_vz.template import TemplateStore
         from shoes_vz.template import freeze as do_freeze
 
         try:
+            probe = _boot_probe(config, templates_dir, runners_dir) if boot else None
             with _bar(err, "digesting") as progress:
                 t = do_freeze(TemplateStore(templates_dir), name, runners_dir=runners_dir, host_key=host_key,
-                              progress=progress)
+                              host_key_probe=probe, progress=progress)
         except (ShoesVzError, OSError) as e:
             raise fail(e) from None
         out.print(f"template [bold]{t.name}[/] v{t.meta.version} frozen at {t.path} "
