@@ -71,12 +71,11 @@ def receiver() -> Iterator[Receiver]:
 
 
 @dataclass
-class AgentProc:
-    proc: subprocess.Popen[bytes]
+class GuestAPI:
+    """The runner-agent's HTTP API at GUEST_IP:port, with the token it wrote to token_file."""
+
     port: int
-    stderr: Path
     token_file: Path
-    runner_dir: Path
 
     @property
     def token(self) -> str:
@@ -105,6 +104,15 @@ class AgentProc:
         assert status == 200
         return str(body["state"])
 
+
+@dataclass
+class AgentProc(GuestAPI):
+    """A runner-agent process."""
+
+    proc: subprocess.Popen[bytes]
+    stderr: Path
+    runner_dir: Path
+
     def log(self) -> str:
         return self.stderr.read_text()
 
@@ -126,7 +134,7 @@ def start_agent(tmp_path: Path, notify_url: str, *extra: str) -> AgentProc:
     while time.monotonic() < deadline:
         m = re.search(rf"listening address={re.escape(GUEST_IP)}:(\d+)", stderr.read_text())
         if m:
-            return AgentProc(proc, int(m.group(1)), stderr, token_file, runner_dir)
+            return AgentProc(int(m.group(1)), token_file, proc, stderr, runner_dir)
         if proc.poll() is not None:
             break
         time.sleep(0.02)
@@ -525,7 +533,7 @@ def test_a_restored_guest_reannounces_with_a_new_token(tmp_path: Path, receiver:
     server = ThreadingHTTPServer((GUEST_IP, 0), runner_agent_module.Handler)
     server.agent = agent  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    guest = AgentProc(None, server.server_port, tmp_path / "unused.log", token_file, tmp_path)  # type: ignore[arg-type]
+    guest = GuestAPI(server.server_port, token_file)
     try:
         agent.start()
         assert receiver.got.wait(10)
