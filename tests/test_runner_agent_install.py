@@ -307,7 +307,9 @@ def test_uninstall_reverses_install(guest: Path) -> None:
 
 
 def test_uninstall_unload_boots_it_out_first(guest: Path) -> None:
-    assert run_main(["install"], guest, Launchctl(), []) == 0
+    installed: list[str] = []
+    assert run_main(["install"], guest, Launchctl(), installed) == 0
+    assert installed[-1] == "not loaded yet: it starts at the next boot, or now with --load"
     launchctl = Launchctl((3, "Boot-out failed: 3: No such process"))
     out: list[str] = []
     assert run_main(["uninstall", "--unload"], guest, launchctl, out) == 0

@@ -941,8 +941,11 @@ def install(args: argparse.Namespace, run: RunCommand, euid: int, platform: str,
     if not os.path.isdir(layout.on_disk(home)):
         raise InstallError(f"--runner-dir {runner_dir}: {layout.on_disk(home)} does not exist; create the "
                            "runner user first (its home holds the runner dir) or pass another --runner-dir")
-    with open(__file__, encoding="utf-8") as f:
-        program = program_bytes(f.read(), python)
+    try:
+        with open(__file__, encoding="utf-8") as f:
+            program = program_bytes(f.read(), python)
+    except (OSError, UnicodeDecodeError) as e:
+        raise InstallError(f"cannot read my own source {__file__}: {e}") from None
     daemon_args = ["--notify-url", args.notify_url, "--listen", args.listen, "--runner-dir", runner_dir]
     files = [(PROGRAM, program, 0o755), (layout.plist, daemon_plist(layout.label, daemon_args), 0o644)]
 
@@ -980,6 +983,8 @@ def install(args: argparse.Namespace, run: RunCommand, euid: int, platform: str,
         except InstallError as e:
             raise InstallError(f"the files are installed, but loading failed: {e}") from None
         print(f"loaded {layout.label}; its log is {LOG_FILE}")
+    elif layout.live:
+        print("not loaded yet: it starts at the next boot, or now with --load")
 
 
 def uninstall(args: argparse.Namespace, run: RunCommand, euid: int, platform: str,
