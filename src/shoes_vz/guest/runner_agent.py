@@ -761,8 +761,6 @@ def serve(argv: list[str]) -> int:
         log("listen.failed", address=f"{host}:{port}", error=str(e))
         return 1
     server.agent = agent  # type: ignore[attr-defined]
-    log("listening", address=f"{host}:{server.server_port}", runner_dir=args.runner_dir, pid=os.getpid())
-    agent.start()
 
     def stop(signum: int, _frame: Any) -> None:
         log("stopping", signal=signal.Signals(signum).name)
@@ -771,9 +769,12 @@ def serve(argv: list[str]) -> int:
     def hangup(_signum: int, _frame: Any) -> None:
         threading.Thread(target=agent.reannounce, args=("SIGHUP",), daemon=True).start()
 
+    # handlers first: SIGHUP's default action would kill a daemon that has just announced itself
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, hangup)
+    log("listening", address=f"{host}:{server.server_port}", runner_dir=args.runner_dir, pid=os.getpid())
+    agent.start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
