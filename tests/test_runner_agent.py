@@ -267,7 +267,10 @@ def test_status_transitions_offline_preparing_idle_running_finished(agent: Agent
     listener = fake_process("Runner.Listener", rd)
     try:
         diag_log(rd, "Connecting to the GitHub server")  # not a relevant line
-        wait_for(lambda: agent.state() == "PREPARING", what="PREPARING with a live listener")
+        # PREPARING is also the state before the listener runs: wait until `ps` shows it under its name
+        wait_for(lambda: bool(runner_agent_module.runner_processes(str(rd))["Runner.Listener"]),
+                 what="the fake listener to exec")
+        assert agent.state() == "PREPARING"
         status, body = agent.request("GET", "/status")
         assert body == {"runner_id": "42", "runner_name": "shoes-vz-runner-1", "state": "PREPARING"}
 
