@@ -71,12 +71,11 @@ def receiver() -> Iterator[Receiver]:
 
 
 @dataclass
-class AgentProc:
-    proc: subprocess.Popen[bytes]
+class GuestAPI:
+    """The runner-agent's HTTP API at GUEST_IP:port, with the token it wrote to token_file."""
+
     port: int
-    stderr: Path
     token_file: Path
-    runner_dir: Path
 
     @property
     def token(self) -> str:
@@ -105,6 +104,15 @@ class AgentProc:
         assert status == 200
         return str(body["state"])
 
+
+@dataclass
+class AgentProc(GuestAPI):
+    """A runner-agent process."""
+
+    proc: subprocess.Popen[bytes]
+    stderr: Path
+    runner_dir: Path
+
     def log(self) -> str:
         return self.stderr.read_text()
 
@@ -126,7 +134,7 @@ def start_agent(tmp_path: Path, notify_url: str, *extra: str) -> AgentProc:
     while time.monotonic() < deadline:
         m = re.search(rf"listening address={re.escape(GUEST_IP)}:(\d+)", stderr.read_text())
         if m:
-            return AgentProc(proc, int(m.group(1)), stderr, token_file, runner_dir)
+            return AgentProc(int(m.group(1)), token_file, proc, stderr, runner_dir)
         if proc.poll() is not None:
             break
         time.sleep(0.02)
@@ -167,7 +175,9 @@ def test_notify_at_once_from_the_guest_address_with_token(agent: AgentProc, rece
     }
     assert len(agent.token) >= 32
     assert agent.token_file.stat().st_mode & 0o777 == 0o600
-    assert "notify.ok attempt=1" in agent.log()
+    # the agent logs after reading the response, which may be just after the receiver saw the request
+    wait_for(lambda: "notify.ok" in agent.log(), what="the notify.ok line")
+    assert "notify.ok attempt=1" in agent.log(), agent.log()
 
 
 def test_notify_retries_with_backoff_while_serving(tmp_path: Path, receiver: Receiver) -> None:
@@ -257,7 +267,10 @@ def test_status_transitions_offline_preparing_idle_running_finished(agent: Agent
     listener = fake_process("Runner.Listener", rd)
     try:
         diag_log(rd, "Connecting to the GitHub server")  # not a relevant line
-        wait_for(lambda: agent.state() == "PREPARING", what="PREPARING with a live listener")
+        # PREPARING is also the state before the listener runs: wait until `ps` shows it under its name
+        wait_for(lambda: bool(runner_agent_module.runner_processes(str(rd))["Runner.Listener"]),
+                 what="the fake listener to exec")
+        assert agent.state() == "PREPARING"
         status, body = agent.request("GET", "/status")
         assert body == {"runner_id": "42", "runner_name": "shoes-vz-runner-1", "state": "PREPARING"}
 
@@ -431,3 +444,142 @@ def test_console_script_is_declared() -> None:
 
     eps = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     assert eps.get("shoes-vz-runner-agent") == "shoes_vz.guest.runner_agent:main"
+
+
+# -- auto notify URL --------------------------------------------------------------------------------
+
+
+def test_gateway_from_route_output() -> None:
+    route_get = ("   route to: default\ndestination: default\n       mask: default\n    gateway: 192.168.64.1\n"
+                 "  interface: en0\n      flags: <UP,GATEWAY,DONE,STATIC,PRFCLONING,GLOBAL>\n")
+    assert runner_agent_module.gateway_from_route_get(route_get) == "192.168.64.1"
+    assert runner_agent_module.gateway_from_route_get("route: writing to routing socket: not in table\n") == ""
+    proc_route = ("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+                  "en0\t0040A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+                  "en0\t00000000\t0140A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n")
+    assert runner_agent_module.gateway_from_proc_route(proc_route) == "192.168.64.1"
+    assert runner_agent_module.gateway_from_proc_route(proc_route.splitlines()[0]) == ""
+
+
+def test_auto_notify_url_is_the_default_gateway() -> None:
+    shown = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True, text=True).stdout.split()
+    if "via" not in shown:
+        pytest.skip("this machine has no IPv4 default route")
+    gateway = shown[shown.index("via") + 1]
+    assert runner_agent_module.Announcer("auto", "r1").url() == f"http://{gateway}:8081/notify-ip"
+    assert runner_agent_module.Announcer("auto:9081", "r1").url() == f"http://{gateway}:9081/notify-ip"
+    assert runner_agent_module.Announcer("http://10.0.0.1:1/x", "r1").url() == "http://10.0.0.1:1/x"
+
+
+@pytest.mark.parametrize("value", ["ftp://h/x", "auto:", "auto:0", "auto:99999", "http://", "http://h:port/x"])
+def test_bad_notify_urls_stop_the_agent_at_start(tmp_path: Path, value: str) -> None:
+    out = subprocess.run([sys.executable, str(SRC), "--notify-url", value, "--runner-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--notify-url" in out.stderr, out.stderr
+
+
+# -- re-announce after a restore (DESIGN §12) --------------------------------------------------------
+
+
+class FakeClocks:
+    """A guest's wall and monotonic clocks, moved by the test."""
+
+    def __init__(self) -> None:
+        self.wall_now, self.mono_now = 1_800_000_000.0, 5_000.0
+
+    def wall(self) -> float:
+        return self.wall_now
+
+    def mono(self) -> float:
+        return self.mono_now
+
+    def run(self, seconds: float) -> None:
+        self.wall_now += seconds
+        self.mono_now += seconds
+
+
+def test_resume_watch_tells_a_restore_from_normal_ticks() -> None:
+    c = FakeClocks()
+    watch = runner_agent_module.ResumeWatch(lambda _: None, gap=5.0, tick=1.0, wall=c.wall, mono=c.mono)
+    c.run(1.0)
+    assert watch.check() == 0.0
+    c.run(1.3)  # a late tick on a busy guest
+    assert watch.check() == 0.0
+    c.wall_now += 0.8  # an NTP step of under a second
+    c.run(1.0)
+    assert watch.check() == 0.0
+    # restored: the counter stood still while the VM was saved, then timed set the wall clock
+    c.wall_now += 3600
+    c.run(1.0)
+    assert watch.check() == pytest.approx(3600)
+    c.run(1.0)
+    assert watch.check() == 0.0, "one restore, one alarm"
+    # restored on a host where the guest counter kept running while the vCPUs were frozen
+    c.run(600)
+    assert watch.check() == pytest.approx(599)
+    c.wall_now -= 3600  # the clock set back is not a restore
+    c.run(1.0)
+    assert watch.check() == 0.0
+
+
+def test_dhcp_renew_only_on_macos_as_root() -> None:
+    assert runner_agent_module.dhcp_renew_argv("darwin", 0) == ["ipconfig", "set", "en0", "DHCP"]
+    assert runner_agent_module.dhcp_renew_argv("darwin", 501) is None
+    assert runner_agent_module.dhcp_renew_argv("linux", 0) is None
+
+
+def test_a_restored_guest_reannounces_with_a_new_token(tmp_path: Path, receiver: Receiver) -> None:
+    clocks, renewed = FakeClocks(), threading.Event()
+    token_file = tmp_path / "token"
+    agent = runner_agent_module.Agent(
+        str(tmp_path), runner_agent_module.Announcer(receiver.url, "runner-1", GUEST_IP, GUEST_MAC),
+        str(token_file), resume_tick=0.02, wall=clocks.wall, mono=clocks.mono, renew=renewed.set,
+    )
+    server = ThreadingHTTPServer((GUEST_IP, 0), runner_agent_module.Handler)
+    server.agent = agent  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    guest = GuestAPI(server.server_port, token_file)
+    try:
+        agent.start()
+        assert receiver.got.wait(10)
+        [(_, first)] = receiver.calls
+        assert first["token"] == guest.token
+        assert not renewed.is_set(), "no DHCP renew at boot"
+
+        clocks.wall_now += 3600  # the VM was saved an hour ago and has just been restored
+        wait_for(lambda: len(receiver.calls) == 2, what="the re-announce")
+        source, second = receiver.calls[1]
+        assert source == GUEST_IP
+        assert second["token"] != first["token"] and second["token"] == guest.token == agent.token
+        assert {k: v for k, v in second.items() if k != "token"} == {k: v for k, v in first.items() if k != "token"}
+        assert renewed.is_set(), "a restored guest asks for a DHCP renew"
+        assert guest.exec({"command": ["true"]}, token=first["token"])[0] == 403, "the slot's token is dead"
+        assert guest.exec({"command": ["true"]})[1]["exit_code"] == 0
+    finally:
+        agent.stop()
+        server.shutdown()
+        server.server_close()
+
+
+def test_sighup_reannounces_and_a_pending_notify_never_lands_with_the_old_token(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.reject_first = 10**6  # the host does not accept yet
+    a = start_agent(tmp_path, receiver.url)
+    try:
+        wait_for(lambda: "notify.rejected" in a.log(), what="a rejected notify")
+        old = a.token
+        a.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "notify.cancelled" in a.log() and a.token != old, what="the old notify cancelled")
+        receiver.reject_first = 0
+        assert receiver.got.wait(10), a.log()
+        accepted = receiver.calls[-1][1]["token"]
+        assert accepted == a.token != old
+        log = a.log()
+        assert "reannounce reason=SIGHUP" in log
+        assert "dhcp.renew.skipped" in log  # not a macOS guest
+        assert a.exec({"command": ["true"]}, token=old)[0] == 403
+        assert a.exec({"command": ["true"]})[0] == 200
+    finally:
+        a.proc.kill()
+        a.proc.wait()

@@ -138,9 +138,11 @@ def vm_run(
     raise typer.Exit(process.main(argv))
 
 
-@app.command("runner-agent", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# --help goes to the runner-agent's own parser too (it lists the daemon's flags, `install --help` its own)
+@app.command("runner-agent", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                              "help_option_names": []})
 def runner_agent(ctx: typer.Context) -> None:
-    """The in-guest runner-agent (same as `shoes-vz-runner-agent`)."""
+    """The in-guest runner-agent (same as `shoes-vz-runner-agent`); `install` sets it up in a macOS guest."""
     from shoes_vz.guest import runner_agent as ra
 
     raise typer.Exit(ra.main(list(ctx.args)) or 0)

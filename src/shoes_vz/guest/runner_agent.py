@@ -14,6 +14,13 @@ to the host's notify URL at once, retrying with short backoff while it already s
 The runner state comes from the GitHub Actions runner's files and processes: `.runner` (written by
 config.sh), the `Runner.Listener` / `Runner.Worker` processes that belong to --runner-dir, and the
 newest `_diag/Runner_*.log`.
+
+After the VM is restored from a saved state (a warm slot, DESIGN §12) it re-announces itself: new
+token, DHCP renew (macOS, root), notify again. It notices the restore from its clocks (ResumeWatch);
+SIGHUP does the same on request.
+
+`install` / `uninstall` (run inside a macOS guest as root) put this file at
+/usr/local/libexec/shoes-vz-runner-agent and a LaunchDaemon plist in /Library/LaunchDaemons.
 """
 
 # Annotations stay strings (PEP 563), so `str | None` and `dict[...]` below are fine on Python 3.9;
@@ -21,20 +28,24 @@ newest `_diag/Runner_*.log`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import hmac
 import http.client
 import json
 import os
+import plistlib
 import re
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -129,25 +140,117 @@ def detect_mac(ip: str) -> str:
 # -- IP notify -----------------------------------------------------------------------------------
 
 
-class Notifier(threading.Thread):
-    """POSTs the notify body at once, then with 50 ms doubling backoff (capped) until accepted."""
+DEFAULT_NOTIFY_PORT = 8081
+AUTO = "auto"
 
-    def __init__(self, url: str, body: dict[str, str], source_ip: str | None, deadline: float) -> None:
+
+def parse_notify_url(value: str) -> str:
+    """`""` (no notify), `auto[:PORT]` (the default gateway, resolved at each attempt) or `http://host[:port]/path`."""
+    if value == "" or value == AUTO:
+        return value
+    if value.startswith(AUTO + ":"):
+        port = value[len(AUTO) + 1:]
+        if port.isdigit() and 0 < int(port) < 65536:
+            return value
+        raise argparse.ArgumentTypeError(f"--notify-url auto:PORT wants a port number, got {value!r}")
+    u = urllib.parse.urlsplit(value)
+    try:
+        u.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        u = urllib.parse.urlsplit("")
+    if u.scheme != "http" or not u.hostname:
+        raise argparse.ArgumentTypeError(f"--notify-url must be auto[:PORT] or http://host[:port]/path, got {value!r}")
+    return value
+
+
+def gateway_from_route_get(text: str) -> str:
+    """The gateway in `route -n get default` output (macOS)."""
+    m = re.search(r"^\s*gateway:\s*(\d+\.\d+\.\d+\.\d+)\s*$", text, re.MULTILINE)
+    return m.group(1) if m else ""
+
+
+def gateway_from_proc_route(text: str) -> str:
+    """The IPv4 default gateway in /proc/net/route (Linux: hex, little-endian)."""
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == "00000000" and fields[2] != "00000000":
+            try:
+                return socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
+            except (ValueError, struct.error):
+                continue
+    return ""
+
+
+def detect_gateway() -> str:
+    """The default gateway: the NAT host for a VZ guest. "" while DHCP has not configured one yet."""
+    if sys.platform == "darwin":
+        return gateway_from_route_get(_run(["route", "-n", "get", "default"]))
+    try:
+        with open("/proc/net/route") as f:
+            return gateway_from_proc_route(f.read())
+    except OSError:
+        return ""
+
+
+class NotReady(Exception):
+    """The guest cannot announce itself yet (no address or gateway: DHCP is still running)."""
+
+
+class Announcer:
+    """Where a notify goes and what it says. Addresses are looked up again at every attempt: at boot
+    DHCP may finish after launchd started us, and a restored guest may have renewed its lease."""
+
+    def __init__(self, notify_url: str, runner_id: str, ip: str = "", mac: str = "") -> None:
+        self.notify_url, self.runner_id, self.ip, self.mac = notify_url, runner_id, ip, mac
+
+    def url(self) -> str:
+        if self.notify_url != AUTO and not self.notify_url.startswith(AUTO + ":"):
+            return self.notify_url
+        _, _, port = self.notify_url.partition(":")
+        gateway = detect_gateway()
+        if not gateway:
+            raise NotReady("no default gateway yet")
+        return f"http://{gateway}:{port or DEFAULT_NOTIFY_PORT}/notify-ip"
+
+    def body(self, url: str, token: str) -> dict[str, str]:
+        ip = self.ip or detect_ip(urllib.parse.urlsplit(url).hostname or "")
+        if not ip:
+            raise NotReady("no IPv4 address yet")
+        mac = self.mac or detect_mac(ip)
+        return {"runner_id": self.runner_id, "ip_address": ip, "mac_address": mac, "token": token}
+
+    @property
+    def source_ip(self) -> str | None:
+        return self.ip or None  # when given, the notify leaves from it (the host matches by source address)
+
+
+class Notifier(threading.Thread):
+    """POSTs the notify at once, then with 50 ms doubling backoff (capped) until accepted, the deadline
+    passes or it is cancelled (a newer announcement replaces it)."""
+
+    def __init__(self, announcer: Announcer, token: str, deadline: float,
+                 prepare: Callable[[], None] | None = None) -> None:
         super().__init__(name="notify", daemon=True)
-        self.url, self.body, self.source_ip, self.deadline = url, body, source_ip, deadline
+        self.announcer, self.token, self.deadline, self.prepare = announcer, token, deadline, prepare
         self.done = threading.Event()
+        self.cancelled = threading.Event()
         self.ok = False
 
+    def cancel(self) -> None:
+        self.cancelled.set()
+
     def _attempt(self) -> tuple[int, str]:
-        u = urllib.parse.urlsplit(self.url)
+        url = self.announcer.url()
+        body = self.announcer.body(url, self.token)
+        u = urllib.parse.urlsplit(url)
         if u.scheme != "http" or not u.hostname:
-            raise ValueError(f"notify URL must be http://host[:port]/path, got {self.url!r}")
+            raise ValueError(f"notify URL must be http://host[:port]/path, got {url!r}")
+        source = self.announcer.source_ip
         conn = http.client.HTTPConnection(
-            u.hostname, u.port or 80, timeout=2.0,
-            source_address=(self.source_ip, 0) if self.source_ip else None,
+            u.hostname, u.port or 80, timeout=2.0, source_address=(source, 0) if source else None,
         )
         try:
-            payload = json.dumps(self.body).encode()
+            payload = json.dumps(body).encode()
             headers = {"Content-Type": "application/json", "User-Agent": f"shoes-vz-runner-agent/{VERSION}"}
             conn.request("POST", u.path or "/", body=payload, headers=headers)
             resp = conn.getresponse()
@@ -159,7 +262,9 @@ class Notifier(threading.Thread):
         started = time.monotonic()
         delay, attempt = NOTIFY_FIRST_DELAY, 0
         try:
-            while True:
+            if self.prepare is not None:
+                self.prepare()
+            while not self.cancelled.is_set():
                 attempt += 1
                 try:
                     status, text = self._attempt()
@@ -172,15 +277,78 @@ class Notifier(threading.Thread):
                 except ValueError as e:
                     log("notify.giveup", error=str(e))
                     return
+                except NotReady as e:
+                    log("notify.waiting", attempt=attempt, reason=str(e))
                 except (OSError, http.client.HTTPException) as e:
                     log("notify.error", attempt=attempt, error=f"{type(e).__name__}: {e}")
                 if time.monotonic() - started + delay > self.deadline:
                     log("notify.giveup", attempts=attempt, after_s=round(time.monotonic() - started, 1))
                     return
-                time.sleep(delay)
+                if self.cancelled.wait(delay):
+                    break
                 delay = min(delay * 2, NOTIFY_MAX_DELAY)
+            log("notify.cancelled", attempts=attempt)
         finally:
             self.done.set()
+
+
+# -- re-announce after a restore ---------------------------------------------------------------------
+
+RESUME_GAP, RESUME_TICK = 5.0, 1.0
+
+
+class ResumeWatch(threading.Thread):
+    """Notices that the guest stood still between two ticks: its VM was paused and saved, then restored
+    (a warm slot, DESIGN §12). A restored guest cannot be told by the kernel; what it sees is time:
+
+    - the wall clock moves further than the monotonic clock: the counter stood still while the VM was
+      saved, and timed/NTP then stepped the wall clock to the real time;
+    - the monotonic clock moves far past one tick: the counter kept running while the vCPUs were frozen.
+
+    Either beyond `gap` seconds counts (a busy guest delays a tick by milliseconds, not seconds; a false
+    alarm costs one extra notify). Both clocks are injectable so tests can freeze and jump them."""
+
+    def __init__(self, on_resume: Callable[[float], None], gap: float = RESUME_GAP, tick: float = RESUME_TICK,
+                 wall: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(name="resume-watch", daemon=True)
+        self.on_resume, self.gap, self.tick, self.wall, self.mono = on_resume, gap, tick, wall, mono
+        self.stopped = threading.Event()
+        self._last = (wall(), mono())
+
+    def check(self) -> float:
+        """Seconds the guest seems to have stood still since the last check; 0.0 when not beyond `gap`."""
+        now = (self.wall(), self.mono())
+        d_wall, d_mono = now[0] - self._last[0], now[1] - self._last[1]
+        self._last = now
+        frozen = max(d_wall - d_mono, d_mono - self.tick)
+        return frozen if frozen > self.gap else 0.0
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.tick):
+            frozen = self.check()
+            if frozen:
+                log("resumed", frozen_s=round(frozen, 1))
+                self.on_resume(frozen)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def dhcp_renew_argv(platform: str, euid: int) -> list[str] | None:
+    """How to ask for a DHCP renew: only a macOS guest running as root can (and needs to)."""
+    return ["ipconfig", "set", "en0", "DHCP"] if platform == "darwin" and euid == 0 else None
+
+
+def renew_dhcp() -> None:
+    argv = dhcp_renew_argv(sys.platform, os.geteuid())
+    if argv is None:
+        log("dhcp.renew.skipped", reason="not a macOS guest running as root")
+        return
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
+        log("dhcp.renew", exit_code=done.returncode, output=(done.stdout + done.stderr).strip()[:200])
+    except (OSError, subprocess.SubprocessError) as e:
+        log("dhcp.renew.failed", error=str(e))
 
 
 # -- runner state --------------------------------------------------------------------------------
@@ -460,13 +628,74 @@ def parse_exec(req: Any) -> tuple[Any, float, str | None]:
     return command, min(float(timeout), MAX_TIMEOUT), cwd
 
 
-# -- main ----------------------------------------------------------------------------------------
+# -- the daemon ----------------------------------------------------------------------------------
 
 
 class Agent:
-    def __init__(self, token: str, runner_dir: str) -> None:
-        self.token = token
+    """The daemon's object graph: the /exec token, the runner watch, the announcements and the resume
+    watch. Every announcement after the first mints a new token: a restored guest must not keep the token
+    it had when its slot was saved (every runner cloned from that slot would share it)."""
+
+    def __init__(self, runner_dir: str, announcer: Announcer | None = None, token_file: str = "",
+                 notify_deadline: float = NOTIFY_DEADLINE, resume_gap: float = RESUME_GAP,
+                 resume_tick: float = RESUME_TICK, wall: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic, renew: Callable[[], None] = renew_dhcp) -> None:
         self.watch = RunnerWatch(runner_dir)
+        self.announcer, self.token_file, self.renew = announcer, token_file, renew
+        self.notify_deadline = notify_deadline
+        self._lock = threading.Lock()
+        self.notifier: Notifier | None = None
+        self.resume_watch = (ResumeWatch(self._on_resume, resume_gap, resume_tick, wall, mono)
+                             if resume_gap > 0 else None)
+        self.token = ""
+        self._new_token()
+
+    def _new_token(self) -> None:
+        token = secrets.token_urlsafe(32)
+        if self.token_file:
+            write_token(self.token_file, token)
+        self.token = token
+
+    def start(self) -> None:
+        self._announce(None, rotate=False)  # the token minted at start
+        if self.resume_watch is not None:
+            self.resume_watch.start()
+
+    def stop(self) -> None:
+        if self.resume_watch is not None:
+            self.resume_watch.stop()
+        with self._lock:
+            if self.notifier is not None:
+                self.notifier.cancel()
+
+    def reannounce(self, reason: str) -> None:
+        """New token, DHCP renew, notify again (after a restore, or on SIGHUP)."""
+        log("reannounce", reason=reason)
+        self._announce(self.renew, rotate=True)
+
+    def _on_resume(self, frozen: float) -> None:
+        self.reannounce(f"stood still {frozen:.1f}s")
+
+    def _announce(self, prepare: Callable[[], None] | None, rotate: bool) -> None:
+        with self._lock:
+            previous = self.notifier
+            if previous is not None:
+                previous.cancel()
+            if rotate:
+                self._new_token()
+            if self.announcer is None:
+                log("notify.skipped", reason="no --notify-url")
+                return
+
+            def first_the_previous_then_prepare() -> None:
+                # an attempt of the previous notifier still in flight must not land after ours (old token)
+                if previous is not None:
+                    previous.join(5.0)
+                if prepare is not None:
+                    prepare()
+
+            self.notifier = Notifier(self.announcer, self.token, self.notify_deadline, first_the_previous_then_prepare)
+            self.notifier.start()
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -491,9 +720,15 @@ def write_token(path: str, token: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shoes-vz-runner-agent", description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--notify-url", default="",
-                   help="the host's IP-notify endpoint, e.g. http://192.168.64.1:8081/notify-ip")
+    p = argparse.ArgumentParser(
+        prog="shoes-vz-runner-agent", description=(__doc__ or "").split("\n\n")[0],
+        epilog="subcommands: `install` and `uninstall` set it up as a LaunchDaemon in a macOS guest "
+               "(see `install --help`). SIGHUP makes it re-announce itself (new token, DHCP renew).",
+    )
+    p.add_argument("--notify-url", default="", type=parse_notify_url,
+                   help="the host's IP-notify endpoint, e.g. http://192.168.64.1:8081/notify-ip; "
+                        "'auto[:PORT]' = http://<default gateway>:PORT/notify-ip (PORT 8081), resolved at each try; "
+                        "empty: no notify")
     p.add_argument("--listen", default="0.0.0.0:8080", type=parse_listen, help="host:port to serve on")
     p.add_argument("--runner-dir", default=os.path.expanduser("~/actions-runner"),
                    help="the GitHub Actions runner directory (holds .runner and _diag/)")
@@ -502,18 +737,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this guest's IP (default: detect); when given, the notify is sent from it")
     p.add_argument("--runner-id", default="", help="sent in the notify (default: the hostname)")
     p.add_argument("--token-file", default="", help="also write the /exec token here (mode 0600)")
+    p.add_argument("--resume-gap", type=float, default=RESUME_GAP,
+                   help="re-announce when the guest stood still this many seconds (VM restored); 0: never")
     p.add_argument("--notify-deadline", type=float, default=NOTIFY_DEADLINE, help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=VERSION)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def serve(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     host, port = args.listen
-    token = secrets.token_urlsafe(32)
-    if args.token_file:
-        write_token(args.token_file, token)
-    agent = Agent(token, args.runner_dir)
+    announcer = Announcer(args.notify_url, args.runner_id or socket.gethostname(), args.ip, args.mac) \
+        if args.notify_url else None
+    agent = Agent(args.runner_dir, announcer, args.token_file, args.notify_deadline, args.resume_gap)
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
@@ -525,30 +761,309 @@ def main(argv: list[str] | None = None) -> int:
         log("listen.failed", address=f"{host}:{port}", error=str(e))
         return 1
     server.agent = agent  # type: ignore[attr-defined]
-    log("listening", address=f"{host}:{server.server_port}", runner_dir=args.runner_dir, pid=os.getpid())
-
-    if args.notify_url:
-        notify_host = urllib.parse.urlsplit(args.notify_url).hostname or ""
-        ip = args.ip or detect_ip(notify_host)
-        mac = args.mac or detect_mac(ip)
-        body = {"runner_id": args.runner_id or socket.gethostname(), "ip_address": ip,
-                "mac_address": mac, "token": token}
-        Notifier(args.notify_url, body, args.ip or None, args.notify_deadline).start()
-    else:
-        log("notify.skipped", reason="no --notify-url")
 
     def stop(signum: int, _frame: Any) -> None:
         log("stopping", signal=signal.Signals(signum).name)
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    def hangup(_signum: int, _frame: Any) -> None:
+        threading.Thread(target=agent.reannounce, args=("SIGHUP",), daemon=True).start()
+
+    # handlers first: SIGHUP's default action would kill a daemon that has just announced itself
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hangup)
+    log("listening", address=f"{host}:{server.server_port}", runner_dir=args.runner_dir, pid=os.getpid())
+    agent.start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        agent.stop()
         server.server_close()
     log("stopped")
     return 0
+
+
+# -- install as a LaunchDaemon (run inside a macOS guest while building a template) ------------------
+
+LABEL = "dev.shoes-vz.runner-agent"
+PROGRAM = "/usr/local/libexec/shoes-vz-runner-agent"
+LAUNCH_DAEMONS = "/Library/LaunchDaemons"
+LOG_FILE = "/var/log/shoes-vz-runner-agent.log"
+GUEST_RUNNER_DIR = "/Users/runner/actions-runner"
+ENV_PYTHON = "/usr/bin/env python3"
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+RunCommand = Callable[[list[str]], tuple[int, str]]  # launchctl, injectable in tests
+
+
+class InstallError(Exception):
+    """Bad input or a failed step of install/uninstall; raised before anything is half-written."""
+
+
+def run_for_install(argv: list[str]) -> tuple[int, str]:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        return 127, str(e)
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def program_bytes(source: str, python: str) -> bytes:
+    """This module as the one executable file a guest needs, with its shebang (replacing an old one)."""
+    if source.startswith("#!"):
+        source = source.partition("\n")[2]
+    return f"#!{python}\n{source}".encode()
+
+
+def daemon_plist(label: str, daemon_args: list[str]) -> bytes:
+    data = {
+        "Label": label,
+        "ProgramArguments": [PROGRAM, *daemon_args],
+        # No UserName, so launchd runs it as root. /status alone would work as `runner` (it reads the
+        # runner dir and `ps`), but re-announcing after a restore needs `ipconfig set en0 DHCP` (root
+        # only), and /exec is the host's way into its own disposable VM (shutdown, collecting logs), so
+        # it must not be limited to what the job's user may do. The per-boot bearer token guards /exec;
+        # it lives only in this root process's memory, out of reach of the job running as `runner`.
+        "RunAtLoad": True,
+        "KeepAlive": True,
+        "StandardOutPath": LOG_FILE,
+        "StandardErrorPath": LOG_FILE,
+    }
+    return plistlib.dumps(data, fmt=plistlib.FMT_XML, sort_keys=True)
+
+
+def load_commands(label: str, plist: str) -> list[list[str]]:
+    """launchctl argv, in order: drop an old instance (may be absent), clear a `launchctl disable`
+    (else bootstrap fails with 119 "Service is disabled"), then load the plist."""
+    return [
+        ["launchctl", "bootout", f"system/{label}"],
+        ["launchctl", "enable", f"system/{label}"],
+        ["launchctl", "bootstrap", "system", plist],
+    ]
+
+
+def _not_loaded(code: int, output: str) -> bool:
+    # 3 = ESRCH "No such process", 113 = "Could not find specified service"
+    return code in (3, 113) or bool(re.search(r"no such process|could not find", output, re.IGNORECASE))
+
+
+def _bootout(run: RunCommand, label: str) -> None:
+    argv = ["launchctl", "bootout", f"system/{label}"]
+    code, output = run(argv)
+    if code != 0 and not _not_loaded(code, output):
+        raise InstallError(f"`{' '.join(argv)}` failed ({code}): {output}")
+    print(f"ran {' '.join(argv)}" + (" (it was not loaded)" if code else ""))
+
+
+def _load(run: RunCommand, label: str, plist: str, sleep: Callable[[float], None]) -> None:
+    _bootout(run, label)
+    for argv in load_commands(label, plist)[1:]:
+        for attempt in range(1, 4):
+            code, output = run(argv)
+            # 5 = EIO: the old instance is still going away after bootout; launchd needs a moment
+            if code == 5 and argv[1] == "bootstrap" and attempt < 3:
+                sleep(1.0)
+                continue
+            break
+        if code != 0:
+            raise InstallError(f"`{' '.join(argv)}` failed ({code}): {output}")
+        print(f"ran {' '.join(argv)}")
+
+
+class Layout:
+    """Where install puts things: guest paths, and the same paths under --root on this machine."""
+
+    def __init__(self, root: str, label: str, system_root: str = "/") -> None:
+        if not os.path.isdir(root):
+            raise InstallError(f"--root {root}: no such directory")
+        if not _LABEL.match(label):
+            raise InstallError(f"--label {label!r}: use letters, digits, '.', '_' and '-' (e.g. {LABEL})")
+        self.root, self.label = os.path.abspath(root), label
+        self.live = self.root == os.path.abspath(system_root)  # the running system, not a prepared tree
+        self.plist = f"{LAUNCH_DAEMONS}/{label}.plist"
+
+    def on_disk(self, guest_path: str) -> str:
+        return os.path.join(self.root, guest_path.lstrip("/"))
+
+    def check_privileges(self, euid: int, dry_run: bool) -> None:
+        if euid != 0 and self.live and not dry_run:
+            raise InstallError("must run as root to write /Library/LaunchDaemons: use sudo "
+                               "(or --root DIR to prepare another tree, or --dry-run to look)")
+
+    def check_live_system(self, flag: str, platform: str, dry_run: bool) -> None:
+        if not self.live:
+            raise InstallError(f"{flag} acts on the running system; it cannot be combined with --root")
+        if platform != "darwin" and not dry_run:
+            raise InstallError(f"{flag} needs launchctl: run it inside the macOS guest")
+
+
+def _same(path: str, data: bytes, mode: int) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read() == data and os.stat(path).st_mode & 0o7777 == mode
+    except OSError:
+        return False
+
+
+def _stage(path: str, data: bytes, mode: int, as_root: bool) -> str:
+    """Write a temp file next to `path` (same directory, so the final rename is atomic)."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            if as_root:
+                os.fchown(f.fileno(), 0, 0)  # root:wheel: launchd ignores plists others could change
+            os.fsync(f.fileno())
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def install(args: argparse.Namespace, run: RunCommand, euid: int, platform: str,
+            sleep: Callable[[float], None] = time.sleep, system_root: str = "/") -> None:
+    layout = Layout(args.root, args.label, system_root)
+    layout.check_privileges(euid, args.dry_run)
+    if args.load:
+        layout.check_live_system("--load", platform, args.dry_run)
+    python = args.python
+    if python != ENV_PYTHON and not (os.path.isabs(python) and os.access(layout.on_disk(python), os.X_OK)
+                                     and os.path.isfile(layout.on_disk(python))):
+        raise InstallError(f"--python {python}: not an executable file in the guest (give an absolute path)")
+    runner_dir = os.path.normpath(args.runner_dir)
+    if not os.path.isabs(runner_dir):
+        raise InstallError(f"--runner-dir {args.runner_dir}: give an absolute guest path")
+    home = os.path.dirname(runner_dir)
+    if not os.path.isdir(layout.on_disk(home)):
+        raise InstallError(f"--runner-dir {runner_dir}: {layout.on_disk(home)} does not exist; create the "
+                           "runner user first (its home holds the runner dir) or pass another --runner-dir")
+    try:
+        with open(__file__, encoding="utf-8") as f:
+            program = program_bytes(f.read(), python)
+    except (OSError, UnicodeDecodeError) as e:
+        raise InstallError(f"cannot read my own source {__file__}: {e}") from None
+    daemon_args = ["--notify-url", args.notify_url, "--listen", args.listen, "--runner-dir", runner_dir]
+    files = [(PROGRAM, program, 0o755), (layout.plist, daemon_plist(layout.label, daemon_args), 0o644)]
+
+    if args.dry_run:
+        for guest_path, data, mode in files:
+            print(f"would write {layout.on_disk(guest_path)} (mode {mode:04o}, owner root:wheel, {len(data)} bytes)")
+        print(files[1][1].decode(), end="")
+        if args.load:
+            for argv in load_commands(layout.label, layout.plist):
+                print(f"would run {' '.join(argv)}")
+        return
+
+    # stage every file first: a failure leaves the previous install (or nothing) in place
+    staged: list[tuple[str, str]] = []
+    try:
+        for guest_path, data, mode in files:
+            path = layout.on_disk(guest_path)
+            if _same(path, data, mode):
+                print(f"unchanged {path}")
+            else:
+                staged.append((_stage(path, data, mode, euid == 0), path))
+    except OSError as e:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise InstallError(f"could not write {e.filename or ''}: {e.strerror or e}") from None
+    for tmp, path in staged:
+        os.replace(tmp, path)
+        print(f"wrote {path}")
+    if euid != 0:
+        print("note: not root, so the files are not owned by root:wheel; launchd refuses such a plist")
+    if args.load:
+        try:
+            _load(run, layout.label, layout.plist, sleep)
+        except InstallError as e:
+            raise InstallError(f"the files are installed, but loading failed: {e}") from None
+        print(f"loaded {layout.label}; its log is {LOG_FILE}")
+    elif layout.live:
+        print("not loaded yet: it starts at the next boot, or now with --load")
+
+
+def uninstall(args: argparse.Namespace, run: RunCommand, euid: int, platform: str,
+              system_root: str = "/") -> None:
+    layout = Layout(args.root, args.label, system_root)
+    layout.check_privileges(euid, args.dry_run)
+    if args.unload:
+        layout.check_live_system("--unload", platform, args.dry_run)
+    paths = [layout.on_disk(layout.plist), layout.on_disk(PROGRAM)]  # the plist first: no reload at boot
+    if args.dry_run:
+        if args.unload:
+            print(f"would run launchctl bootout system/{layout.label}")
+        for path in paths:
+            print(f"would remove {path}" if os.path.lexists(path) else f"absent {path}")
+        return
+    if args.unload:
+        _bootout(run, layout.label)
+    for path in paths:
+        try:
+            os.unlink(path)
+            print(f"removed {path}")
+        except FileNotFoundError:
+            print(f"absent {path}")
+        except OSError as e:
+            raise InstallError(f"could not remove {path}: {e.strerror or e}") from None
+
+
+def _listen_text(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+def install_parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"shoes-vz-runner-agent {command}", description=(
+        "Install this file as a LaunchDaemon in a macOS guest: the program at " + PROGRAM
+        + f" and {LAUNCH_DAEMONS}/LABEL.plist." if command == "install" else
+        "Remove what `install` wrote."))
+    p.add_argument("--root", default="/", help="prefix for every path (a mounted disk image, tests); default /")
+    p.add_argument("--label", default=LABEL, help=f"launchd label and plist name (default {LABEL})")
+    p.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
+    if command == "install":
+        p.add_argument("--python", default=ENV_PYTHON,
+                       help=f"interpreter for the program's shebang (absolute guest path); default {ENV_PYTHON}")
+        p.add_argument("--notify-url", default=AUTO, type=parse_notify_url,
+                       help="the daemon's --notify-url (default auto: http://<default gateway>:8081/notify-ip)")
+        p.add_argument("--listen", default="0.0.0.0:8080", type=_listen_text, help="the daemon's --listen")
+        p.add_argument("--runner-dir", default=GUEST_RUNNER_DIR,
+                       help=f"the actions runner directory in the guest (default {GUEST_RUNNER_DIR})")
+        p.add_argument("--load", action="store_true", help="load it now: launchctl bootout, enable, bootstrap")
+    else:
+        p.add_argument("--unload", action="store_true", help="stop it now: launchctl bootout")
+    return p
+
+
+def install_main(argv: list[str], run: RunCommand = run_for_install, euid: int | None = None,
+                 platform: str = sys.platform, sleep: Callable[[float], None] = time.sleep,
+                 system_root: str = "/") -> int:
+    """`install ...` / `uninstall ...`. Tests inject `run` (launchctl), `euid`, `platform` and
+    `system_root` (the tree that counts as the running system, so --load never touches this machine)."""
+    command = argv[0]
+    args = install_parser(command).parse_args(argv[1:])
+    uid = os.geteuid() if euid is None else euid
+    try:
+        if command == "install":
+            install(args, run, uid, platform, sleep, system_root)
+        else:
+            uninstall(args, run, uid, platform, system_root)
+    except InstallError as e:
+        sys.stderr.write(f"shoes-vz-runner-agent {command}: error: {e}\n")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in ("install", "uninstall"):
+        return install_main(args)
+    return serve(args)
 
 
 if __name__ == "__main__":
