@@ -30,9 +30,10 @@ SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sh
 
 @pytest.fixture
 def guest(tmp_path: Path) -> Path:
-    """A guest tree with the runner user's home, as install expects it."""
+    """A guest tree with /tmp (myshoes' RUNNER_BASE_DIRECTORY) and the runner user's home."""
     root = tmp_path / "guest"
     (root / "Users" / "runner").mkdir(parents=True)
+    (root / "tmp").mkdir()
     return root
 
 
@@ -79,7 +80,7 @@ def test_install_writes_the_program_and_a_launch_daemon(guest: Path) -> None:
     assert data == {
         "Label": "dev.shoes-vz.runner-agent",
         "ProgramArguments": ["/usr/local/libexec/shoes-vz-runner-agent", "--notify-url", "auto",
-                             "--listen", "0.0.0.0:8080", "--runner-dir", "/Users/runner/actions-runner"],
+                             "--listen", "0.0.0.0:8080", "--runner-dir", "/tmp/runner"],
         "RunAtLoad": True,
         "KeepAlive": True,
         "StandardOutPath": "/var/log/shoes-vz-runner-agent.log",
@@ -95,7 +96,6 @@ def test_install_options_reach_the_plist_and_the_shebang(guest: Path) -> None:
     python.parent.mkdir(parents=True)
     python.write_text("#!/bin/sh\n")
     python.chmod(0o755)
-    (guest / "tmp").mkdir()
     done = cli("install", "--root", str(guest), "--label", "com.example.agent", "--python", "/opt/py/bin/python3",
                "--notify-url", "auto:9081", "--listen", "0.0.0.0:18080", "--runner-dir", "/tmp/runner")
     assert done.returncode == 0, done.stderr
@@ -188,7 +188,7 @@ def test_dry_run_load_lists_the_launchctl_commands(guest: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--runner-dir", "/Users/nobody/actions-runner"], "/Users/nobody does not exist; create the runner user"),
+        (["--runner-dir", "/Users/nobody/actions-runner"], "/Users/nobody does not exist in the guest"),
         (["--runner-dir", "actions-runner"], "give an absolute guest path"),
         (["--python", "python3"], "not an executable file in the guest"),
         (["--python", "/no/such/python3"], "not an executable file in the guest"),
@@ -247,7 +247,7 @@ def test_non_root_cannot_install_into_the_running_system(guest: Path, capsys: py
     code = run_main(["install"], guest, Launchctl(), [], euid=501)
     assert code == 1
     assert "must run as root to write /Library/LaunchDaemons: use sudo" in capsys.readouterr().err
-    assert tree(guest) == {"Users": None, "Users/runner": None}
+    assert tree(guest) == {"Users": None, "Users/runner": None, "tmp": None}
 
 
 def test_load_builds_the_exact_launchctl_argv(guest: Path) -> None:

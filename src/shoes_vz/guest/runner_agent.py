@@ -790,7 +790,7 @@ LABEL = "dev.shoes-vz.runner-agent"
 PROGRAM = "/usr/local/libexec/shoes-vz-runner-agent"
 LAUNCH_DAEMONS = "/Library/LaunchDaemons"
 LOG_FILE = "/var/log/shoes-vz-runner-agent.log"
-GUEST_RUNNER_DIR = "/Users/runner/actions-runner"
+GUEST_RUNNER_DIR = "/tmp/runner"  # myshoes: $RUNNER_BASE_DIRECTORY/runner, RUNNER_BASE_DIRECTORY=/tmp by default
 ENV_PYTHON = "/usr/bin/env python3"
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -940,8 +940,8 @@ def install(args: argparse.Namespace, run: RunCommand, euid: int, platform: str,
         raise InstallError(f"--runner-dir {args.runner_dir}: give an absolute guest path")
     home = os.path.dirname(runner_dir)
     if not os.path.isdir(layout.on_disk(home)):
-        raise InstallError(f"--runner-dir {runner_dir}: {layout.on_disk(home)} does not exist; create the "
-                           "runner user first (its home holds the runner dir) or pass another --runner-dir")
+        raise InstallError(f"--runner-dir {runner_dir}: {layout.on_disk(home)} does not exist in the guest; pass "
+                           "the directory myshoes' setup_script uses ($RUNNER_BASE_DIRECTORY/runner)")
     try:
         with open(__file__, encoding="utf-8") as f:
             program = program_bytes(f.read(), python)
