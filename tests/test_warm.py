@@ -23,7 +23,7 @@ from shoes_vz.agent.warm_build import SlotBuilder, WarmError
 from shoes_vz.cli.main import app
 from shoes_vz.core.errors import ConfigError
 from shoes_vz.core.states import Phase
-from shoes_vz.template import init_sim
+from shoes_vz.template import TemplateStore, init_sim
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.drivers import sim_state
 from shoes_vz.vm.identity_files import read_data_representation
@@ -198,3 +198,60 @@ async def test_host_key_probe_reads_the_guest_key(tmp_path: Path) -> None:
         key = await probe_host_key(stack.agent.settings, stack.template.path)
         assert key.split()[:2] == stack.template.meta.ssh_host_key.split()[:2]
         assert not list(stack.agent.settings.runners_dir.glob("*.building"))
+
+
+def test_edit_freeze_with_boot_then_rewarm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The maintenance path: slots of v1, edit → freeze --boot (v2) → old slots stale → warm again."""
+    require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
+    templates = tmp_path / "templates"
+    init_sim(templates, "cycle")
+    s = agent_settings(tmp_path, 1)
+    for key in ("lease_file", "runners_dir", "state_dir", "allow_copy", "driver", "stop_grace"):
+        value = getattr(s, key)
+        monkeypatch.setenv(f"SHOESVZ_AGENT_{key.upper()}",
+                           str(value).lower() if isinstance(value, bool) else str(value))
+    dirs = ["--templates-dir", str(templates)]
+    cli = CliRunner()
+    assert cli.invoke(app, ["template", "warm", "cycle", "--slots", "1", *dirs]).exit_code == 0
+    copy = ["--copy"] if s.allow_copy else []  # no reflink on this filesystem: dev-only full copy
+    result = cli.invoke(app, ["template", "edit", "cycle", *copy, *dirs])
+    assert result.exit_code == 0, result.output
+    leases_before = s.lease_file.read_text().count("{")
+    result = cli.invoke(app, ["template", "freeze", "cycle", "--boot", "--runners-dir", str(s.runners_dir), *dirs])
+    assert result.exit_code == 0, result.output
+    assert "v2 frozen" in result.output and "warm slots of cycle v1 no longer fit" in result.output
+    assert s.lease_file.read_text().count("{") == leases_before + 1  # a scratch guest booted for the key
+    assert not list(s.runners_dir.glob("*.building"))
+    v2 = TemplateStore(templates).get("cycle")
+    assert v2.meta.version == "2" and v2.meta.ssh_host_key
+    assert WarmPool(templates, "sim").counts(v2) == (0, 0)  # v1's slot is stale
+    result = cli.invoke(app, ["template", "warm", "cycle", "--slots", "1", *dirs])
+    assert result.exit_code == 0 and "removed" in result.output and "built" in result.output, result.output
+    assert WarmPool(templates, "sim").counts(v2) == (1, 1)
+    old = templates / ".warm" / "cycle" / "1"
+    assert not old.exists() or not list(old.iterdir())
+
+
+async def test_a_restarted_agent_still_knows_which_slot_is_held(tmp_path: Path) -> None:
+    from shoes_vz.agent.app import Agent
+
+    async with make_stack(tmp_path) as stack:
+        slots = (await builder(stack).ensure(2)).built
+        async with stack.channel() as ch:
+            await stack.add(sgrpc.ShoesServiceStub(ch), "kept-warm")
+        old = await _runner_for(stack, "kept-warm")
+        held = old.spec.warm_slot  # type: ignore[attr-defined]
+        assert held is not None and held.path in {s.path for s in slots}
+        await stack.agent.stop(tear_down=False)  # the VM outlives the agent
+        new = Agent(stack.agent.settings.model_copy(update={"notify_url": ""}))
+        await new.start()
+        try:
+            adopted = new.runners[old.runner_id]  # type: ignore[attr-defined]
+            assert adopted.phase == Phase.RUNNING and adopted.spec.warm_slot == held and adopted.restored is True
+            assert new.warm.counts(stack.template) == (2, 1)
+            other = new.warm.claim(stack.template, "someone-else")
+            assert other is not None and other.path != held.path  # the held slot is never handed out twice
+            assert new.warm.claim(stack.template, "a-third") is None
+        finally:
+            await new.stop(tear_down=True)
+        stack.agent = new

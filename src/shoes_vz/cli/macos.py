@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from shoes_vz.cli.console import fail, out
 from shoes_vz.config import DEFAULT_RUNNERS_DIR, DEFAULT_TEMPLATES_DIR
 from shoes_vz.core.errors import ShoesVzError
 
@@ -16,8 +16,6 @@ _STYLE = {"ok": "green", "warn": "yellow", "fatal": "bold red"}
 
 
 def register(app: typer.Typer) -> None:
-    out, err = Console(), Console(stderr=True)
-
     @app.command()
     def doctor(
         templates_dir: Annotated[Path, typer.Option(help="where templates live")] = DEFAULT_TEMPLATES_DIR,
@@ -46,8 +44,7 @@ def register(app: typer.Typer) -> None:
         try:
             result = sign_python()
         except ShoesVzError as e:
-            err.print(f"[bold red]error:[/] {e}")
-            raise typer.Exit(1) from None
+            raise fail(e) from None
         for argv in result.commands:
             out.print(f"[dim]$ {' '.join(argv)}[/]")
         out.print(result.describe())

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from shoes_vz import __version__
 from shoes_vz.cli import template as template_cli
 from shoes_vz.cli import template_create, template_warm
+from shoes_vz.cli.console import fail, out
 from shoes_vz.core.errors import ShoesVzError
 
 app = typer.Typer(help="Ephemeral macOS VMs on Apple Silicon as GitHub Actions runners for myshoes.",
@@ -27,10 +27,6 @@ app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
 for _part in (template_cli, template_create, template_warm):
     _part.register(template_app)
-# piped output (CI logs, `| tee`) keeps whole table rows instead of rich's 80-column default
-_WIDTH = None if sys.stdout.isatty() else 160
-err = Console(stderr=True, width=_WIDTH)
-out = Console(width=_WIDTH)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML file ([server]/[agent] tables)",
                                                 envvar="SHOESVZ_CONFIG")]
@@ -40,11 +36,6 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-
-def _fail(e: Exception) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {e}")
-    return typer.Exit(1)
 
 
 async def _serve_until_signal(obj: Any) -> None:
@@ -79,7 +70,7 @@ def server(
         settings = cfg.load(cfg.ServerSettings, config, listen=listen, metrics_listen=metrics_listen, db_path=db)
         asyncio.run(_serve_until_signal(ServerApp(settings)))
     except ShoesVzError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
 
 
 @app.command()
@@ -104,7 +95,7 @@ def agent(
                             max_runners=max_runners)
         asyncio.run(_serve_until_signal(_KeepVMs(Agent(settings))))
     except ShoesVzError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
 
 
 class _KeepVMs:
@@ -165,7 +156,7 @@ def up(
         code = asyncio.run(run_demo(runners=runners, concurrency=concurrency, boot_delay=boot_delay,
                                     keep=keep, console=out))
     except ShoesVzError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     raise typer.Exit(code)
 
 
@@ -182,7 +173,7 @@ def status(
     try:
         data = json.loads(state_file.read_text())
     except (OSError, ValueError) as e:
-        raise _fail(ShoesVzError(f"cannot read {state_file}: {e}")) from None
+        raise fail(ShoesVzError(f"cannot read {state_file}: {e}")) from None
     table = Table("runner", "name", "state", "guest", "ip", "clone s", "boot→ssh s", "total s", "error",
                   title=f"agent {data.get('agent_id', '?')} ({data.get('driver', '?')}, "
                         f"{len(data.get('runners', []))}/{data.get('max_runners', '?')} slots)")

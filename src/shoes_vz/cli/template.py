@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from shoes_vz.cli.console import err, fail, out
 from shoes_vz.config import DEFAULT_RUNNERS_DIR, DEFAULT_TEMPLATES_DIR
 from shoes_vz.core.errors import ShoesVzError
 
@@ -44,8 +44,6 @@ def _boot_probe(config: Path | None, templates_dir: Path, runners_dir: Path) -> 
     from shoes_vz.agent.host_key import probe_host_key
 
     settings = cfg.load(cfg.AgentSettings, config, templates_dir=templates_dir, runners_dir=runners_dir)
-    err = Console(stderr=True)
-
     def probe(draft_dir: Path) -> str:
         with err.status(f"booting a clone of {draft_dir.name} ({settings.driver}) to read its SSH host key"):
             return asyncio.run(probe_host_key(settings, draft_dir))
@@ -54,12 +52,6 @@ def _boot_probe(config: Path | None, templates_dir: Path, runners_dir: Path) -> 
 
 
 def register(app: typer.Typer) -> None:
-    width = None if sys.stdout.isatty() else 160
-    out, err = Console(width=width), Console(stderr=True, width=width)
-
-    def fail(e: Exception) -> typer.Exit:
-        err.print(f"[bold red]error:[/] {e}")
-        return typer.Exit(1)
 
     @app.command("init-sim")
     def init_sim_cmd(
@@ -133,6 +125,10 @@ def register(app: typer.Typer) -> None:
             raise fail(e) from None
         out.print(f"template [bold]{t.name}[/] v{t.meta.version} frozen at {t.path} "
                   f"(host key {t.meta.ssh_host_key.split()[0]}, {len(t.meta.digests)} files digested)")
+        stale = sorted(p.name for p in (templates_dir / ".warm" / t.name).glob("*") if p.name != t.meta.version)
+        if stale:
+            err.print(f"[yellow]note:[/] warm slots of {t.name} v{', v'.join(stale)} no longer fit and are not used; "
+                      f"make new ones: shoes-vz template warm {t.name} --slots N")
 
     @app.command()
     def verify(name: str, templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from shoes_vz.cli.console import err, fail, out
 from shoes_vz.config import DEFAULT_TEMPLATES_DIR
 from shoes_vz.core.errors import InvalidInput, ShoesVzError, TemplateError
 from shoes_vz.core.resources import RESOURCE_TYPES
@@ -99,8 +99,6 @@ def create_draft(templates_dir: Path, name: str, *, ipsw: str, cpu_count: int, m
 
 
 def register(template_app: typer.Typer) -> None:
-    out, err = Console(), Console(stderr=True)
-
     @template_app.command("create")
     def create(
         name: Annotated[str, typer.Argument(help="template name (letters, digits, '.', '_', '-')")],
@@ -134,13 +132,12 @@ def register(template_app: typer.Typer) -> None:
             err.print("[yellow]interrupted[/]: nothing was kept (a partial IPSW download resumes next time)")
             raise typer.Exit(130) from None
         except InstallError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}")
+            exit_ = fail(e)
             err.print("[yellow]resumable[/]: re-run the same command once the cause is fixed" if e.resumable
                       else "not resumable: change the command or the host first")
-            raise typer.Exit(1) from None
+            raise exit_ from None
         except (ShoesVzError, OSError) as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}")
-            raise typer.Exit(1) from None
+            raise fail(e) from None
         out.print(f"draft [bold]{name}[/] at {escape(str(draft))}: macOS {image.macos_version} ({image.macos_build}), "
                   f"{image.cpu_count} CPUs, {format_size(image.memory_bytes)} memory, "
                   f"{format_size(image.disk_bytes)} disk")

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from shoes_vz.cli.console import err, fail, out
 from shoes_vz.core.errors import ShoesVzError
 
 
@@ -32,7 +32,6 @@ def register(template_app: typer.Typer) -> None:
         from shoes_vz.agent.warm_build import SlotBuilder
         from shoes_vz.template import TemplateStore
 
-        out, err = Console(), Console(stderr=True)
         try:
             settings = cfg.load(cfg.AgentSettings, config, templates_dir=templates_dir, runners_dir=runners_dir)
             template = TemplateStore(settings.templates_dir).get(name)
@@ -40,8 +39,7 @@ def register(template_app: typer.Typer) -> None:
             with err.status(f"warming {name} v{template.meta.version} ({settings.driver})"):
                 report = asyncio.run(builder.ensure(slots))
         except ShoesVzError as e:
-            err.print(f"[bold red]error:[/] {e}")
-            raise typer.Exit(1) from None
+            raise fail(e) from None
         table = Table("slot", "state", "MAC", "IP", title=f"warm slots of {name} v{template.meta.version}")
         for s in report.kept:
             table.add_row(str(s.path), "kept", str(s.mac), s.ip)
