@@ -349,10 +349,11 @@ def run_clone_bench(template: Template, work: Path, reps: int, copy_reps: int, r
 
 
 def shell_startup(user: str, reps: int = 5) -> tuple[str, list[float]]:
-    """How long the guest user's login shell takes to run `true` under sshd.
+    """How long the guest user's login shell takes to run `true` under the sim guest's sshd.
 
     sshd runs every command as `$SHELL -c CMD` with SSH_CLIENT set; bash then sources ~/.bashrc
-    (Debian's SSH_SOURCE_BASHRC), so a heavy rc file is paid on every probe.
+    (Debian's SSH_SOURCE_BASHRC), so a heavy rc file would be paid on every probe — the sim's sshd
+    points HOME at the guest's own home for that reason, and so does this measurement.
     """
     import pwd
 
@@ -360,12 +361,14 @@ def shell_startup(user: str, reps: int = 5) -> tuple[str, list[float]]:
         shell = pwd.getpwnam(user).pw_shell or "/bin/sh"
     except KeyError:
         return "sh", []
-    env = {**os.environ, "SSH_CLIENT": "127.0.0.1 40000 2222", "SHLVL": "0", "HOME": os.path.expanduser(f"~{user}")}
     out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        subprocess.run([shell, "-c", "true"], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-        out.append(time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as home:  # the sim guest's sshd sets HOME to its own (empty) home
+        env = {**os.environ, "SSH_CLIENT": "127.0.0.1 40000 2222", "SHLVL": "0", "HOME": home}
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            subprocess.run([shell, "-c", "true"], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                           check=False)
+            out.append(time.perf_counter() - t0)
     return shell, out
 
 

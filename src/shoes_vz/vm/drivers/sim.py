@@ -169,8 +169,9 @@ class SimDriver(Driver):
         MachineIdentifier (DESIGN §12), never a failed runner.
         """
         if not self.bundle.saved_state.exists():
-            if identity_files.is_placeholder(self.bundle.machine_identifier):
-                self._mint_identity()  # what VZ does on a first start
+            if not self.bundle.machine_identifier.exists() or identity_files.is_placeholder(
+                    self.bundle.machine_identifier):
+                self._mint_identity()  # what VZ does on a first start (a hand-made bundle may have none)
             return None
         self._state = "restoring"
         try:

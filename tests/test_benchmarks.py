@@ -1,0 +1,30 @@
+"""`make bench` keeps working: each benchmark runs once at its smallest size and exits 0.
+
+Only that it runs and reports is asserted here; its figures belong to `make bench` itself.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from stack_fixtures import have_sshd, require
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SMALLEST = {
+    "bench_fastpath.py": ["--runners", "1", "--boot-delay", "0", "--baseline-runs", "1", "--clone-reps", "1",
+                          "--copy-reps", "1"],
+    "bench_plugin.py": ["--runs", "1"],
+    "bench_warm.py": ["--runners", "1", "--boot-delay", "0.2", "--restore-delay", "0"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(SMALLEST))
+def test_benchmark_runs(script: str) -> None:
+    require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
+    done = subprocess.run([sys.executable, str(BENCH / script), *SMALLEST[script]], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "P50" in done.stdout or "median" in done.stdout, done.stdout[-2000:]
