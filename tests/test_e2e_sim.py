@@ -44,8 +44,9 @@ async def test_create_ready_idle_delete(sim_stack: SimStack) -> None:
         assert runner.token
         state = json.loads(sim_stack.agent.settings.runner_state_file.read_text())
         assert [r["state"] for r in state["runners"]] == ["running"]
-        row = await sim_stack.server.store.call(sim_stack.server.store.runner, runner.runner_id)
-        assert row.state == "running" and row.guest_state == "idle" and row.ip_address == reply.ip_address
+        # the server hears it with the agent's next Sync (event-driven, but not in the same instant)
+        row = await eventually(lambda: _server_row_idle(sim_stack, runner.runner_id), timeout=10)
+        assert row.state == "running" and row.ip_address == reply.ip_address
 
         await stub.DeleteInstance(spb.DeleteInstanceRequest(cloud_id=reply.cloud_id),
                                   metadata=sim_stack.metadata, timeout=10)
@@ -58,6 +59,11 @@ async def test_create_ready_idle_delete(sim_stack: SimStack) -> None:
             await stub.DeleteInstance(spb.DeleteInstanceRequest(cloud_id=reply.cloud_id),
                                       metadata=sim_stack.metadata, timeout=10)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _server_row_idle(stack: SimStack, runner_id: str) -> object:
+    row = await stack.server.store.call(stack.server.store.runner, runner_id)
+    return row if row is not None and row.guest_state == "idle" else None
 
 
 async def _gone(stack: SimStack, runner_id: str) -> bool:
