@@ -167,9 +167,13 @@ def test_sim_state_refuses_another_configuration(tmp_path: Path) -> None:
     assert sim_state.load(bundle, mac)["ip_address"] == "127.100.0.9"
     with pytest.raises(sim_state.RestoreRefused, match="belongs to MAC"):
         sim_state.load(bundle, MACAddress.parse("02:00:00:00:00:02"))
+    bundle.hardware_model.write_bytes(b'{"dataRepresentation": "b3RoZXI="}')  # another hardware model
+    with pytest.raises(sim_state.RestoreRefused, match="changed since the save: hardware_model$"):
+        sim_state.load(bundle, mac)
+    bundle.hardware_model.write_bytes(b"{}")
     with bundle.disk.open("ab") as f:
         f.write(b"changed")
-    with pytest.raises(sim_state.RestoreRefused, match="disk"):
+    with pytest.raises(sim_state.RestoreRefused, match="changed since the save: disk$"):
         sim_state.load(bundle, mac)
     bundle.saved_state.write_text("not json")
     with pytest.raises(sim_state.RestoreRefused, match="unreadable"):

@@ -222,7 +222,8 @@ def load(cls: type[S], config_file: Path | None = None, **overrides: Any) -> S:
             where = ".".join(str(p) for p in err["loc"]) or "?"
             lines.append(f"  {cls._table}.{where}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"invalid {cls._table} configuration:\n" + "\n".join(lines)) from None
-    except Exception as e:  # a TOML syntax error, for one
-        raise ConfigError(f"cannot read configuration {path}: {e}") from e
+    except Exception as e:  # a TOML syntax error, or an environment value pydantic-settings cannot parse
+        where = f"configuration {path}" if path is not None else f"{cls._table} settings from the environment"
+        raise ConfigError(f"cannot read {where}: {e}") from e
     finally:
         cls._config_file = None
