@@ -18,6 +18,7 @@ from stack_fixtures import SimStack, agent_settings, eventually, have_sshd, make
 from typer.testing import CliRunner
 
 from shoes_vz.agent.host_key import probe_host_key
+from shoes_vz.agent.runner import fill_from_slot
 from shoes_vz.agent.warm import SLOT_FILE, WarmPool, WarmSlot
 from shoes_vz.agent.warm_build import SlotBuilder, WarmError
 from shoes_vz.cli.main import app
@@ -259,3 +260,23 @@ async def test_a_restarted_agent_still_knows_which_slot_is_held(tmp_path: Path) 
         finally:
             await new.stop(tear_down=True)
         stack.agent = new
+
+
+async def test_a_slot_that_vanishes_after_the_claim_means_a_cold_boot(tmp_path: Path) -> None:
+    async with make_stack(tmp_path) as stack:
+        slot = (await builder(stack).ensure(1)).built[0]
+        dst = Bundle(tmp_path / "dst.bundle")
+        dst.path.mkdir()
+        os.chmod(slot.path, 0o755)
+        slot.bundle.saved_state.unlink()  # e.g. removed by hand between the claim and the clone
+        assert not fill_from_slot(dst, stack.template, slot, allow_copy=True)
+        assert list(dst.path.iterdir()) == []  # nothing half-cloned left for the cold path
+        # through the agent: the runner still starts (cold, with the slot's MAC, which it holds)
+        claimed = stack.agent.warm.claim
+        stack.agent.warm.claim = lambda template, runner_id: slot  # type: ignore[method-assign]
+        async with stack.channel() as ch:
+            await stack.add(sgrpc.ShoesServiceStub(ch), "vanished")
+        stack.agent.warm.claim = claimed  # type: ignore[method-assign]
+        runner = await _runner_for(stack, "vanished")
+        assert runner.phase == Phase.RUNNING and runner.mac == slot.mac  # type: ignore[attr-defined]
+        assert runner.restored is None  # type: ignore[attr-defined]

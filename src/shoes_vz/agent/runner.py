@@ -20,7 +20,7 @@ from shoes_vz.agent import ssh, supervisor
 from shoes_vz.agent.lifecycle import Event, advance
 from shoes_vz.agent.warm import WarmSlot
 from shoes_vz.config import AgentSettings
-from shoes_vz.core.errors import RunnerFailed
+from shoes_vz.core.errors import RunnerFailed, ShoesVzError
 from shoes_vz.core.states import LIVE_PHASES, GuestState, Phase
 from shoes_vz.template import Template
 from shoes_vz.vm import clone
@@ -56,6 +56,19 @@ class RunnerSpec:
     resource_type: str = ""
     labels: list[str] = field(default_factory=list)
     warm_slot: WarmSlot | None = None
+
+
+def fill_from_slot(dst: Bundle, template: Template, slot: WarmSlot, *, allow_copy: bool) -> bool:
+    """Clone a warm slot into `dst`; False (and `dst` emptied) when the slot cannot be used — a
+    runner then boots cold instead of failing (DESIGN §12)."""
+    try:
+        fill_bundle(dst, template, slot, allow_copy=allow_copy)
+        return True
+    except (OSError, ShoesVzError) as e:
+        log.warning("warm slot %s unusable (%s): booting cold", slot.path, e)
+        for p in dst.path.iterdir():
+            p.unlink()
+        return False
 
 
 def fill_bundle(dst: Bundle, template: Template, slot: WarmSlot | None, *, allow_copy: bool) -> None:
@@ -222,12 +235,15 @@ class Runner:
         tmp.path.mkdir()
         try:
             slot = self.spec.warm_slot
-            fill_bundle(tmp, t, slot, allow_copy=self.settings.allow_copy)
+            if slot is not None and not fill_from_slot(tmp, t, slot, allow_copy=self.settings.allow_copy):
+                slot = None  # the runner keeps the slot's MAC (it holds the slot until it is gone)
+            if slot is None:
+                fill_bundle(tmp, t, None, allow_copy=self.settings.allow_copy)
             meta = t.meta
             tmp.update_metadata(
                 runner_id=self.runner_id, runner_name=self.spec.runner_name,
                 mac_address=str(self.mac), template=t.name, template_dir=str(t.path),
-                warm_slot=str(slot.path) if slot else "",
+                warm_slot=str(self.spec.warm_slot.path) if self.spec.warm_slot else "",  # held either way
                 resource_type=self.spec.resource_type, labels=self.spec.labels,
                 driver=self.settings.driver, notify_url=self.settings.effective_notify_url(),
                 ssh_port=meta.ssh_port, ssh_user=meta.ssh_user,
