@@ -43,9 +43,15 @@ def test_status_reads_the_state_file(tmp_path: Path) -> None:
     f = tmp_path / "runner-state.json"
     f.write_text(json.dumps({"agent_id": "agent-x", "driver": "sim", "max_runners": 2, "runners": [
         {"runner_id": "abc", "runner_name": "job-1", "state": "running", "guest_runner_state": "idle",
-         "ip_address": "127.100.0.2", "timings": {"clone": 0.001, "boot_to_ssh": 0.2, "total": 0.3}, "error": ""}]}))
+         "ip_address": "127.100.0.2", "timings": {"clone": 0.001, "boot_to_ssh": 0.2, "total": 0.3}, "error": ""},
+        {"runner_id": "def", "runner_name": "job-2", "state": "running", "ip_address": "127.100.0.3",
+         "warm_slot": "/t/.warm/x/1/slot-1", "restored": True, "timings": {}},
+        {"runner_id": "ghi", "runner_name": "job-3", "state": "running", "ip_address": "127.100.0.4",
+         "warm_slot": "/t/.warm/x/1/slot-2", "restored": False, "timings": {}}]}))
     out = run("status", "--state-file", str(f)).stdout
     assert "job-1" in out and "running" in out and "agent-x" in out
+    rows = {line.split("│")[2].strip(): line for line in out.splitlines() if "job-" in line}
+    assert " cold " in rows["job-1"] and " warm " in rows["job-2"] and " cold* " in rows["job-3"]
     missing = run("status", "--state-file", str(tmp_path / "none.json"), check=False)
     assert missing.returncode == 1 and "cannot read" in missing.stderr
 

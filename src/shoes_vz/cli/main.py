@@ -174,16 +174,23 @@ def status(
         data = json.loads(state_file.read_text())
     except (OSError, ValueError) as e:
         raise fail(ShoesVzError(f"cannot read {state_file}: {e}")) from None
-    table = Table("runner", "name", "state", "guest", "ip", "clone s", "boot→ssh s", "total s", "error",
+    table = Table("runner", "name", "state", "guest", "ip", "start", "clone s", "boot→ssh s", "total s", "error",
                   title=f"agent {data.get('agent_id', '?')} ({data.get('driver', '?')}, "
                         f"{len(data.get('runners', []))}/{data.get('max_runners', '?')} slots)")
     for r in data.get("runners", []):
         t = r.get("timings", {})
         table.add_row(r["runner_id"], r["runner_name"], r["state"], r.get("guest_runner_state", ""),
-                      r.get("ip_address", ""), *(f"{t[k]:.3f}" if t.get(k) is not None else "-"
+                      r.get("ip_address", ""), _start_kind(r), *(f"{t[k]:.3f}" if t.get(k) is not None else "-"
                                                   for k in ("clone", "boot_to_ssh", "total")),
                       r.get("error", "")[:60])
     out.print(table)
+
+
+def _start_kind(runner: dict[str, Any]) -> str:
+    """cold, warm (restored from a slot) or cold* (a slot's restore failed: cold boot instead)."""
+    if not runner.get("warm_slot"):
+        return "cold"
+    return {True: "warm", False: "cold*"}.get(runner.get("restored"), "cold*" if runner.get("ip_address") else "…")
 
 
 # commands contributed by optional packages (vz/doctor on macOS, the myshoes plugin)
