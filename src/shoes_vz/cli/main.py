@@ -190,7 +190,10 @@ def _start_kind(runner: dict[str, Any]) -> str:
     """cold, warm (restored from a slot) or cold* (a slot's restore failed: cold boot instead)."""
     if not runner.get("warm_slot"):
         return "cold"
-    return {True: "warm", False: "cold*"}.get(runner.get("restored"), "cold*" if runner.get("ip_address") else "…")
+    restored = runner.get("restored")
+    if restored is True:
+        return "warm"
+    return "cold*" if restored is False or runner.get("ip_address") else "…"
 
 
 # commands contributed by optional packages (vz/doctor on macOS, the myshoes plugin)
