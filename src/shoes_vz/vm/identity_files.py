@@ -39,7 +39,7 @@ def write_data_representation(path: Path, data: bytes) -> None:
 
 def new_machine_identifier_file(path: Path) -> None:
     """A per-runner MachineIdentifier.json: a placeholder the vz driver binds on first start."""
-    write_json_atomic(path, dict(PLACEHOLDER))
+    write_json_atomic(path, dict(PLACEHOLDER), durable=False)  # a bundle is garbage after a host crash anyway
 
 
 def read_data_representation(path: Path) -> bytes | None:
