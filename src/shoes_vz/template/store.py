@@ -15,6 +15,7 @@ from pathlib import Path
 from shoes_vz.core.errors import TemplateError
 from shoes_vz.core.resources import RESOURCE_TYPES
 from shoes_vz.template.metadata import FILE_NAME, TemplateMetadata
+from shoes_vz.vm.bundle import VMFiles
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def check_resource_types(types: list[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Template:
+class Template(VMFiles):
     path: Path
     meta: TemplateMetadata
     verified: Mapping[str, StatKey] | None = field(default=None, compare=False)
@@ -50,18 +51,6 @@ class Template:
     @property
     def name(self) -> str:
         return self.meta.name
-
-    @property
-    def disk(self) -> Path:
-        return self.path / "Disk.img"
-
-    @property
-    def aux_storage(self) -> Path:
-        return self.path / "AuxiliaryStorage"
-
-    @property
-    def hardware_model(self) -> Path:
-        return self.path / "HardwareModel.json"
 
     @property
     def sim_dir(self) -> Path:

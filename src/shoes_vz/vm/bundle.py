@@ -42,8 +42,26 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o644, *, durable: bool
         raise
 
 
+class VMFiles:
+    """The files every macOS VM directory has — a template, a warm slot, a runner bundle (DESIGN §5)."""
+
+    path: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.path / "Disk.img"
+
+    @property
+    def aux_storage(self) -> Path:
+        return self.path / "AuxiliaryStorage"
+
+    @property
+    def hardware_model(self) -> Path:
+        return self.path / "HardwareModel.json"
+
+
 @dataclass(frozen=True)
-class Bundle:
+class Bundle(VMFiles):
     path: Path
 
     @classmethod
@@ -68,19 +86,7 @@ class Bundle:
     def runner_id(self) -> str:
         return self.path.name.removesuffix(SUFFIX)
 
-    # files (DESIGN §5)
-    @property
-    def disk(self) -> Path:
-        return self.path / "Disk.img"
-
-    @property
-    def aux_storage(self) -> Path:
-        return self.path / "AuxiliaryStorage"
-
-    @property
-    def hardware_model(self) -> Path:
-        return self.path / "HardwareModel.json"
-
+    # files (DESIGN §5); the disk, aux storage and hardware model come from VMFiles
     @property
     def machine_identifier(self) -> Path:
         return self.path / "MachineIdentifier.json"
