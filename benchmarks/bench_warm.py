@@ -81,8 +81,10 @@ async def measure(root: Path, n: int, boot_delay: float, restore_delay: float,
         cold = await series(stack, n, "cold", console)
         t0 = time.monotonic()
         await asyncio.to_thread(warm_slots, stack, 2)
-        console.print(f"[bold]warm: 2 slots made in {time.monotonic() - t0:.1f} s; {n} runners "
-                      f"(restore delay {restore_delay:g} s)[/]")
+        made = time.monotonic() - t0
+        await stack.wait_free_warm_slots(TEMPLATE, 2)  # the agent reports new slots with its next Sync
+        console.print(f"[bold]warm: 2 slots made in {made:.1f} s, in use {time.monotonic() - t0:.1f} s after the "
+                      f"command started; {n} runners (restore delay {restore_delay:g} s)[/]")
         warm = await series(stack, n, "warm", console)
     finally:
         await stack.stop()

@@ -1,5 +1,5 @@
 """Fixtures for every test directory; the helpers live in `stack_fixtures.py`."""
 
-from stack_fixtures import sim_stack
+from stack_fixtures import no_clone_dir, sim_stack
 
-__all__ = ["sim_stack"]
+__all__ = ["no_clone_dir", "sim_stack"]

@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,20 @@ def require(condition: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"CI is set but {what} is missing: install it (.ci/run does)")
     pytest.skip(f"{what} is missing")
+
+
+@pytest.fixture
+def no_clone_dir() -> Iterator[Path]:
+    """A directory on tmpfs (/dev/shm), which never clones: the "volume cannot clone" paths run on every
+    machine, whatever filesystem holds the test's tmp_path."""
+    shm = Path("/dev/shm")
+    require(shm.is_dir() and os.access(shm, os.W_OK), "a writable tmpfs at /dev/shm")
+    d = Path(tempfile.mkdtemp(dir=shm, prefix="shoes-vz-noclone-"))
+    try:
+        yield d
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(d)], check=False)  # frozen templates are read-only
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def have_sshd() -> bool:

@@ -196,10 +196,9 @@ def test_import_holds_the_tart_lock_while_cloning(store: TemplateStore, tmp_path
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0  # released afterwards
 
 
-def test_no_clone_no_copy_is_a_clear_error(store: TemplateStore, tmp_path: Path, copy_here: bool) -> None:
-    if not copy_here:
-        pytest.skip("this volume can clone")
-    src = make_tart_vm(tmp_path / "vm")
+def test_no_clone_no_copy_is_a_clear_error(no_clone_dir: Path) -> None:
+    store = TemplateStore(no_clone_dir / "templates")
+    src = make_tart_vm(no_clone_dir / "vm")
     with pytest.raises(CloneError, match="does not support copy-on-write"):
         import_tart(src, store, "mac")
     assert _drafts(store) == []

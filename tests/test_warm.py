@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from shoes_vz.agent.host_key import probe_host_key
 from shoes_vz.agent.runner import fill_from_slot
-from shoes_vz.agent.warm import SLOT_FILE, WarmPool, WarmSlot
+from shoes_vz.agent.warm import SLOT_FILE, WarmPool, WarmSlot, fitting_slots
 from shoes_vz.agent.warm_build import SlotBuilder, WarmError
 from shoes_vz.cli.main import app
 from shoes_vz.core.errors import ConfigError
@@ -34,6 +34,11 @@ from shoes_vz.wire import shoes_pb2_grpc as sgrpc
 
 def builder(stack: SimStack, events: list[str] | None = None) -> SlotBuilder:
     return SlotBuilder(stack.agent.settings, stack.template, (events if events is not None else []).append)
+
+
+async def agent_sees(stack: SimStack, counts: tuple[int, int]) -> None:
+    """The agent reads slots off the loop with each Sync: a new slot is in use within a heartbeat."""
+    await eventually(lambda: stack.agent.warm.counts(stack.template) == counts, timeout=10)
 
 
 def _rewrite_frozen(path: Path, data: bytes) -> None:
@@ -65,7 +70,7 @@ async def test_slot_is_a_saved_frozen_vm(tmp_path: Path) -> None:
         saved = json.loads(slot.bundle.saved_state.read_text())
         assert saved["mac_address"] == str(slot.mac) and saved["ip_address"] == slot.ip
         assert WarmSlot.read(slot.path) == slot
-        assert stack.agent.warm.counts(stack.template) == (1, 1)
+        await agent_sees(stack, (1, 1))
         assert any("saving the VM state" in e for e in events)
         # nothing half-made beside it, and the template was never written
         assert [p.name for p in slot.path.parent.iterdir()] == [slot.path.name]
@@ -75,6 +80,7 @@ async def test_slot_is_a_saved_frozen_vm(tmp_path: Path) -> None:
 async def test_runners_restore_from_distinct_slots_and_keep_their_address(tmp_path: Path) -> None:
     async with make_stack(tmp_path, max_runners=3) as stack:
         slots = (await builder(stack).ensure(2)).built
+        await agent_sees(stack, (2, 2))
         by_mac = {s.mac: s for s in slots}
         async with stack.channel() as ch:
             stub = sgrpc.ShoesServiceStub(ch)
@@ -104,6 +110,7 @@ async def test_runners_restore_from_distinct_slots_and_keep_their_address(tmp_pa
 async def test_bad_saved_state_falls_back_to_a_cold_boot(tmp_path: Path) -> None:
     async with make_stack(tmp_path) as stack:
         slot = (await builder(stack).ensure(1)).built[0]
+        await agent_sees(stack, (1, 1))
         _rewrite_frozen(slot.bundle.saved_state, b'{"format": "shoes-vz-sim-state/1", "mac_address": "nope"}')
         async with stack.channel() as ch:
             answer = await stack.add(sgrpc.ShoesServiceStub(ch), "fallback")
@@ -131,9 +138,10 @@ async def test_ensure_trims_replaces_stale_and_respects_limits(tmp_path: Path) -
         # a slot made from another template version is stale: never used, replaced by the next ensure
         raw = json.loads((kept.path / SLOT_FILE).read_text())
         _rewrite_frozen(kept.path / SLOT_FILE, json.dumps({**raw, "version": "0"}).encode())
-        assert stack.agent.warm.counts(stack.template) == (0, 0)
+        await agent_sees(stack, (0, 0))
         report = await b.ensure(1)
         assert report.removed == [kept.path] and len(report.built) == 1
+        await agent_sees(stack, (1, 1))
         assert report.built[0].mac not in {s.mac for s in two}
         # a slot a live runner was cloned from is kept until that runner is gone
         async with stack.channel() as ch:
@@ -154,7 +162,7 @@ async def test_build_failure_leaves_nothing(tmp_path: Path) -> None:
             await b.ensure(1)
         assert list(b.root.iterdir()) == []
         assert not list(settings.runners_dir.glob("warm-*"))
-        assert WarmPool(settings.templates_dir, "sim").counts(stack.template) == (0, 0)
+        assert fitting_slots(settings.templates_dir, stack.template, "sim") == []
 
 
 def test_sim_state_refuses_another_configuration(tmp_path: Path) -> None:
@@ -229,10 +237,10 @@ def test_edit_freeze_with_boot_then_rewarm(tmp_path: Path, monkeypatch: pytest.M
     assert not list(s.runners_dir.glob("*.building"))
     v2 = TemplateStore(templates).get("cycle")
     assert v2.meta.version == "2" and v2.meta.ssh_host_key
-    assert WarmPool(templates, "sim").counts(v2) == (0, 0)  # v1's slot is stale
+    assert fitting_slots(templates, v2, "sim") == []  # v1's slot is stale
     result = cli.invoke(app, ["template", "warm", "cycle", "--slots", "1", *dirs])
     assert result.exit_code == 0 and "removed" in result.output and "built" in result.output, result.output
-    assert WarmPool(templates, "sim").counts(v2) == (1, 1)
+    assert len(fitting_slots(templates, v2, "sim")) == 1
     old = templates / ".warm" / "cycle" / "1"
     assert not old.exists() or not list(old.iterdir())
 
@@ -242,6 +250,7 @@ async def test_a_restarted_agent_still_knows_which_slot_is_held(tmp_path: Path) 
 
     async with make_stack(tmp_path) as stack:
         slots = (await builder(stack).ensure(2)).built
+        await agent_sees(stack, (2, 2))
         async with stack.channel() as ch:
             await stack.add(sgrpc.ShoesServiceStub(ch), "kept-warm")
         old = await _runner_for(stack, "kept-warm")
@@ -280,3 +289,15 @@ async def test_a_slot_that_vanishes_after_the_claim_means_a_cold_boot(tmp_path: 
         runner = await _runner_for(stack, "vanished")
         assert runner.phase == Phase.RUNNING and runner.mac == slot.mac  # type: ignore[attr-defined]
         assert runner.restored is None  # type: ignore[attr-defined]
+
+
+def test_an_unreadable_slot_is_reported_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    t = init_sim(tmp_path / "templates", "x")
+    broken = tmp_path / "templates" / ".warm" / "x" / t.meta.version / "slot-broken"
+    broken.mkdir(parents=True)
+    (broken / SLOT_FILE).write_text("{not json")
+    pool = WarmPool(tmp_path / "templates", "sim")
+    for _ in range(3):  # as with three Sync messages
+        pool.refresh([t])
+    assert pool.counts(t) == (0, 0)
+    assert caplog.text.count("ignoring warm slot") == 1 and "template warm x --slots N" in caplog.text

@@ -21,8 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 # linux/fiemap.h
 FS_IOC_FIEMAP = 0xC020660B  # _IOWR('f', 11, struct fiemap)
 FIEMAP_FLAG_SYNC = 0x1
@@ -46,12 +44,10 @@ def xfs_unavailable() -> str | None:
 
 
 def require_xfs() -> None:
+    from stack_fixtures import require  # only under pytest (benchmarks import this module too)
+
     reason = xfs_unavailable()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but the XFS reflink test cannot run: {reason}")
-    pytest.skip(reason)
+    require(reason is None, f"an XFS reflink loop mount ({reason})")
 
 
 def _run(*argv: str) -> str:

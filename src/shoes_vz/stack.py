@@ -142,6 +142,15 @@ allow_copy = {'false' if self.reflink else 'true'}
             await asyncio.sleep(0.05)
         raise ShoesVzError(f"agent did not connect within {timeout:.0f}s (see {self.root / 'agent.log'})")
 
+    async def wait_free_warm_slots(self, template: str, count: int, timeout: float = 20.0) -> None:
+        """Until the server has heard (with an agent's Sync) that `count` warm slots of `template` are free."""
+        deadline = time.monotonic() + timeout
+        while await asyncio.to_thread(_free_warm_slots, self.root / "server.db", template) != count:
+            self._check_alive("agent")
+            if time.monotonic() > deadline:
+                raise ShoesVzError(f"the server never saw {count} free warm slots of {template} within {timeout:.0f}s")
+            await asyncio.sleep(0.05)
+
     def _check_alive(self, name: str) -> None:
         p = self.procs[name]
         if p.returncode is not None:
@@ -186,6 +195,18 @@ def _agents_online(db: Path) -> int:
             return int(c.execute("SELECT COUNT(*) FROM agents WHERE online=1").fetchone()[0])
     except sqlite3.Error:
         return 0
+
+
+def _free_warm_slots(db: Path, template: str) -> int:
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as c:
+            rows = c.execute("SELECT templates FROM agents WHERE online=1").fetchall()
+    except sqlite3.Error:
+        return 0
+    held = [t for (raw,) in rows for t in json.loads(raw)]
+    return sum(int(t.get("free_warm_slots", 0)) for t in held if t.get("name") == template)
 
 
 def _pids_mentioning(text: str) -> list[int]:

@@ -143,13 +143,19 @@ def test_latest_downloads_into_the_cache_and_reuses_it(fake_vz: FakeVZ, server: 
     assert {p.name for p in second.iterdir()} == EXPECTED_FILES
 
 
-def test_a_cached_ipsw_that_changed_size_is_downloaded_again(fake_vz: FakeVZ, server: IpswServer, target: Path,
-                                                             tmp_path: Path) -> None:
+def install_latest_then_empty(fake_vz: FakeVZ, server: IpswServer, target: Path, tmp_path: Path) -> Path:
+    """One `latest` install that leaves the IPSW in the cache; `target` is emptied for the next run."""
     fake_vz.knobs.latest_url = server.url
     cache = tmp_path / "cache"
     run(target, "latest", cache)
     for p in target.iterdir():
         p.unlink()
+    return cache
+
+
+def test_a_cached_ipsw_that_changed_size_is_downloaded_again(fake_vz: FakeVZ, server: IpswServer, target: Path,
+                                                             tmp_path: Path) -> None:
+    cache = install_latest_then_empty(fake_vz, server, target, tmp_path)
     with (cache / NAME).open("r+b") as f:
         f.truncate(1000)  # e.g. a disk-full copy, or someone replaced it
     run(target, "latest", cache)
@@ -216,11 +222,7 @@ def test_download_http_errors(fake_vz: FakeVZ, server: IpswServer, target: Path,
 
 def test_a_damaged_cached_ipsw_is_forgotten(fake_vz: FakeVZ, server: IpswServer, target: Path,
                                            tmp_path: Path) -> None:
-    fake_vz.knobs.latest_url = server.url
-    cache = tmp_path / "cache"
-    run(target, "latest", cache)
-    for p in target.iterdir():
-        p.unlink()
+    cache = install_latest_then_empty(fake_vz, server, target, tmp_path)
     fake_vz.knobs.load_error = ("VZErrorDomain", 10005, "The restore image is invalid.")
     e = failure(target, "latest", cache)
     assert "VZErrorInvalidRestoreImage" in str(e) and "deleted the cached copy" in str(e) and e.resumable

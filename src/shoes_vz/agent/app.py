@@ -91,6 +91,7 @@ class Agent:
             await asyncio.to_thread(self._doctor)
         self.agent_id = await asyncio.to_thread(load_agent_id, s.state_dir)
         await self._verify_templates()
+        await asyncio.to_thread(self.warm.refresh, self.templates.list())
         s.runners_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._sweep_stale_bundles)
         await self._adopt_live_bundles()

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
-import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,10 +18,11 @@ from pathlib import Path
 
 from shoes_vz.agent import supervisor
 from shoes_vz.agent.runner import fill_bundle
-from shoes_vz.agent.warm import WarmPool
+from shoes_vz.agent.warm import slot_macs
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.errors import ShoesVzError
 from shoes_vz.template import Template
+from shoes_vz.template.modes import remove_tree
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.exit_status import describe
 from shoes_vz.vm.identity import new_mac
@@ -51,15 +50,6 @@ def scratch_leftovers(runners_dir: Path) -> list[Path]:
     return sorted(p for p in runners_dir.glob(f"*{SCRATCH_SUFFIX}") if not Bundle(p).is_running())
 
 
-def rmtree_frozen(path: Path) -> None:
-    """Remove a tree even when it was frozen read-only."""
-    for root, dirs, _ in os.walk(path):
-        os.chmod(root, 0o755)
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o755)
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def log_tail(path: Path, lines: int = 8) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()[-lines:]
@@ -70,11 +60,10 @@ def log_tail(path: Path, lines: int = 8) -> str:
 
 def _live_macs(runners_dir: Path) -> set[MACAddress]:
     found = set()
-    for b in Bundle.all_in(runners_dir):
-        with contextlib.suppress(ShoesVzError, ValueError):
-            mac = b.read_metadata().get("mac_address")
-            if mac:
-                found.add(MACAddress.parse(str(mac)))
+    for _, meta in Bundle.live_in(runners_dir):
+        with contextlib.suppress(ValueError):
+            if meta and meta.get("mac_address"):
+                found.add(MACAddress.parse(str(meta["mac_address"])))
     return found
 
 
@@ -86,7 +75,7 @@ async def scratch_vm(settings: AgentSettings, template: Template, label: str) ->
     ident = secrets.token_hex(4)
     bundle = Bundle(s.runners_dir / f"{label}-{ident}{SCRATCH_SUFFIX}")
     mac = await asyncio.to_thread(lambda: new_mac(_live_macs(s.runners_dir)
-                                                  | WarmPool(s.templates_dir, s.driver).macs()))
+                                                  | slot_macs(s.templates_dir)))
     vm = ScratchVM(bundle, None, mac)
     bundle.path.mkdir()
     try:
@@ -109,7 +98,7 @@ async def scratch_vm(settings: AgentSettings, template: Template, label: str) ->
         if bundle.path.exists():
             if vm.proc is not None and vm.proc.returncode is None or bundle.is_running():
                 await supervisor.stop(bundle, vm.proc, 0.0)
-            await asyncio.to_thread(rmtree_frozen, bundle.path)
+            await asyncio.to_thread(remove_tree, bundle.path)
 
 
 async def _wait_lease(s: AgentSettings, proc: asyncio.subprocess.Process, mac: MACAddress) -> str:

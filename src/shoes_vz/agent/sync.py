@@ -56,8 +56,10 @@ def template_messages(agent: Agent) -> list[pb.Template]:
     frozen template is verified here first)."""
     for v in agent.templates.refresh():
         log.error("refusing template %s: %s (fix: %s)", v.path, "; ".join(v.problems), v.fix)
+    templates = agent.templates.list()
+    agent.warm.refresh(templates)
     messages = []
-    for t in agent.templates.list():
+    for t in templates:
         warm, free = agent.warm_slot_counts(t)
         m = t.meta
         messages.append(pb.Template(

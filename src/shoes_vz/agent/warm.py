@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,8 +79,9 @@ class WarmSlot:
             os.close(fd)
 
 
-def read_slots(templates_dir: Path, name: str, version: str) -> list[WarmSlot]:
-    """Every readable slot of one template version (unreadable ones are logged and skipped)."""
+def read_slots(templates_dir: Path, name: str, version: str, warned: set[str] | None = None) -> list[WarmSlot]:
+    """Every readable slot of one template version. Unreadable ones are skipped and logged — once
+    per problem when the caller keeps `warned` (the agent re-reads slots with every Sync)."""
     root = slots_dir(templates_dir, name, version)
     if not root.is_dir():
         return []
@@ -91,27 +92,63 @@ def read_slots(templates_dir: Path, name: str, version: str) -> list[WarmSlot]:
         try:
             found.append(WarmSlot.read(p))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring warm slot %s: %s", p, e)
+            problem = f"ignoring warm slot {p}: {e} (`shoes-vz template warm {name} --slots N` replaces it)"
+            if warned is None or problem not in warned:
+                log.warning("%s", problem)
+            if warned is not None:
+                warned.add(problem)
+    return found
+
+
+def fitting_slots(templates_dir: Path, template: Template, driver: str,
+                  warned: set[str] | None = None) -> list[WarmSlot]:
+    """The slots made from exactly this template version for `driver` (reads the disk)."""
+    return [s for s in read_slots(templates_dir, template.meta.name, template.meta.version, warned)
+            if s.fits(template, driver)]
+
+
+def slot_macs(templates_dir: Path) -> set[MACAddress]:
+    """Every slot's MAC, of every template and version (reads the disk)."""
+    found = set()
+    for slot_json in (templates_dir / ".warm").glob(f"*/*/{SLOT_PREFIX}*/{SLOT_FILE}"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            found.add(WarmSlot.read(slot_json.parent).mac)
     return found
 
 
 class WarmPool:
-    """This host's warm slots and which live runner holds which (a slot serves one at a time)."""
+    """This host's warm slots and which live runner holds which (a slot serves one at a time).
+
+    The slots on disk are read by `refresh` — off the event loop, at agent start and with every
+    Sync message — so `claim`, `counts` and `macs` on the create path touch no files. A slot made
+    by `template warm` is used from the next Sync on; one removed since the last look makes its
+    runner boot cold (`runner.fill_from_slot`).
+    """
 
     def __init__(self, templates_dir: Path, driver: str) -> None:
         self.templates_dir = templates_dir
         self.driver = driver
         self._claims: dict[Path, str] = {}   # slot path → runner id
+        self._slots: dict[tuple[str, str], list[WarmSlot]] = {}  # (template, version) → fitting slots
+        self._macs: set[MACAddress] = set()
+        self._warned: set[str] = set()
         self._lock = threading.Lock()
 
-    def slots(self, template: Template) -> list[WarmSlot]:
-        return [s for s in read_slots(self.templates_dir, template.meta.name, template.meta.version)
-                if s.fits(template, self.driver)]
+    def refresh(self, templates: Iterable[Template]) -> None:
+        """Re-read the slots of `templates` (blocking: call it off the event loop)."""
+        found = {(t.meta.name, t.meta.version): fitting_slots(self.templates_dir, t, self.driver, self._warned)
+                 for t in templates}
+        macs = slot_macs(self.templates_dir)
+        with self._lock:
+            self._slots, self._macs = found, macs
+
+    def _fitting(self, template: Template) -> list[WarmSlot]:
+        return self._slots.get((template.meta.name, template.meta.version), [])
 
     def claim(self, template: Template, runner_id: str) -> WarmSlot | None:
         """A free slot for `template`, now held by `runner_id`; None when every slot is taken."""
         with self._lock:
-            for slot in self.slots(template):
+            for slot in self._fitting(template):
                 if slot.path not in self._claims:
                     self._claims[slot.path] = runner_id
                     return slot
@@ -129,18 +166,11 @@ class WarmPool:
 
     def counts(self, template: Template) -> tuple[int, int]:
         """(warm slots, free warm slots) for `template`."""
-        slots = self.slots(template)
         with self._lock:
-            free = sum(1 for s in slots if s.path not in self._claims)
-        return len(slots), free
+            slots = self._fitting(template)
+            return len(slots), sum(1 for s in slots if s.path not in self._claims)
 
     def macs(self) -> set[MACAddress]:
         """Every slot's MAC: a cold runner must not take one (its slot could be restored meanwhile)."""
-        root = self.templates_dir / ".warm"
-        if not root.is_dir():
-            return set()
-        found = set()
-        for slot_json in root.glob(f"*/*/{SLOT_PREFIX}*/{SLOT_FILE}"):
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                found.add(WarmSlot.read(slot_json.parent).mac)
-        return found
+        with self._lock:
+            return set(self._macs)

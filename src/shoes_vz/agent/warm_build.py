@@ -22,11 +22,12 @@ import aiohttp
 import asyncssh
 
 from shoes_vz.agent import ssh, supervisor
-from shoes_vz.agent.scratch import SCRATCH_SUFFIX, ScratchError, rmtree_frozen, scratch_leftovers, scratch_vm
-from shoes_vz.agent.warm import SLOT_FILE, SLOT_PREFIX, WarmPool, WarmSlot, slots_dir
+from shoes_vz.agent.scratch import SCRATCH_SUFFIX, ScratchError, scratch_leftovers, scratch_vm
+from shoes_vz.agent.warm import SLOT_FILE, SLOT_PREFIX, WarmSlot, fitting_slots, slots_dir
 from shoes_vz.config import AgentSettings
-from shoes_vz.core.errors import ConfigError, RunnerFailed, ShoesVzError
+from shoes_vz.core.errors import ConfigError, RunnerFailed
 from shoes_vz.template import Template
+from shoes_vz.template.modes import make_read_only, move_dir, remove_tree
 from shoes_vz.vm import control
 from shoes_vz.vm.bundle import Bundle, write_json_atomic
 
@@ -48,14 +49,8 @@ class WarmReport:
 
 def slots_in_use(runners_dir: Path) -> set[Path]:
     """Slots a live runner on this host was cloned from."""
-    used = set()
-    for b in Bundle.all_in(runners_dir):
-        if b.is_running():
-            with contextlib.suppress(ShoesVzError):
-                slot = b.read_metadata().get("warm_slot")
-                if slot:
-                    used.add(Path(str(slot)))
-    return used
+    return {Path(str(meta["warm_slot"])) for _, meta in Bundle.live_in(runners_dir)
+            if meta is not None and meta.get("warm_slot")}
 
 
 def _remove_slot(path: Path) -> bool:
@@ -68,20 +63,11 @@ def _remove_slot(path: Path) -> bool:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 return False
-        rmtree_frozen(path)
+        remove_tree(path)
         return True
     finally:
         if fd is not None:
             os.close(fd)
-
-
-def _freeze(path: Path) -> None:
-    for root, dirs, files in os.walk(path, topdown=False):
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o444)
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o555)
-    os.chmod(path, 0o555)
 
 
 class SlotBuilder:
@@ -102,8 +88,7 @@ class SlotBuilder:
         await asyncio.to_thread(t.check)
         report = WarmReport()
         in_use = await asyncio.to_thread(slots_in_use, s.runners_dir)
-        pool = WarmPool(s.templates_dir, s.driver)
-        usable = await asyncio.to_thread(pool.slots, t)
+        usable = await asyncio.to_thread(fitting_slots, s.templates_dir, t, s.driver)
         report.kept = usable[:count]
         keep = {slot.path for slot in report.kept}
         for path in await asyncio.to_thread(self._all_slot_paths):
@@ -187,11 +172,9 @@ class SlotBuilder:
         with contextlib.suppress(FileNotFoundError):
             tmp.log_file.rename(tmp.path / "build.log")
         write_json_atomic(tmp.path / SLOT_FILE, slot.to_json())
-        _freeze(tmp.path)
-        os.chmod(tmp.path, 0o755)  # a directory moved to another parent must be writable (its "..")
+        make_read_only(tmp.path)  # as a template: 0444/0555, and uchg on macOS
         try:
-            os.rename(tmp.path, slot.path)
+            move_dir(tmp.path, slot.path)
         except OSError as e:
             raise WarmError(f"cannot move the slot into {slot.path.parent}: {e} (templates and runners must "
                             "be on one volume)") from e
-        os.chmod(slot.path, 0o555)

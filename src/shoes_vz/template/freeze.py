@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncssh
 
-from shoes_vz.core.errors import BundleError, TemplateError
+from shoes_vz.core.errors import TemplateError
 from shoes_vz.template.draft import Draft, write_metadata
 from shoes_vz.template.metadata import FILE_NAME, TemplateMetadata
 from shoes_vz.template.modes import make_read_only, make_writable, move_dir, remove_tree
@@ -68,15 +68,10 @@ def live_users(runners_dir: Path, template_dir: Path) -> list[str]:
     """Runner bundles in `runners_dir` whose VM is running from `template_dir`."""
     target = os.path.realpath(template_dir)
     users = []
-    for b in Bundle.all_in(runners_dir):
-        if not b.is_running():
-            continue
-        try:
-            used = b.read_metadata().get("template_dir")
-        except BundleError:
+    for b, meta in Bundle.live_in(runners_dir):
+        if meta is None:
             users.append(f"{b.runner_id} (metadata unreadable: may use it)")
-            continue
-        if used is not None and os.path.realpath(str(used)) == target:
+        elif meta.get("template_dir") is not None and os.path.realpath(str(meta["template_dir"])) == target:
             users.append(b.runner_id)
     return users
 

@@ -79,6 +79,17 @@ class Bundle(VMFiles):
             return []
         return sorted(Bundle(p) for p in runners_dir.iterdir() if p.name.endswith(SUFFIX))
 
+    @staticmethod
+    def live_in(runners_dir: Path) -> Iterator[tuple[Bundle, dict[str, Any] | None]]:
+        """Each bundle whose VM process runs, with its RuntimeMetadata (None when unreadable)."""
+        for b in Bundle.all_in(runners_dir):
+            if not b.is_running():
+                continue
+            try:
+                yield b, b.read_metadata()
+            except BundleError:
+                yield b, None
+
     def __lt__(self, other: Bundle) -> bool:
         return str(self.path) < str(other.path)
 

@@ -8,14 +8,12 @@ for real: the state file records digests of those parts and a restore checks eve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from shoes_vz.vm.bundle import Bundle, write_json_atomic
-from shoes_vz.vm.digest import file_digest
+from shoes_vz.vm.digest import file_digest, sha256_file
 from shoes_vz.vm.leases import MACAddress
 
 FORMAT = "shoes-vz-sim-state/1"
@@ -25,16 +23,12 @@ class RestoreRefused(Exception):
     """The saved state does not fit this bundle; the driver cold-boots instead."""
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _fingerprint(bundle: Bundle) -> dict[str, str]:
     """The configuration a state belongs to, as digests (the disk's is sparse-aware)."""
     try:
         return {
-            "hardware_model": _sha256(bundle.hardware_model),
-            "machine_identifier": _sha256(bundle.machine_identifier),
+            "hardware_model": sha256_file(bundle.hardware_model),
+            "machine_identifier": sha256_file(bundle.machine_identifier),
             "aux_storage": file_digest(bundle.aux_storage),
             "disk": file_digest(bundle.disk),
         }
