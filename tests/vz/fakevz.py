@@ -1,8 +1,9 @@
 """Fake `Virtualization`, `Foundation`, `dispatch` and `objc` modules GENERATED from the SDK surface.
 
 The Virtualization classes, selectors, properties, enums and constants come from
-`arm64-26.5.fwinfo` (PyObjC's record of the macOS 26.5 SDK); NSError out-parameters and block shapes
-from `pyobjc_metadata.py.txt`. So, as with real PyObjC:
+`sdk/arm64-26.5.fwinfo` (PyObjC's record of the macOS 26.5 SDK, kept in this repository: see
+`sdk/README.md`); NSError out-parameters and block shapes from `sdk/pyobjc_metadata.py.txt`. So, as
+with real PyObjC:
 
 * an unknown class, selector, enum or constant raises AttributeError;
 * `init`/`new` registered NS_UNAVAILABLE (PyObjC's `Virtualization/__init__.py`, reference §1.5)
@@ -70,7 +71,7 @@ _INT_TYPES = set("cCsSiIlLqQ")
 
 def api_dir() -> Path:
     env = os.environ.get("SHOESVZ_VZ_API_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "vz-api"
+    return Path(env) if env else Path(__file__).resolve().parent / "sdk"
 
 
 # -- the SDK surface ---------------------------------------------------------------------------------
