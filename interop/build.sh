@@ -1,6 +1,7 @@
 #!/bin/sh
 # Build interop/goplugin-host into OUTDIR (default: interop/bin) with Debian's Go packages only:
-# GOPATH mode, no module downloads, no network. Needs the packages in interop/APT_PACKAGES.
+# GOPATH mode, no module downloads, no network. Needs Debian's Go packages (scripts/system-packages;
+# scripts/setup test installs them).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -10,7 +11,7 @@ out=$(cd "$out" && pwd)
 
 for tool in go protoc protoc-gen-go; do
     command -v "$tool" >/dev/null 2>&1 || {
-        echo "build.sh: $tool not found; install: $(tr '\n' ' ' < "$here/APT_PACKAGES")" >&2
+        echo "build.sh: $tool not found: run scripts/setup test (it installs Debian's Go packages)" >&2
         exit 1
     }
 done

@@ -36,7 +36,7 @@ def require(condition: bool, what: str) -> None:
     if condition:
         return
     if IN_CI:
-        pytest.fail(f"CI is set but {what} is missing: install it (.ci/run does)")
+        pytest.fail(f"CI is set but {what} is missing: install it (scripts/setup test does, as root)")
     pytest.skip(f"{what} is missing")
 
 

@@ -18,6 +18,7 @@ SMALLEST = {
                           "--copy-reps", "1"],
     "bench_plugin.py": ["--runs", "1"],
     "bench_warm.py": ["--runners", "1", "--boot-delay", "0.2", "--restore-delay", "0"],
+    "bench_setup.py": ["--runs", "1"],
 }
 
 
