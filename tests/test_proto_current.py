@@ -2,28 +2,67 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PROTO_PY = ROOT / "scripts" / "proto.py"  # what `make proto` and `make proto-check` run
 
 
-def test_generated_code_is_current(tmp_path: Path) -> None:
-    protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
-    subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", "proto", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *protos],
-        cwd=ROOT, check=True,
-    )
-    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    assert generated, "protoc produced nothing"
-    def differs(rel: Path) -> bool:
-        ours = ROOT / "src" / rel
-        return not ours.is_file() or ours.read_bytes() != (tmp_path / rel).read_bytes()
+def proto(action: str, root: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(PROTO_PY), action, "--root", str(root)], capture_output=True,
+                          text=True, timeout=120)
 
-    stale = [str(rel) for rel in generated if differs(rel)]
-    assert not stale, f"generated code is stale, run `make proto`: {stale}"
+
+def test_generated_code_is_current() -> None:
+    done = proto("check")
+    assert done.returncode == 0, done.stderr
+
+
+def copy_of_repo(tmp_path: Path) -> Path:
+    """What proto.py reads and writes: pyproject.toml (the pin), proto/, the committed generated code."""
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "proto", root / "proto")
+    shutil.copy(ROOT / "pyproject.toml", root)
+    wire = root / "src" / "shoes_vz" / "wire"
+    wire.mkdir(parents=True)
+    for f in (ROOT / "src" / "shoes_vz" / "wire").glob("*_pb2*.py*"):
+        shutil.copy(f, wire)
+    assert proto("check", root).returncode == 0
+    return root
+
+
+def test_proto_check_names_every_stale_file(tmp_path: Path) -> None:
+    root = copy_of_repo(tmp_path)
+    wire = root / "src" / "shoes_vz" / "wire"
+    (wire / "agent_pb2.py").write_text((wire / "agent_pb2.py").read_text().replace("Sync", "Synk"))
+    (wire / "shoes_pb2.pyi").unlink()
+    (wire / "retired_pb2.py").write_text("# from a .proto that was removed\n")
+
+    done = proto("check", root)
+    assert done.returncode == 1
+    assert "make proto" in done.stderr
+    assert "src/shoes_vz/wire/agent_pb2.py: differs" in done.stderr
+    assert "src/shoes_vz/wire/shoes_pb2.pyi: missing" in done.stderr
+    assert "src/shoes_vz/wire/retired_pb2.py: no .proto makes it" in done.stderr
+    assert "myshoes_pb2" not in done.stderr  # only the stale ones are named
+
+    # `make proto` repairs exactly that
+    assert proto("write", root).returncode == 0
+    assert not (wire / "retired_pb2.py").exists()
+    assert proto("check", root).returncode == 0
+
+
+def test_proto_check_refuses_another_grpcio_tools(tmp_path: Path) -> None:
+    root = copy_of_repo(tmp_path)
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(re.sub(r"grpcio-tools==[^\"]+", "grpcio-tools==0.0.1", pyproject.read_text()))
+    done = proto("check", root)
+    assert done.returncode == 1
+    assert "pyproject.toml pins 0.0.1" in done.stderr and "scripts/setup" in done.stderr
 
 
 def test_wire_compatible_field_numbers() -> None:
