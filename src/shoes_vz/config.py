@@ -96,10 +96,12 @@ class ServerSettings(_Base):
     metrics_listen: str = Field("127.0.0.1:9090", description="HTTP address of /metrics; empty disables")
     db_path: Path = Field(DEFAULT_STATE_DIR / "server.db", description="SQLite database (WAL)")
     token: str | None = Field(None, description="bearer token agents and the plugin must send")
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_cert: Path | None = Field(None, description="PEM certificate chain for gRPC TLS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     allow_plaintext: bool = Field(False, description="allow plaintext gRPC on a non-loopback address")
-    default_resource_type: str = "small"
+    default_resource_type: str = Field(
+        "small", description="the type myshoes' `Unknown` becomes (one of nano … 4xlarge)"
+    )
     resource_types: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="myshoes type → template name; empty: each template's own resource_types decide",
@@ -140,6 +142,7 @@ class ServerSettings(_Base):
 
 
 def _default_driver() -> str:
+    """vz on macOS, sim elsewhere"""
     return "vz" if sys.platform == "darwin" else "sim"
 
 
@@ -148,14 +151,20 @@ class AgentSettings(_Base):
     _table: ClassVar[str] = "agent"
 
     server_addr: str = Field("127.0.0.1:50051", description="the server's gRPC address")
-    token: str | None = None
+    token: str | None = Field(None, description="bearer token the server expects (server.token)")
     tls_ca: Path | None = Field(None, description="CA bundle to verify the server; enables TLS")
     state_dir: Path = Field(DEFAULT_STATE_DIR, description="agent id and SSH key live here")
-    templates_dir: Path = DEFAULT_TEMPLATES_DIR
-    runners_dir: Path = DEFAULT_RUNNERS_DIR
-    runner_state_file: Path = DEFAULT_RUNNER_STATE_FILE
+    templates_dir: Path = Field(DEFAULT_TEMPLATES_DIR, description="frozen templates, with .drafts/ and .warm/")
+    runners_dir: Path = Field(
+        DEFAULT_RUNNERS_DIR, description="one clone per runner; on the same clone-capable volume as templates_dir"
+    )
+    runner_state_file: Path = Field(
+        DEFAULT_RUNNER_STATE_FILE, description="JSON view of this host's runners, rewritten on every change (status)"
+    )
     lease_file: Path = Field(DEFAULT_LEASE_FILE, description="bootpd's lease file (sim: written by sim VMs)")
-    driver: str = Field(default_factory=_default_driver)
+    driver: str = Field(
+        default_factory=_default_driver, description="vz (Virtualization.framework) or sim (sshd stands in for a VM)"
+    )
     max_runners: int = Field(2, ge=1, le=64, description="VMs at once; Apple allows 2 macOS guests")
     notify_listen: str = Field("0.0.0.0:8081", description="IP-notify HTTP server (guest-facing)")
     notify_url: str = Field(
@@ -163,12 +172,12 @@ class AgentSettings(_Base):
     )
     metrics_listen: str = Field("127.0.0.1:9091", description="agent /metrics; empty disables")
     ssh_key: Path | None = Field(None, description="private key for guests; default: template's sim key")
-    runner_agent_port: int = 8080
-    boot_to_ip_timeout: float = Field(180.0, gt=0)
-    ip_to_ssh_timeout: float = Field(60.0, gt=0)
-    create_timeout: float = Field(300.0, gt=0)
+    runner_agent_port: int = Field(8080, description="port of the runner-agent in the guest (/health, /status)")
+    boot_to_ip_timeout: float = Field(180.0, gt=0, description="seconds from VM start to the guest's address")
+    ip_to_ssh_timeout: float = Field(60.0, gt=0, description="seconds from the address to SSH with the pinned key")
+    create_timeout: float = Field(300.0, gt=0, description="seconds from clone to SSH-ready, all steps together")
     stop_grace: float = Field(10.0, ge=0, description="seconds between a stop request and a hard stop")
-    guest_poll_interval: float = Field(2.0, gt=0)
+    guest_poll_interval: float = Field(2.0, gt=0, description="seconds between reads of the guest's /status")
     allow_copy: bool = Field(False, description="DEV ONLY: full copy when the volume cannot clone")
     sim_boot_delay: float = Field(0.0, ge=0, description="sim: seconds a guest takes to 'boot'")
     sim_restore_delay: float = Field(0.0, ge=0, description="sim: seconds a restore from State.save takes")
