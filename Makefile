@@ -1,40 +1,56 @@
-# shoes-vz — the two commands that matter: `make run` and `make test`.
+# shoes-vz — the two commands that matter: `make run` and `make test`. Both set themselves up first
+# (scripts/setup: system packages, loop devices, .venv). `make help` lists every target.
 PY ?= python3
-VENV := .venv
-BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+BIN := .venv/bin
+SETUP := scripts/setup
+export PY
 
-.PHONY: run test proto proto-check lint bench clean
+.DEFAULT_GOAL := help
+.PHONY: help run test bench lint proto proto-check docs clean
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	@touch $(STAMP)
+## help: list these targets
+help:
+	@awk '/^## [a-z-]+: / { sub(/^## /, ""); name = $$0; sub(/:.*/, "", name); sub(/^[^:]*: /, ""); printf "  make %-12s %s\n", name, $$0 }' $(MAKEFILE_LIST)
 
-## run: bring up server + one sim agent on loopback, drive runners through their lifecycle, print timings
-run: $(STAMP)
+## run: set up, then a server + one sim agent on loopback drive runners through their lifecycle; timing table
+run:
+	@$(SETUP) run
 	$(BIN)/shoes-vz up
 
-## test: install and run the whole test suite
-test: $(STAMP)
+## test: set up, then the whole test suite (with CI set, a missing real part fails instead of skipping)
+test:
+	@$(SETUP) test
 	$(BIN)/python -m pytest -q
 
-## proto: regenerate the committed protobuf/gRPC code
-proto: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=src --pyi_out=src --grpc_python_out=src \
-		$$(find proto -name '*.proto' | sort)
+## bench: startup benchmarks against baselines measured in the same run
+bench:
+	@$(SETUP) test
+	$(BIN)/python benchmarks/bench_fastpath.py
+	$(BIN)/python benchmarks/bench_plugin.py
+	$(BIN)/python benchmarks/bench_warm.py
+	$(BIN)/python benchmarks/bench_setup.py
 
 ## lint: ruff + mypy
-lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+lint:
+	@$(SETUP) venv
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 
-## bench: startup benchmarks against baselines measured in the same run
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_fastpath.py
-	@test ! -f benchmarks/bench_plugin.py || $(BIN)/python benchmarks/bench_plugin.py
-	$(BIN)/python benchmarks/bench_warm.py
+## proto: regenerate the committed protobuf/gRPC code in src/shoes_vz/wire from proto/
+proto:
+	@$(SETUP) venv
+	$(BIN)/python scripts/proto.py write
 
+## proto-check: fail, naming the files, when the committed generated code is not what `make proto` makes
+proto-check:
+	@$(SETUP) venv
+	$(BIN)/python scripts/proto.py check
+
+## docs: regenerate README's configuration reference from the settings classes (src/shoes_vz/config.py)
+docs:
+	@$(SETUP) venv
+	$(BIN)/python -m shoes_vz.config_doc
+
+## clean: remove .venv and the tool caches
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
