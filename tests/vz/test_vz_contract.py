@@ -23,6 +23,7 @@ import shoes_vz.vm.drivers.vz as vz_module
 from shoes_vz.macos import install, install_errors, ipsw_cache
 from shoes_vz.vm.drivers import vz_config, vz_errors, vz_runtime
 from shoes_vz.vm.exit_status import VMExit
+from shoes_vz.vm.host_slots import HostSlots
 
 DRIVER_FILES = [Path(m.__file__) for m in (vz_module, vz_config, vz_errors,  # type: ignore[arg-type]
                                            vz_runtime, install, install_errors, ipsw_cache)]
@@ -102,7 +103,8 @@ def exercise_install(fake: FakeVZ, root: Path) -> None:
     """Run the installer through every path that talks to VZ."""
     ipsw = root / "local.ipsw"
     ipsw.write_bytes(fake_ipsw_bytes())
-    args = {"cpu_count": 4, "memory_bytes": 8 << 30, "disk_bytes": 1 << 30, "cache_dir": root / "cache"}
+    args = {"cpu_count": 4, "memory_bytes": 8 << 30, "disk_bytes": 1 << 30, "cache_dir": root / "cache",
+            "host_slots": HostSlots(root / "vm-slots", 2)}
     local, latest, interrupted = (root / name for name in ("install-local", "install-latest", "install-ctrl-c"))
     for target in (local, latest, interrupted):
         target.mkdir()
