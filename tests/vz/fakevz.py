@@ -277,6 +277,7 @@ class FakeQueue:
                 task()
             except BaseException as e:  # real libdispatch: the process dies here
                 self.fake.escaped.append(e)
+            task = None  # libdispatch releases a block once it ran (and what it references)
 
     def put(self, fn: Callable[[], Any]) -> None:
         self._tasks.put(fn)
@@ -955,11 +956,11 @@ def _restore(fake: FakeVZ, vm: Any, url: Any, handler: Callable[[Any], Any]) -> 
 
     if not _state_is(fake, vm, "Stopped") or vm._started_once:
         return _complete(fake, vm, handler, fake.vz_error(4, "Invalid virtual machine state transition."))
-    if fake.knobs.restore_error is not None:
-        return _complete(fake, vm, handler, _err(fake, fake.knobs.restore_error))
     if _active(fake) >= fake.knobs.max_vms:
         return _complete(fake, vm, handler, fake.vz_error(6, "The number of virtual machines exceeds the limit."))
-    vm._started_once = True
+    vm._started_once = True  # from here the VM object holds its share of the quota (quota_until_released)
+    if fake.knobs.restore_error is not None:
+        return _complete(fake, vm, handler, _err(fake, fake.knobs.restore_error))
     if fake.knobs.restore_hangs:
         return _set_state(fake, vm, "Restoring")  # and the handler is never called
     try:

@@ -113,9 +113,10 @@ def test_install_from_a_local_ipsw(fake_vz: FakeVZ, target: Path, ipsw: Path, tm
 
 def test_the_installer_configuration_is_the_runner_device_set(fake_vz: FakeVZ, target: Path, ipsw: Path,
                                                               tmp_path: Path) -> None:
-    run(target, ipsw, tmp_path / "cache", cpu_count=3, memory_bytes=6 * GIB)
+    run(target, ipsw, tmp_path / "cache", cpu_count=5, memory_bytes=6 * GIB)
     cfg = fake_vz.vms[-1]._cfg._props
-    assert (cfg["CPUCount"], cfg["memorySize"]) == (3, 6 * GIB)
+    assert (cfg["CPUCount"], cfg["memorySize"]) == (5, 6 * GIB)
+    assert "entropyDevices" not in cfg and len(cfg["socketDevices"]) == 1  # the suspendable set
     assert cfg["storageDevices"][0]._props["attachment"]._props["URL"].path() == str((target / "Disk.img").resolve())
     assert cfg["networkDevices"][0]._props["MACAddress"]._mac  # random, locally administered
     assert cfg["platform"]._props["auxiliaryStorage"]._props["URL"].path().endswith("AuxiliaryStorage")
@@ -296,7 +297,8 @@ def test_bad_local_ipsw_files(fake_vz: FakeVZ, target: Path, tmp_path: Path) -> 
 
 # -- requirements ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("kw", "needle"), [
-    ({"cpu_count": 1}, "--cpu 1 is below the minimum of 2 CPUs macOS 26.5 (25F71) needs"),
+    ({"cpu_count": 1}, "--cpu 1 is below 4 CPUs: macOS guests with fewer freeze often (tart's floor)"),
+    ({"cpu_count": 3}, "--cpu 3 is below 4 CPUs"),  # the image allows 2, tart's floor does not
     ({"memory_bytes": 2 * GIB}, "--memory 2 GiB is below the minimum of 4 GiB macOS 26.5 (25F71) needs"),
     ({"cpu_count": 64}, "--cpu 64 is more than this host allows a VM (8)"),
     ({"memory_bytes": 64 * GIB}, "--memory 64 GiB is more than this host allows a VM (16 GiB)"),
@@ -307,6 +309,14 @@ def test_requirements_name_the_limit(fake_vz: FakeVZ, target: Path, ipsw: Path, 
     e = failure(target, ipsw, tmp_path / "cache", **kw)
     assert needle in str(e) and not e.resumable
     assert fake_vz.vms == []  # refused before any VM was made
+
+
+def test_an_image_needing_more_cpus_than_the_floor_names_its_own_minimum(fake_vz: FakeVZ, target: Path,
+                                                                         tmp_path: Path) -> None:
+    big = tmp_path / "big.ipsw"
+    big.write_bytes(fake_ipsw_bytes(min_cpu=6))
+    e = failure(target, big, tmp_path / "cache", cpu_count=4)
+    assert "--cpu 4 is below 6 CPUs: the minimum macOS 26.5 (25F71) needs" in str(e)
 
 
 def test_unsupported_hardware_model(fake_vz: FakeVZ, target: Path, tmp_path: Path) -> None:
@@ -350,3 +360,34 @@ def test_ctrl_c_cancels_the_installer_and_leaves_nothing(fake_vz: FakeVZ, target
     assert list(target.iterdir()) == []
     vm = fake_vz.vms[-1]
     assert vm._installer._progress.isCancelled() and vm._state == 0  # cancelled, VM stopped
+
+
+# -- the host-wide VM count and the host user --------------------------------------------------------------
+def test_the_installer_vm_takes_a_host_slot(fake_vz: FakeVZ, target: Path, ipsw: Path, tmp_path: Path) -> None:
+    slots = HostSlots(tmp_path / "vm-slots", 2)
+    seen: list[list[str]] = []
+    original = fake_vz.behaviour[("VZMacOSInstaller", "installWithCompletionHandler:")]
+
+    def install(fake: FakeVZ, inst: Any, handler: Any) -> None:
+        seen.append([h.what for h in slots.holders()])
+        original(fake, inst, handler)
+
+    fake_vz.behaviour[("VZMacOSInstaller", "installWithCompletionHandler:")] = install
+    run(target, ipsw, tmp_path / "cache", host_slots=slots)
+    assert seen == [[f"template create {target}"]]
+    assert slots.holders() == [], "released once the installer VM stopped"
+
+
+def test_no_free_host_slot_stops_the_install_resumable(fake_vz: FakeVZ, target: Path, ipsw: Path,
+                                                       tmp_path: Path) -> None:
+    slots = HostSlots(tmp_path / "vm-slots", 1)
+    with slots.take("vm run /r/r1.bundle"):
+        e = failure(target, ipsw, tmp_path / "cache", host_slots=slots)
+    assert "all 1 host VM slots are held" in str(e) and "vm run /r/r1.bundle" in str(e) and e.resumable
+    assert fake_vz.vms == [], "no installer VM was made"
+
+
+def test_template_create_refuses_root(fake_vz: FakeVZ, target: Path, ipsw: Path, tmp_path: Path) -> None:
+    fake_vz.knobs.euid = 0
+    e = failure(target, ipsw, tmp_path / "cache")
+    assert "template create refuses to run as root" in str(e) and "Code=1" in str(e)

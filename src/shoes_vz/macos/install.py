@@ -61,6 +61,7 @@ LOAD_TIMEOUT = 900.0      # loading (and verifying) a ~15 GB IPSW
 CANCEL_TIMEOUT = 60.0     # the installer's handler after progress.cancel()
 STOP_TIMEOUT = 60.0
 POLL_INTERVAL = 0.5       # how often the installer's NSProgress is read
+MIN_GUEST_CPUS = 4        # below this macOS guests freeze often (tart)
 
 
 class InstallProgress(Protocol):
@@ -219,11 +220,14 @@ def _check_requirements(vz: Any, image: Any, path: Path, cpu_count: int, memory_
                            f"models; update macOS on the host, then {RERUN} (or use an older IPSW)",
                            resumable=True)
     min_cpu, min_memory = int(req.minimumSupportedCPUCount()), int(req.minimumSupportedMemorySize())
+    # tart gives macOS guests at least 4 CPUs "because otherwise VMs are frequently freezing"
+    cpu_floor, cpu_why = (MIN_GUEST_CPUS, "macOS guests with fewer freeze often (tart's floor)") \
+        if min_cpu < MIN_GUEST_CPUS else (min_cpu, f"the minimum {what} needs")
     limits = vz.VZVirtualMachineConfiguration
     max_cpu, max_memory = int(limits.maximumAllowedCPUCount()), int(limits.maximumAllowedMemorySize())
     problems = []
-    if cpu_count < min_cpu:
-        problems.append(f"--cpu {cpu_count} is below the minimum of {min_cpu} CPUs {what} needs")
+    if cpu_count < cpu_floor:
+        problems.append(f"--cpu {cpu_count} is below {cpu_floor} CPUs: {cpu_why}")
     if cpu_count > max_cpu:
         problems.append(f"--cpu {cpu_count} is more than this host allows a VM ({max_cpu})")
     memory, low, high = format_size(memory_bytes), format_size(min_memory), format_size(max_memory)
