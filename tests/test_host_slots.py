@@ -113,6 +113,13 @@ async def test_the_agent_does_not_over_book_against_other_vms(tmp_path: Path) ->
                 assert "vm run /x/warm-1234.building" in str(e.value.details())
                 # the agent said why: its own runner and the other VM hold the host's two slots
                 assert [r.phase.value for r in stack.agent.runners.values()] == ["running"]
+                # its vm process holds a slot of the agent's directory, with the agent's restore deadlines
+                (runner,) = stack.agent.runners.values()
+                assert runner.proc is not None
+                argv = Path(f"/proc/{runner.proc.pid}/cmdline").read_bytes().decode().split("\0")
+                assert argv[argv.index("--host-slots") + 1] == str(stack.agent.host_slots.directory)
+                assert argv[argv.index("--live-timeout") + 1] == "30.0"
+                assert argv[argv.index("--restore-timeout") + 1] == "60.0"
         finally:
             warm.kill()
             warm.wait()

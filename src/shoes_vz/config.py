@@ -180,6 +180,9 @@ class AgentSettings(_Base):
     sim_boot_delay: float = Field(0.0, ge=0, description="sim: seconds a guest takes to 'boot'")
     sim_restore_delay: float = Field(0.0, ge=0, description="sim: seconds a restore from State.save takes")
     use_warm_slots: bool = Field(True, description="restore runners from free warm slots when there are any")
+    restore_timeout: float = Field(60.0, gt=0, description="vz: a restore + resume that takes longer boots cold")
+    restore_live_timeout: float = Field(
+        30.0, ge=0, description="vz: a restored guest that does not answer on vsock this long boots cold (0: no check)")
 
     @field_validator("server_addr", "notify_listen")
     @classmethod

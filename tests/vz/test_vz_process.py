@@ -38,7 +38,8 @@ def test_a_framework_refusal_while_a_slot_was_free_is_host_quota(fake_vz: FakeVZ
     assert status is VMExit.HOST_QUOTA and status.is_capacity
     text = caplog.text
     assert "VZErrorVirtualMachineLimitExceeded" in text
-    assert "host quota: the framework refused a VM for capacity while 1 of 2 host VM slots are held" in text
+    assert "host quota: the framework refused a VM for capacity although only 0 other VMs hold host VM slots " \
+           "(limit 2" in text
     assert f"vm run {bundle.path}" in text and "This host needs attention" in text
     assert slots.holders() == [], "the slot went with the VM"
 

@@ -187,7 +187,8 @@ class Runner:
                 self.proc = await supervisor.spawn(
                     self.bundle, s.driver, lease_file=self.lease_file,
                     boot_delay=s.sim_boot_delay, restore_delay=s.sim_restore_delay, stop_grace=s.stop_grace,
-                    host_slots=supervisor.host_slots(s),
+                    host_slots=supervisor.host_slots(s), restore_timeout=s.restore_timeout,
+                    live_timeout=s.restore_live_timeout,
                 )
                 self._on(Event.CLONED)
                 self._watcher = asyncio.create_task(self._watch_vm())

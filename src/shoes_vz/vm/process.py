@@ -138,11 +138,11 @@ def _framework_refused(slots: HostSlots) -> VMExit:
     """The framework said "limit exceeded" although we hold a host slot: count who holds the others."""
     held = slots.holders()
     log.error(
-        "host quota: the framework refused a VM for capacity while %d of %d host VM slots are held (this one "
-        "included: %s), so fewer VMs run than the limit by shoes-vz's count. Another VM runs outside shoes-vz "
-        "(tart, UTM, another user), host_vm_limit is above what the framework allows (Apple: 2), or the host "
-        "leaked its VM quota after guest shutdowns (only a reboot clears that). This host needs attention.",
-        len(held), slots.limit, ", ".join(h.describe() for h in held) or "none readable")
+        "host quota: the framework refused a VM for capacity although only %d other VMs hold host VM slots "
+        "(limit %d; held: %s). A VM runs outside shoes-vz (tart, UTM, another user), host_vm_limit is above what "
+        "the framework allows (Apple: 2), or the host leaked its VM quota after guest shutdowns (only a reboot "
+        "clears that). This host needs attention.",
+        max(len(held) - 1, 0), slots.limit, ", ".join(h.describe() for h in held) or "none readable")
     return VMExit.HOST_QUOTA
 
 
