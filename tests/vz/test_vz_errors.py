@@ -81,6 +81,10 @@ def test_mapping(err: Err, default: VMExit, exit: VMExit, words: list[str]) -> N
 def test_only_host_setup_errors_blame_the_host() -> None:
     e = from_nserror(Err("VZErrorDomain", -9, "Something else"), "start the VM", default_exit=VMExit.START_FAILED)
     assert "docs/macos-host.md" not in str(e)
+    # code 1 from a guest that ran fine until now is the guest's, not the host set-up's
+    e = from_nserror(Err("VZErrorDomain", 1, "Internal error."), "keep the VM running",
+                     default_exit=VMExit.GUEST_ERROR)
+    assert e.exit is VMExit.GUEST_ERROR and "docs/macos-host.md" not in str(e)
 
 
 def test_a_broken_nserror_still_gives_a_message() -> None:

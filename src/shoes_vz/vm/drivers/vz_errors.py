@@ -42,6 +42,7 @@ ENTITLEMENT = "com.apple.security.virtualization"
 # the VM's user has no GUI login / unlocked login keychain (tart#1067, #1025, #1137).
 KEYCHAIN_INTERACTION_NOT_ALLOWED = -25308   # errSecInteractionNotAllowed
 HOST_KEY_UNAVAILABLE = -9                   # "Failed to get current host key" (macOS 26 hosts)
+STARTS = ("start", "restore", "resume", "install")  # where code 1 means the host process is set up wrong
 
 # What an operator should do, by code (messages say what happened; these say what to do).
 _HINTS: dict[int, str] = {
@@ -122,6 +123,8 @@ def from_nserror(err: Any, doing: str, *, default_exit: VMExit) -> VZDriverError
     where = f"{domain} code {code}" + (f" {name}" if name else "")
     exit = default_exit
     cause = host_setup_cause(domain, code, text)
+    if code == INTERNAL and not doing.startswith(STARTS):  # a running guest's internal error is its own
+        cause = None
     if is_entitlement_error(domain, code, text):
         hint, exit = ENTITLEMENT_HINT, VMExit.CONFIG_ERROR
     elif cause is not None:
