@@ -204,6 +204,7 @@ async def baseline_once(t: Template, work: Path, i: int, boot_delay: float, key:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shoes_vz.vm.process", str(b.path), "--driver", "sim",
             "--boot-delay", str(boot_delay), "--lease-file", str(lease_file), "--stop-grace", "2",
+            "--host-slots", str(work / "vm-slots"), "--host-limit", "64",  # its own, never the host's default
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )
     live[proc.pid] = proc

@@ -20,7 +20,33 @@ def test_defaults_are_the_seed_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     assert a.templates_dir == Path("/opt/myshoes/vz/templates")
     assert a.runners_dir == Path("/opt/myshoes/vz/runners")
     assert a.runner_state_file == Path("/var/run/myshoes/runner-state.json")
-    assert a.max_runners == 2
+    assert a.max_runners == 2 and a.host_vm_limit == 2
+    assert a.effective_vm_slots_dir() == Path("/var/lib/shoes-vz/vm-slots")
+
+
+def test_macos_defaults_belong_to_the_user_that_runs_vms(tmp_path: Path) -> None:
+    from shoes_vz.core.host_defaults import paths_for, user_home
+
+    home = tmp_path / "Users" / "svc"
+    mac = paths_for("darwin", home)
+    assert (mac.templates_dir, mac.runners_dir, mac.state_dir, mac.runner_state_file) == (
+        home / ".shoes-vz/templates", home / ".shoes-vz/runners", home / ".shoes-vz/state",
+        home / ".shoes-vz/runner-state.json")
+    assert mac.lease_file == Path("/var/db/dhcpd_leases")  # bootpd's, readable by everyone
+    for p in (mac.templates_dir, mac.runners_dir, mac.state_dir, mac.runner_state_file):
+        assert p.is_relative_to(home), f"{p} would need root"
+    assert mac.templates_dir.parent == mac.runners_dir.parent, "one volume: templates and runners clone"
+    assert paths_for("linux", home) == paths_for("linux", Path("/elsewhere"))  # Linux keeps the seed's
+    import pwd
+
+    assert user_home() == Path(pwd.getpwuid(os.geteuid()).pw_dir)  # the user database, not $HOME
+
+
+def test_the_vm_slots_follow_the_state_dir(tmp_path: Path) -> None:
+    a = config.AgentSettings(state_dir=tmp_path / "state")
+    assert a.effective_vm_slots_dir() == tmp_path / "state" / "vm-slots"
+    assert config.AgentSettings(state_dir=tmp_path, vm_slots_dir=tmp_path / "s").effective_vm_slots_dir() == \
+        tmp_path / "s"
 
 
 def test_precedence_flags_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,8 @@
 """`shoes-vz-runner-agent install` / `uninstall`: the runner-agent as a LaunchDaemon in a macOS guest.
 
-Everything is installed into a temporary `--root`; the installed program is then run with the system
-python3. `--load` cannot run here (no launchctl): its exact argv is checked through an injected runner.
+Everything is installed into a temporary `--root` whose `/usr/bin/python3` is this machine's; the
+installed program is then run through its shebang. `--load` and `xcode-select` cannot run here: their
+exact argv is checked through injected runners. The interpreter check runs real interpreters.
 """
 
 from __future__ import annotations
@@ -26,15 +27,32 @@ SRC = Path(ra.__file__)
 PROGRAM = "usr/local/libexec/shoes-vz-runner-agent"
 PLIST = "Library/LaunchDaemons/dev.shoes-vz.runner-agent.plist"
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else shutil.which("python3") or "python3"
+GUEST_PYTHON = os.path.abspath(SYSTEM_PYTHON)  # the guest's interpreter: the same path here
+DAEMON_PATH = f"{os.path.dirname(GUEST_PYTHON)}:" + ":".join(
+    d for d in ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
+    if d != os.path.dirname(GUEST_PYTHON))
+
+
+def place(root: Path, guest_path: str, target: str) -> None:
+    """`guest_path` inside the tree `root`, a symlink to `target` on this machine."""
+    link = root / guest_path.lstrip("/")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(target)
 
 
 @pytest.fixture
 def guest(tmp_path: Path) -> Path:
-    """A guest tree with /tmp (myshoes' RUNNER_BASE_DIRECTORY) and the runner user's home."""
+    """A guest tree with /tmp (myshoes' RUNNER_BASE_DIRECTORY), the runner user's home and python3."""
     root = tmp_path / "guest"
     (root / "Users" / "runner").mkdir(parents=True)
     (root / "tmp").mkdir()
+    place(root, GUEST_PYTHON, os.path.realpath(SYSTEM_PYTHON))
     return root
+
+
+def install(guest: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli("install", "--root", str(guest), "--python", GUEST_PYTHON, *args)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -43,7 +61,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in sorted(root.rglob("*"))}
 
 
 class Launchctl:
@@ -62,13 +81,13 @@ class Launchctl:
 
 
 def test_install_writes_the_program_and_a_launch_daemon(guest: Path) -> None:
-    done = cli("install", "--root", str(guest))
+    done = install(guest)
     assert done.returncode == 0, done.stderr
     program, plist = guest / PROGRAM, guest / PLIST
     assert done.stdout.splitlines() == [f"wrote {program}", f"wrote {plist}"]
 
     text = program.read_text()
-    assert text.startswith("#!/usr/bin/env python3\n")
+    assert text.startswith(f"#!{GUEST_PYTHON}\n"), "an absolute interpreter, never /usr/bin/env python3"
     assert text.partition("\n")[2] == SRC.read_text(), "the program is this module, byte for byte"
     assert stat.S_IMODE(program.stat().st_mode) == 0o755
     assert stat.S_IMODE(plist.stat().st_mode) == 0o644
@@ -81,6 +100,7 @@ def test_install_writes_the_program_and_a_launch_daemon(guest: Path) -> None:
         "Label": "dev.shoes-vz.runner-agent",
         "ProgramArguments": ["/usr/local/libexec/shoes-vz-runner-agent", "--notify-url", "auto",
                              "--listen", "0.0.0.0:8080", "--runner-dir", "/tmp/runner"],
+        "EnvironmentVariables": {"PATH": DAEMON_PATH},
         "RunAtLoad": True,
         "KeepAlive": True,
         "StandardOutPath": "/var/log/shoes-vz-runner-agent.log",
@@ -102,12 +122,13 @@ def test_install_options_reach_the_plist_and_the_shebang(guest: Path) -> None:
     assert (guest / PROGRAM).read_text().startswith("#!/opt/py/bin/python3\n")
     data = plistlib.loads((guest / "Library/LaunchDaemons/com.example.agent.plist").read_bytes())
     assert data["Label"] == "com.example.agent"
+    assert data["EnvironmentVariables"]["PATH"].startswith("/opt/py/bin:/opt/homebrew/bin:")
     assert data["ProgramArguments"][1:] == ["--notify-url", "auto:9081", "--listen", "0.0.0.0:18080",
                                             "--runner-dir", "/tmp/runner"]
 
 
 def test_the_installed_program_runs_with_the_system_python(guest: Path, tmp_path: Path) -> None:
-    assert cli("install", "--root", str(guest)).returncode == 0
+    assert install(guest).returncode == 0
     program = guest / PROGRAM
     helped = subprocess.run([SYSTEM_PYTHON, "-I", str(program), "--help"], capture_output=True, text=True, timeout=30)
     assert helped.returncode == 0, helped.stderr
@@ -138,33 +159,33 @@ def test_the_installed_program_runs_with_the_system_python(guest: Path, tmp_path
 
 
 def test_reinstall_is_idempotent_and_rewrites_only_what_changed(guest: Path) -> None:
-    assert cli("install", "--root", str(guest)).returncode == 0
+    assert install(guest).returncode == 0
     program, plist = guest / PROGRAM, guest / PLIST
     before = {p: (p.stat().st_ino, p.read_bytes()) for p in (program, plist)}
 
-    again = cli("install", "--root", str(guest))
+    again = install(guest)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == [f"unchanged {program}", f"unchanged {plist}"]
     assert {p: (p.stat().st_ino, p.read_bytes()) for p in (program, plist)} == before
 
     # installing from the installed copy gives the same program (its shebang is replaced, not doubled)
-    from_copy = subprocess.run([SYSTEM_PYTHON, str(program), "install", "--root", str(guest)],
+    from_copy = subprocess.run([SYSTEM_PYTHON, str(program), "install", "--root", str(guest), "--python", GUEST_PYTHON],
                                capture_output=True, text=True, timeout=60)
     assert from_copy.returncode == 0, from_copy.stderr
     assert from_copy.stdout.splitlines() == [f"unchanged {program}", f"unchanged {plist}"]
 
-    changed = cli("install", "--root", str(guest), "--listen", "0.0.0.0:9999")
+    changed = install(guest, "--listen", "0.0.0.0:9999")
     assert changed.stdout.splitlines() == [f"unchanged {program}", f"wrote {plist}"]
     assert plistlib.loads(plist.read_bytes())["ProgramArguments"][4] == "0.0.0.0:9999"
 
     program.chmod(0o777)  # a wrong mode is repaired too
-    assert cli("install", "--root", str(guest)).stdout.splitlines()[0] == f"wrote {program}"
+    assert install(guest).stdout.splitlines()[0] == f"wrote {program}"
     assert stat.S_IMODE(program.stat().st_mode) == 0o755
 
 
 def test_dry_run_prints_and_writes_nothing(guest: Path) -> None:
     before = tree(guest)
-    done = cli("install", "--root", str(guest), "--dry-run")
+    done = install(guest, "--dry-run")
     assert done.returncode == 0, done.stderr
     assert f"would write {guest / PROGRAM} (mode 0755, owner root:wheel" in done.stdout
     assert f"would write {guest / PLIST} (mode 0644, owner root:wheel" in done.stdout
@@ -188,10 +209,12 @@ def test_dry_run_load_lists_the_launchctl_commands(guest: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--runner-dir", "/Users/nobody/actions-runner"], "/Users/nobody does not exist in the guest"),
-        (["--runner-dir", "actions-runner"], "give an absolute guest path"),
+        (["--python", GUEST_PYTHON, "--runner-dir", "/Users/nobody/actions-runner"],
+         "/Users/nobody does not exist in the guest"),
+        (["--python", GUEST_PYTHON, "--runner-dir", "actions-runner"], "give an absolute guest path"),
         (["--python", "python3"], "not an executable file in the guest"),
         (["--python", "/no/such/python3"], "not an executable file in the guest"),
+        ([], "--python: with --root, give the guest's interpreter as an absolute guest path"),
         (["--label", "../evil"], "--label '../evil'"),
         (["--load"], "--load acts on the running system; it cannot be combined with --root"),
     ],
@@ -221,7 +244,7 @@ def test_install_usage_errors(guest: Path, args: list[str], message: str) -> Non
 
 
 def test_install_into_a_missing_root_is_an_error(tmp_path: Path) -> None:
-    done = cli("install", "--root", str(tmp_path / "nope"))
+    done = cli("install", "--root", str(tmp_path / "nope"), "--python", GUEST_PYTHON)
     assert done.returncode == 1 and f"--root {tmp_path / 'nope'}: no such directory" in done.stderr
     assert not (tmp_path / "nope").exists()
 
@@ -229,16 +252,30 @@ def test_install_into_a_missing_root_is_an_error(tmp_path: Path) -> None:
 # -- in-process: root, launchctl and the platform injected ------------------------------------------
 
 
+class Checker:
+    """The interpreter check: `xcode-select -p` answered as scripted (it does not exist here), every
+    other argv really run (as install would)."""
+
+    def __init__(self, xcode_select: tuple[int, str] = (0, "/Library/Developer/CommandLineTools")) -> None:
+        self.xcode_select = xcode_select
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> tuple[int, str]:
+        self.calls.append(argv)
+        return self.xcode_select if argv[0] == "/usr/bin/xcode-select" else ra.run_check(argv)
+
+
 def run_main(argv: list[str], guest: Path, launchctl: Launchctl, out: list[str], *, platform: str = "darwin",
-             euid: int = 0) -> int:
+             euid: int = 0, check: Checker | None = None, python: str | None = GUEST_PYTHON) -> int:
     """install_main with `guest` standing in for the running system (so --load is allowed)."""
     import contextlib
     import io
 
     buf = io.StringIO()
+    extra = ["--python", python] if python is not None and argv[0] == "install" else []
     with contextlib.redirect_stdout(buf):
-        code = ra.install_main([*argv, "--root", str(guest)], run=launchctl, euid=euid, platform=platform,
-                               sleep=lambda s: None, system_root=str(guest))
+        code = ra.install_main([*argv, *extra, "--root", str(guest)], run=launchctl, euid=euid, platform=platform,
+                               sleep=lambda s: None, system_root=str(guest), check=check or Checker())
     out.extend(buf.getvalue().splitlines())
     return code
 
@@ -247,7 +284,8 @@ def test_non_root_cannot_install_into_the_running_system(guest: Path, capsys: py
     code = run_main(["install"], guest, Launchctl(), [], euid=501)
     assert code == 1
     assert "must run as root to write /Library/LaunchDaemons: use sudo" in capsys.readouterr().err
-    assert tree(guest) == {"Users": None, "Users/runner": None, "tmp": None}
+    assert {k for k, v in tree(guest).items() if v is not None} == set()
+    assert not (guest / "Library").exists() and not (guest / "usr/local").exists()
 
 
 def test_load_builds_the_exact_launchctl_argv(guest: Path) -> None:
@@ -286,12 +324,82 @@ def test_load_needs_macos(guest: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert launchctl.calls == [] and not (guest / "Library").exists()
 
 
+# -- the interpreter: absolute, and checked to run non-interactively --------------------------------
+
+
+def script(guest: Path, guest_path: str, body: str) -> None:
+    path = guest / guest_path.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+def test_the_clt_stub_without_the_tools_is_refused(guest: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    place(guest, "/usr/bin/python3", os.path.realpath(SYSTEM_PYTHON))  # a python3 that works, at the stub's path
+    check = Checker(xcode_select=(2, "xcode-select: error: unable to get active developer directory"))
+    assert run_main(["install", "--load"], guest, Launchctl(), [], check=check, python="/usr/bin/python3") == 1
+    err = capsys.readouterr().err
+    assert "/usr/bin/python3 is the Xcode Command Line Tools stub and the tools are not installed" in err
+    assert "xcode-select --install" in err and "--python" in err
+    assert check.calls == [["/usr/bin/xcode-select", "-p"]], "refused before running the stub"
+    assert not (guest / PLIST).exists() and not (guest / PROGRAM).exists()
+
+
+def test_the_clt_python_with_the_tools_is_accepted(guest: Path) -> None:
+    place(guest, "/usr/bin/python3", os.path.realpath(SYSTEM_PYTHON))
+    check, out = Checker(), []
+    assert run_main(["install"], guest, Launchctl(), out, check=check, python="/usr/bin/python3") == 0
+    assert check.calls[0] == ["/usr/bin/xcode-select", "-p"]
+    assert check.calls[1][0] == str(guest / "usr/bin/python3") and check.calls[1][1:3] == ["-I", "-c"]
+    assert "checked /usr/bin/python3: it runs non-interactively" in out
+    assert (guest / PROGRAM).read_text().startswith("#!/usr/bin/python3\n")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("echo 'xcode-select: note: No developer tools were found, requesting install.' >&2; exit 1",
+         "does not run non-interactively (exit 1): xcode-select: note: No developer tools were found"),
+        ("read answer", "does not run non-interactively (exit 1)"),  # wants a terminal: stdin is closed
+        ("exec sleep 30", "no answer within 1s (waiting for input?)"),
+        ("echo 2.7", "is Python 2.7; the runner-agent needs 3.9 or later"),
+    ],
+)
+def test_an_interpreter_that_cannot_run_unattended_is_refused(guest: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str], body: str,
+                                                               message: str) -> None:
+    monkeypatch.setattr(ra, "PYTHON_CHECK_TIMEOUT", 1.0)
+    script(guest, "/opt/py/bin/python3", body)
+    t0 = time.monotonic()
+    assert run_main(["install"], guest, Launchctl(), [], python="/opt/py/bin/python3") == 1
+    assert time.monotonic() - t0 < 10
+    assert message in capsys.readouterr().err
+    assert not (guest / PROGRAM).exists()
+
+
+def test_the_default_interpreter_is_the_one_running_install(guest: Path) -> None:
+    me = os.path.abspath(sys.executable)
+    place(guest, me, os.path.realpath(sys.executable))
+    out: list[str] = []
+    assert run_main(["install"], guest, Launchctl(), out, python=None) == 0
+    assert (guest / PROGRAM).read_text().startswith(f"#!{me}\n")
+    data = plistlib.loads((guest / PLIST).read_bytes())
+    assert data["EnvironmentVariables"]["PATH"].split(":")[0] == os.path.dirname(me)
+    assert f"checked {me}: it runs non-interactively" in out
+
+
+def test_a_shebang_cannot_hold_whitespace(guest: Path) -> None:
+    script(guest, "/opt/my py/python3", "echo 3.12")
+    done = cli("install", "--root", str(guest), "--python", "/opt/my py/python3")
+    assert done.returncode == 1 and "a shebang cannot hold whitespace" in done.stderr
+
+
 # -- uninstall --------------------------------------------------------------------------------------
 
 
 def test_uninstall_reverses_install(guest: Path) -> None:
     before = tree(guest)
-    assert cli("install", "--root", str(guest)).returncode == 0
+    assert install(guest).returncode == 0
     dry = cli("uninstall", "--root", str(guest), "--dry-run")
     assert dry.stdout.splitlines() == [f"would remove {guest / PLIST}", f"would remove {guest / PROGRAM}"]
     assert (guest / PROGRAM).exists()
@@ -326,7 +434,7 @@ def test_shoes_vz_runner_agent_install_passes_through(guest: Path) -> None:
     helped = subprocess.run([str(shoes_vz), "runner-agent", "install", "--help"], capture_output=True, text=True,
                             timeout=60)
     assert helped.returncode == 0 and "usage: shoes-vz-runner-agent install" in helped.stdout, helped.stderr
-    done = subprocess.run([str(shoes_vz), "runner-agent", "install", "--root", str(guest)],
+    done = subprocess.run([str(shoes_vz), "runner-agent", "install", "--root", str(guest), "--python", GUEST_PYTHON],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert (guest / PLIST).is_file()

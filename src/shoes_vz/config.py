@@ -2,7 +2,8 @@
 
 Precedence, highest first: command-line flags, environment (`SHOESVZ_SERVER_*`, `SHOESVZ_AGENT_*`),
 the TOML file (`--config` or `SHOESVZ_CONFIG`; tables `[server]` and `[agent]`), the defaults
-below. The defaults are the production paths of the seed design.
+below. The default paths are per platform (`core.host_defaults`): the seed's system paths on Linux, the
+service user's `~/.shoes-vz` on macOS, where the agent runs as a normal user (docs/macos-host.md).
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from pydantic_settings import (
 )
 
 from shoes_vz.core.errors import ConfigError, InvalidInput
+from shoes_vz.core.host_defaults import DEFAULTS, HOST_VM_LIMIT, vm_slots_dir
 from shoes_vz.core.ids import validate_template_name
 from shoes_vz.core.net import is_loopback, split_hostport
 from shoes_vz.core.resources import RESOURCE_TYPES, canonical_resource_type
 
-DEFAULT_TEMPLATES_DIR = Path("/opt/myshoes/vz/templates")
-DEFAULT_RUNNERS_DIR = Path("/opt/myshoes/vz/runners")
-DEFAULT_RUNNER_STATE_FILE = Path("/var/run/myshoes/runner-state.json")
-DEFAULT_STATE_DIR = Path("/var/lib/shoes-vz")
-DEFAULT_LEASE_FILE = Path("/var/db/dhcpd_leases")
+DEFAULT_TEMPLATES_DIR = DEFAULTS.templates_dir
+DEFAULT_RUNNERS_DIR = DEFAULTS.runners_dir
+DEFAULT_RUNNER_STATE_FILE = DEFAULTS.runner_state_file
+DEFAULT_STATE_DIR = DEFAULTS.state_dir
+DEFAULT_LEASE_FILE = DEFAULTS.lease_file
 
 
 def _check_hostport(value: str) -> str:
@@ -166,6 +168,11 @@ class AgentSettings(_Base):
         default_factory=_default_driver, description="vz (Virtualization.framework) or sim (sshd stands in for a VM)"
     )
     max_runners: int = Field(2, ge=1, le=64, description="VMs at once; Apple allows 2 macOS guests")
+    host_vm_limit: int = Field(
+        HOST_VM_LIMIT, ge=1, le=64,
+        description="VMs at once on this host across every shoes-vz process (runners, template warm, freeze "
+                    "--boot, template create); each holds one lock of vm_slots_dir. Apple allows 2 macOS guests")
+    vm_slots_dir: Path | None = Field(None, description="the host-wide VM slot locks; default <state_dir>/vm-slots")
     notify_listen: str = Field("0.0.0.0:8081", description="IP-notify HTTP server (guest-facing)")
     notify_url: str = Field(
         "", description="URL guests POST to; default http://<gateway>:<notify port>/notify-ip"
@@ -182,6 +189,9 @@ class AgentSettings(_Base):
     sim_boot_delay: float = Field(0.0, ge=0, description="sim: seconds a guest takes to 'boot'")
     sim_restore_delay: float = Field(0.0, ge=0, description="sim: seconds a restore from State.save takes")
     use_warm_slots: bool = Field(True, description="restore runners from free warm slots when there are any")
+    restore_timeout: float = Field(60.0, gt=0, description="vz: a restore + resume that takes longer boots cold")
+    restore_live_timeout: float = Field(
+        30.0, ge=0, description="vz: a restored guest that does not answer on vsock this long boots cold (0: no check)")
 
     @field_validator("server_addr", "notify_listen")
     @classmethod
@@ -199,6 +209,9 @@ class AgentSettings(_Base):
         if v not in ("sim", "vz"):
             raise ValueError("must be 'sim' or 'vz'")
         return v
+
+    def effective_vm_slots_dir(self) -> Path:
+        return self.vm_slots_dir or vm_slots_dir(self.state_dir)
 
     def effective_notify_url(self, bound_port: int | None = None) -> str:
         if self.notify_url:

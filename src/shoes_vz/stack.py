@@ -93,6 +93,7 @@ lease_file = "{r / 'dhcpd_leases'}"
 notify_listen = "127.0.0.1:{free_port()}"
 metrics_listen = "127.0.0.1:{free_port()}"
 max_runners = {self.max_runners}
+host_vm_limit = {self.max_runners}   # sim guests: no Apple limit to respect
 sim_boot_delay = {self.boot_delay}
 sim_restore_delay = {self.restore_delay}
 guest_poll_interval = {self.guest_poll_interval}

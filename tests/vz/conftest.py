@@ -14,6 +14,7 @@ from vzharness import make_bundle
 from shoes_vz.macos import install as macos_install
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.drivers import vz as vz_driver
+from shoes_vz.vm.drivers import vz_host
 
 
 @functools.cache
@@ -29,6 +30,7 @@ def fake_vz(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVZ]:
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(vz_driver, "host_macos", lambda: fake.knobs.host)
     monkeypatch.setattr(macos_install, "host_macos", lambda: fake.knobs.host)
+    monkeypatch.setattr(vz_host, "effective_uid", lambda: fake.knobs.euid)
     vz_driver.delegate_class.cache_clear()
     yield fake
     fake.close()

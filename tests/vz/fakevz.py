@@ -17,7 +17,16 @@ with real PyObjC:
 * the VM's delegate is held weakly, exceptions escaping a queued block are recorded (real: crash).
 
 Behaviour knobs (`Knobs`) inject failures: start/restore/resume/save errors with a domain and code,
-missing entitlement, guest stop or error after a delay, whether the guest honours requestStop.
+missing entitlement, guest stop or error after a delay, whether the guest honours requestStop, a
+restore that never calls back, devices save/restore refuses, a network attachment that will not
+stay attached, VM objects that hold the VM quota until they are released (`quota_until_released`),
+and the user the process runs as.
+
+Runtime devices: a VM made from a configuration has `networkDevices()` (VZNetworkDevice, attachment
+settable) and `socketDevices()` (VZVirtioSocketDevice), used on the VM's queue. A save file records
+the identity and the network-device count; restoring into a different count succeeds but the guest
+runs no code (as tailscale PR #19331 found on real hosts): its vsock never answers. A live guest's
+kernel refuses a vsock connection to a port nobody listens on (ECONNRESET) at once.
 
 Installing macOS (`shoes_vz.macos.install`): a fake IPSW is a zip-headed file whose JSON header
 (`fake_ipsw_bytes`) says its build, version, minimum CPU/memory and whether this host supports its
@@ -198,6 +207,12 @@ class Knobs:
     resume_error: tuple[str, int, str] | None = None
     save_error: tuple[str, int, str] | None = None
     start_delay: float = 0.0
+    restore_hangs: bool = False            # restoreMachineState… never calls its handler
+    save_fails_if_exists: bool = True      # a save does not overwrite an old file (lima PR #2900)
+    unsaveable_devices: frozenset[str] = frozenset()  # configuration classes validateSaveRestore refuses
+    reattach_holds: bool = True            # a new network attachment stays attached
+    quota_until_released: bool = False     # a started/restored VM object counts until it is deallocated
+    euid: int = 501                        # the user the vm process runs as (0: root)
     guest_honours_stop_request: bool = True
     guest_shutdown_delay: float = 0.05
     guest_stops_after: float | None = None
@@ -219,6 +234,35 @@ class QueueViolation(AssertionError):
 
 # -- the runtime -------------------------------------------------------------------------------------
 
+class VMRegistry:
+    """Every VZVirtualMachine made, in order. With `quota_until_released` it holds them weakly (a
+    released VM reads as None), so the quota sees which objects the driver still keeps alive."""
+
+    def __init__(self, fake: FakeVZ) -> None:
+        self._fake = fake
+        self._items: list[Any] = []
+
+    def append(self, vm: Any) -> None:
+        self._items.append(weakref.ref(vm) if self._fake.knobs.quota_until_released else vm)
+
+    def _get(self, item: Any) -> Any:
+        return item() if isinstance(item, weakref.ref) else item
+
+    def __getitem__(self, index: int) -> Any:
+        return self._get(self._items[index])
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Any:
+        return (vm for vm in (self._get(i) for i in self._items) if vm is not None)
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class FakeQueue:
     def __init__(self, fake: FakeVZ, label: Any, main: bool = False) -> None:
         self.fake, self.label, self.main = fake, label, main
@@ -233,6 +277,7 @@ class FakeQueue:
                 task()
             except BaseException as e:  # real libdispatch: the process dies here
                 self.fake.escaped.append(e)
+            task = None  # libdispatch releases a block once it ran (and what it references)
 
     def put(self, fn: Callable[[], Any]) -> None:
         self._tasks.put(fn)
@@ -301,7 +346,7 @@ class FakeVZ:
         self.escaped: list[BaseException] = []
         self.violations: list[str] = []
         self.lost_delegate_calls: list[str] = []
-        self.vms: list[Any] = []
+        self.vms = VMRegistry(self)
         self.queues: list[FakeQueue] = []
         self._classes: dict[str, type] = {}
         self.NSObject = self._root()
@@ -635,6 +680,11 @@ class FakeVZ:
     def guest_crash(self, vm: Any, code: int = 1, text: str = "internal error") -> None:
         self.on_queue(vm, lambda: _guest_failed(self, vm, self.vz_error(code, text)))
 
+    def network_disconnect(self, vm: Any, index: int = 0, code: int = 7, text: str = "The network failed.") -> None:
+        """The NAT attachment of network device `index` goes away (the delegate is told)."""
+        dev = vm._props["networkDevices"][index]
+        self.on_queue(vm, lambda: _network_disconnected(self, vm, dev, self.vz_error(code, text)))
+
 
 @dataclass(frozen=True)
 class _Protocol:
@@ -718,8 +768,11 @@ def _err(fake: FakeVZ, spec: tuple[str, int, str] | None) -> Any:
 
 
 def _active(fake: FakeVZ) -> int:
-    return sum(1 for vm in fake.vms if _state_is(fake, vm, "Running", "Paused", "Starting", "Pausing",
-                                                  "Resuming", "Saving", "Restoring", "Stopping"))
+    """VMs that count against the host's limit (`quota_until_released`: every started/restored VM
+    object still alive, whatever its state)."""
+    held = fake.knobs.quota_until_released
+    return sum(1 for vm in fake.vms if (held and vm._started_once) or _state_is(
+        fake, vm, "Running", "Paused", "Starting", "Pausing", "Resuming", "Saving", "Restoring", "Stopping"))
 
 
 def _identity(cfg: Any) -> dict[str, Any]:
@@ -764,13 +817,59 @@ def _validate(fake: FakeVZ, cfg: Any, _err_arg: Any) -> tuple[bool, Any]:
     return True, None
 
 
+def _validate_save_restore(fake: FakeVZ, cfg: Any, _e: Any) -> tuple[bool, Any]:
+    devices = [d for key in ("entropyDevices", "audioDevices", "socketDevices", "networkDevices", "storageDevices",
+                             "keyboards", "pointingDevices", "graphicsDevices")
+               for d in cfg._props.get(key) or []]
+    refused = sorted({type(d)._sdk_name for d in devices} & fake.knobs.unsaveable_devices)
+    if not fake.knobs.save_restore_supported or refused:
+        return False, fake.vz_error(10, "Save/restore is not supported by this configuration."
+                                    + (f" Unsupported device: {', '.join(refused)}." if refused else ""))
+    return True, None
+
+
 def _vm_init(fake: FakeVZ, vm: Any, cfg: Any, q: Any) -> Any:
     if q is None:
         raise TypeError("the fake needs an explicit serial queue")
-    vm._cfg, vm._queue, vm._started_once = cfg, q, False
+    vm._cfg, vm._queue, vm._started_once, vm._frozen = cfg, q, False, False
     _set_state(fake, vm, "Stopped")
+    networks = []
+    for conf in cfg._props.get("networkDevices") or []:  # runtime devices: made by the framework
+        dev = fake.vz_class("VZNetworkDevice")()
+        dev._props["attachment"], dev._queue, dev._vm = conf._props.get("attachment"), q, weakref.ref(vm)
+        networks.append(dev)
+    sockets = []
+    for _conf in cfg._props.get("socketDevices") or []:
+        dev = fake.vz_class("VZVirtioSocketDevice")()
+        dev._queue, dev._vm = q, weakref.ref(vm)
+        sockets.append(dev)
+    vm._props["networkDevices"], vm._props["socketDevices"] = networks, sockets
     fake.vms.append(vm)
     return vm
+
+
+def _set_attachment(fake: FakeVZ, dev: Any, attachment: Any) -> None:
+    dev._props["attachment"] = attachment
+    vm = dev._vm()
+    if attachment is not None and vm is not None and not fake.knobs.reattach_holds:
+        _later(fake, vm, lambda: _network_disconnected(fake, vm, dev, None), 0.01)
+
+
+def _network_disconnected(fake: FakeVZ, vm: Any, dev: Any, err: Any) -> None:
+    if not _state_is(fake, vm, "Running", "Paused"):
+        return
+    dev._props["attachment"] = None  # reference §3.6: nil afterwards
+    d = _delegate(fake, vm, "virtualMachine:networkDevice:attachmentWasDisconnectedWithError:")
+    if d is not None:
+        d.virtualMachine_networkDevice_attachmentWasDisconnectedWithError_(vm, dev, err)
+
+
+def _vsock_connect(fake: FakeVZ, dev: Any, port: int, handler: Callable[[Any, Any], Any]) -> None:
+    vm = dev._vm()
+    if vm is None or not _state_is(fake, vm, "Running") or vm._frozen:
+        return  # no guest code runs: nobody ever answers
+    # the guest kernel answers at once: nobody listens on that port
+    _later(fake, vm, lambda: handler(None, fake.nserror("NSPOSIXErrorDomain", 54, "Connection reset by peer")))
 
 
 def _start(fake: FakeVZ, vm: Any, handler: Callable[[Any], Any]) -> None:
@@ -841,7 +940,12 @@ def _save(fake: FakeVZ, vm: Any, url: Any, handler: Callable[[Any], Any]) -> Non
     if fake.knobs.save_error is not None:
         Path(url.path()).write_bytes(b"partial")
         return _complete(fake, vm, handler, _err(fake, fake.knobs.save_error))
-    Path(url.path()).write_text(json.dumps({"fake-vz-save": _identity(vm._cfg)}))
+    path = Path(url.path())
+    if path.exists() and fake.knobs.save_fails_if_exists:
+        return _complete(fake, vm, handler, fake.vz_error(11, "The virtual machine failed to save with error "
+                                                              "“file exists”."))
+    path.write_text(json.dumps({"fake-vz-save": _identity(vm._cfg),
+                                "network_devices": len(vm._cfg._props.get("networkDevices") or [])}))
     _complete(fake, vm, handler, None)  # the VM stays Paused (reference §3.7)
 
 
@@ -852,17 +956,22 @@ def _restore(fake: FakeVZ, vm: Any, url: Any, handler: Callable[[Any], Any]) -> 
 
     if not _state_is(fake, vm, "Stopped") or vm._started_once:
         return _complete(fake, vm, handler, fake.vz_error(4, "Invalid virtual machine state transition."))
-    if fake.knobs.restore_error is not None:
-        return _complete(fake, vm, handler, _err(fake, fake.knobs.restore_error))
     if _active(fake) >= fake.knobs.max_vms:
         return _complete(fake, vm, handler, fake.vz_error(6, "The number of virtual machines exceeds the limit."))
+    vm._started_once = True  # from here the VM object holds its share of the quota (quota_until_released)
+    if fake.knobs.restore_error is not None:
+        return _complete(fake, vm, handler, _err(fake, fake.knobs.restore_error))
+    if fake.knobs.restore_hangs:
+        return _set_state(fake, vm, "Restoring")  # and the handler is never called
     try:
-        saved = json.loads(Path(url.path()).read_text())["fake-vz-save"]
+        data = json.loads(Path(url.path()).read_text())
+        saved, devices = data["fake-vz-save"], data["network_devices"]
     except (OSError, ValueError, KeyError):
         return failed("invalid argument")
     if saved != _identity(vm._cfg):
         return failed("invalid argument")
-    vm._started_once = True
+    # a different network-device count "restores" into a guest that runs no code (tailscale PR #19331)
+    vm._frozen = devices != len(vm._cfg._props.get("networkDevices") or [])
     _set_state(fake, vm, "Paused")
     _complete(fake, vm, handler, None)
 
@@ -1062,9 +1171,7 @@ def _behaviour() -> dict[tuple[str, str], Callable[..., Any]]:
         (K, "minimumAllowedMemorySize"): lambda f, c: f.knobs.min_memory,
         (K, "maximumAllowedMemorySize"): lambda f, c: f.knobs.max_memory,
         (K, "validateWithError:"): _validate,
-        (K, "validateSaveRestoreSupportWithError:"): lambda f, c, e: (
-            (True, None) if f.knobs.save_restore_supported
-            else (False, f.vz_error(10, "Save/restore is not supported by this configuration."))),
+        (K, "validateSaveRestoreSupportWithError:"): _validate_save_restore,
         (VM, "isSupported"): lambda f, c: f.knobs.vz_supported,
         (VM, "initWithConfiguration:queue:"): _vm_init,
         (VM, "initWithConfiguration:"): lambda f, vm, cfg: _vm_init(f, vm, cfg, None),
@@ -1082,6 +1189,8 @@ def _behaviour() -> dict[tuple[str, str], Callable[..., Any]]:
         (VM, "saveMachineStateToURL:completionHandler:"): _save,
         (VM, "restoreMachineStateFromURL:completionHandler:"): _restore,
         (VM, "setDelegate:"): _set_delegate,
+        ("VZNetworkDevice", "setAttachment:"): _set_attachment,
+        ("VZVirtioSocketDevice", "connectToPort:completionHandler:"): _vsock_connect,
         (VM, "delegate"): _get_delegate,
         ("VZMacHardwareModel", "initWithDataRepresentation:"): _hw_init,
         ("VZMacHardwareModel", "isSupported"): lambda f, hw: f.knobs.hardware_supported,

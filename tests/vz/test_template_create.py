@@ -13,12 +13,14 @@ from typer.testing import CliRunner
 
 from shoes_vz.cli.main import app
 from shoes_vz.cli.template_create import create_draft
+from shoes_vz.core import host_defaults as host_defaults_module
 from shoes_vz.core.errors import InvalidInput, TemplateError
 from shoes_vz.core.sizes import format_size, parse_size
 from shoes_vz.macos import install
 from shoes_vz.template import Template, TemplateMetadata, TemplateStore, init_sim
 from shoes_vz.template.draft import write_metadata
 from shoes_vz.template.modes import make_read_only, make_writable
+from shoes_vz.vm.host_slots import HostSlots
 
 GIB = 1 << 30
 
@@ -26,6 +28,14 @@ GIB = 1 << 30
 @pytest.fixture(autouse=True)
 def fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(install, "POLL_INTERVAL", 0.002)
+
+
+@pytest.fixture(autouse=True)
+def host_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The command's default state directory (where the host VM slots live) inside the test's tmp dir."""
+    paths = host_defaults_module.paths_for("darwin", tmp_path / "home")
+    monkeypatch.setattr(host_defaults_module, "DEFAULTS", paths)
+    return paths.state_dir
 
 
 @pytest.fixture
@@ -113,7 +123,8 @@ def test_ctrl_c_leaves_no_draft(fake_vz: FakeVZ, tmp_path: Path, ipsw: Path) -> 
     templates = tmp_path / "templates"
     with pytest.raises(KeyboardInterrupt):
         create_draft(templates, "t", ipsw=str(ipsw), cpu_count=4, memory_bytes=8 * GIB, disk_bytes=GIB,
-                     cache_dir=tmp_path / "cache", resource_types=[], progress=Quiet(interrupt=True))
+                     cache_dir=tmp_path / "cache", resource_types=[], progress=Quiet(interrupt=True),
+                     host_slots=HostSlots(tmp_path / "slots", 2))
     assert list((templates / ".drafts").iterdir()) == []
 
 

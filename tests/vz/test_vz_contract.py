@@ -4,7 +4,8 @@ PyObjC records it) and was introduced no later than the driver's MIN_MACOS.
 Two nets: a static AST walk of the driver and installer modules (classes, enums and constants read
 off the `Virtualization` module, every `selector_with_args_` and delegate method), and the fake's
 record of every (class, selector) actually called while the driver runs start, stop, save, restore
-and the restore fallback, and while the installer runs from a local IPSW, from `latest` (over HTTP),
+the restore fallback, the liveness probe of a restored guest and a replaced network attachment, and
+while the installer runs from a local IPSW, from `latest` (over HTTP),
 and is cancelled. Enum values carry no `introduced` in the fwinfo (they are compile-time ints that
 PyObjC always exposes), so they are checked for existence and value only.
 """
@@ -12,6 +13,7 @@ PyObjC always exposes), so they are checked for existence and value only.
 from __future__ import annotations
 
 import ast
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ import shoes_vz.vm.drivers.vz as vz_module
 from shoes_vz.macos import install, install_errors, ipsw_cache
 from shoes_vz.vm.drivers import vz_config, vz_errors, vz_runtime
 from shoes_vz.vm.exit_status import VMExit
+from shoes_vz.vm.host_slots import HostSlots
 
 DRIVER_FILES = [Path(m.__file__) for m in (vz_module, vz_config, vz_errors,  # type: ignore[arg-type]
                                            vz_runtime, install, install_errors, ipsw_cache)]
@@ -82,8 +85,16 @@ def exercise(fake: FakeVZ, root: Path) -> None:
     fake.knobs.restore_error = ("VZErrorDomain", 12, "restore failed")
     h = start(w)  # restore fails → fresh identity, cold boot
     h.wait_started()
+    fake.network_disconnect(fake.vms[-1])  # → a new NAT attachment on the runtime device
+    while not any("attached a new NAT attachment" in m for m in h.events.messages):
+        time.sleep(0.01)
     fake.guest_shutdown(fake.vms[-1])
     assert h.result() is VMExit.STOPPED
+    fake.knobs.restore_error = None
+    h = start(make_bundle(root, name="slot", saveable=True))  # a warm-slot build: checked before booting
+    h.wait_started()
+    h.driver.save_state()
+    h.result()
     exercise_install(fake, root)
 
 
@@ -102,7 +113,8 @@ def exercise_install(fake: FakeVZ, root: Path) -> None:
     """Run the installer through every path that talks to VZ."""
     ipsw = root / "local.ipsw"
     ipsw.write_bytes(fake_ipsw_bytes())
-    args = {"cpu_count": 4, "memory_bytes": 8 << 30, "disk_bytes": 1 << 30, "cache_dir": root / "cache"}
+    args = {"cpu_count": 4, "memory_bytes": 8 << 30, "disk_bytes": 1 << 30, "cache_dir": root / "cache",
+            "host_slots": HostSlots(root / "vm-slots", 2)}
     local, latest, interrupted = (root / name for name in ("install-local", "install-latest", "install-ctrl-c"))
     for target in (local, latest, interrupted):
         target.mkdir()
@@ -177,6 +189,11 @@ def test_every_vz_symbol_is_in_the_sdk_and_old_enough(fake_vz: FakeVZ, tmp_path:
         assert sel in selectors  # ... and the installer
     assert ("method", "VZMacOSRestoreImage", "fetchLatestSupportedWithCompletionHandler:", "class") in fake_vz.used
     assert ("method", "VZMacOSConfigurationRequirements", "minimumSupportedMemorySize", "instance") in fake_vz.used
+    for cls, sel in (("VZVirtioSocketDevice", "connectToPort:completionHandler:"),
+                     ("VZVirtualMachine", "socketDevices"), ("VZNetworkDevice", "setAttachment:"),
+                     ("VZNetworkDevice", "attachment"),
+                     ("VZVirtualMachineConfiguration", "validateSaveRestoreSupportWithError:")):
+        assert ("method", cls, sel, "instance") in fake_vz.used, f"{cls}.{sel} was not exercised"
 
 
 def test_min_macos_is_justified_by_what_the_driver_needs(fake_vz: FakeVZ) -> None:

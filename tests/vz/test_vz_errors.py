@@ -54,6 +54,19 @@ ENTITLEMENT = ("Invalid virtual machine configuration. The process doesn’t hav
          ["VZErrorRestore", "invalid argument"]),
         (Err("NSCocoaErrorDomain", 260, "No such file."), VMExit.CONFIG_ERROR, VMExit.CONFIG_ERROR,
          ["NSCocoaErrorDomain code 260"]),
+        # the host process's identity (tart#921, #1067, #1025, #1137): cause and fix named
+        (Err("VZErrorDomain", 1, "The virtual machine failed to start.",
+             {"NSLocalizedFailureReason": "Internal Virtualization error."}), VMExit.START_FAILED,
+         VMExit.START_FAILED, ["VZErrorInternal", "runs as root", "unlocked login keychain", "never as root",
+                               "docs/macos-host.md"]),
+        (Err("VZErrorDomain", 2, "Failed to generate keypair: SecKeyCreateRandomKey_ios failed: -25308"),
+         VMExit.START_FAILED, VMExit.CONFIG_ERROR, ["errSecInteractionNotAllowed -25308", "GUI (auto-login)"]),
+        (Err("NSOSStatusErrorDomain", -25308, "Interaction is not allowed with the Security Server."),
+         VMExit.START_FAILED, VMExit.CONFIG_ERROR, ["login keychain of the user running the VM is locked"]),
+        (Err("VZErrorDomain", -9, "Failed to get current host key"), VMExit.START_FAILED, VMExit.CONFIG_ERROR,
+         ["code -9", "host key from the login keychain", "LaunchAgent"]),
+        (Err("VZErrorDomain", -9, "Something else"), VMExit.START_FAILED, VMExit.START_FAILED,
+         ["VZErrorDomain code -9"]),
     ],
 )
 def test_mapping(err: Err, default: VMExit, exit: VMExit, words: list[str]) -> None:
@@ -63,6 +76,15 @@ def test_mapping(err: Err, default: VMExit, exit: VMExit, words: list[str]) -> N
     assert str(e).startswith("could not start the VM: ")
     for w in words:
         assert w in str(e)
+
+
+def test_only_host_setup_errors_blame_the_host() -> None:
+    e = from_nserror(Err("VZErrorDomain", -9, "Something else"), "start the VM", default_exit=VMExit.START_FAILED)
+    assert "docs/macos-host.md" not in str(e)
+    # code 1 from a guest that ran fine until now is the guest's, not the host set-up's
+    e = from_nserror(Err("VZErrorDomain", 1, "Internal error."), "keep the VM running",
+                     default_exit=VMExit.GUEST_ERROR)
+    assert e.exit is VMExit.GUEST_ERROR and "docs/macos-host.md" not in str(e)
 
 
 def test_a_broken_nserror_still_gives_a_message() -> None:

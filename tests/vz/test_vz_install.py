@@ -17,6 +17,7 @@ from ipswserver import NAME, IpswServer
 from shoes_vz.macos import install
 from shoes_vz.macos.install import InstallError, install_macos
 from shoes_vz.vm.digest import sha256_file
+from shoes_vz.vm.host_slots import HostSlots
 from shoes_vz.vm.identity_files import read_data_representation
 
 GIB = 1 << 30
@@ -71,6 +72,7 @@ def server() -> Iterator[IpswServer]:
 def run(target: Path, ipsw: str | Path, cache: Path, progress: Recorder | None = None, **kw: Any) -> Any:
     args: dict[str, Any] = {"cpu_count": 4, "memory_bytes": 8 * GIB, "disk_bytes": 64 * GIB}
     args.update(kw)
+    args.setdefault("host_slots", HostSlots(cache.parent / "vm-slots", 2))
     return install_macos(target, ipsw=str(ipsw), cache_dir=cache, progress=progress or Recorder(), **args)
 
 
@@ -111,9 +113,10 @@ def test_install_from_a_local_ipsw(fake_vz: FakeVZ, target: Path, ipsw: Path, tm
 
 def test_the_installer_configuration_is_the_runner_device_set(fake_vz: FakeVZ, target: Path, ipsw: Path,
                                                               tmp_path: Path) -> None:
-    run(target, ipsw, tmp_path / "cache", cpu_count=3, memory_bytes=6 * GIB)
+    run(target, ipsw, tmp_path / "cache", cpu_count=5, memory_bytes=6 * GIB)
     cfg = fake_vz.vms[-1]._cfg._props
-    assert (cfg["CPUCount"], cfg["memorySize"]) == (3, 6 * GIB)
+    assert (cfg["CPUCount"], cfg["memorySize"]) == (5, 6 * GIB)
+    assert "entropyDevices" not in cfg and len(cfg["socketDevices"]) == 1  # the suspendable set
     assert cfg["storageDevices"][0]._props["attachment"]._props["URL"].path() == str((target / "Disk.img").resolve())
     assert cfg["networkDevices"][0]._props["MACAddress"]._mac  # random, locally administered
     assert cfg["platform"]._props["auxiliaryStorage"]._props["URL"].path().endswith("AuxiliaryStorage")
@@ -257,8 +260,8 @@ def test_latest_fetch_errors(fake_vz: FakeVZ, target: Path, tmp_path: Path, knob
      ["VZErrorOutOfDiskSpace", "free space where --templates-dir lives"], True),
     ("install_error", ("VZErrorDomain", 6, "The number of virtual machines exceeds the limit."),
      ["maximum of 2 macOS guests"], True),
-    ("install_error", ("VZErrorDomain", 1, "An internal error occurred."),
-     ["VZErrorInternal"], False),
+    ("install_error", ("VZErrorDomain", 1, "An internal error occurred."),  # tart#921: root, no GUI login
+     ["VZErrorInternal", "runs as root", "unlocked login keychain", "docs/macos-host.md"], True),
     ("aux_error", ("NSCocoaErrorDomain", 640, "Not enough space."),
      ["could not create", "AuxiliaryStorage", "free space"], True),
 ])
@@ -294,7 +297,8 @@ def test_bad_local_ipsw_files(fake_vz: FakeVZ, target: Path, tmp_path: Path) -> 
 
 # -- requirements ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("kw", "needle"), [
-    ({"cpu_count": 1}, "--cpu 1 is below the minimum of 2 CPUs macOS 26.5 (25F71) needs"),
+    ({"cpu_count": 1}, "--cpu 1 is below 4 CPUs: macOS guests with fewer freeze often (tart's floor)"),
+    ({"cpu_count": 3}, "--cpu 3 is below 4 CPUs"),  # the image allows 2, tart's floor does not
     ({"memory_bytes": 2 * GIB}, "--memory 2 GiB is below the minimum of 4 GiB macOS 26.5 (25F71) needs"),
     ({"cpu_count": 64}, "--cpu 64 is more than this host allows a VM (8)"),
     ({"memory_bytes": 64 * GIB}, "--memory 64 GiB is more than this host allows a VM (16 GiB)"),
@@ -305,6 +309,14 @@ def test_requirements_name_the_limit(fake_vz: FakeVZ, target: Path, ipsw: Path, 
     e = failure(target, ipsw, tmp_path / "cache", **kw)
     assert needle in str(e) and not e.resumable
     assert fake_vz.vms == []  # refused before any VM was made
+
+
+def test_an_image_needing_more_cpus_than_the_floor_names_its_own_minimum(fake_vz: FakeVZ, target: Path,
+                                                                         tmp_path: Path) -> None:
+    big = tmp_path / "big.ipsw"
+    big.write_bytes(fake_ipsw_bytes(min_cpu=6))
+    e = failure(target, big, tmp_path / "cache", cpu_count=4)
+    assert "--cpu 4 is below 6 CPUs: the minimum macOS 26.5 (25F71) needs" in str(e)
 
 
 def test_unsupported_hardware_model(fake_vz: FakeVZ, target: Path, tmp_path: Path) -> None:
@@ -348,3 +360,34 @@ def test_ctrl_c_cancels_the_installer_and_leaves_nothing(fake_vz: FakeVZ, target
     assert list(target.iterdir()) == []
     vm = fake_vz.vms[-1]
     assert vm._installer._progress.isCancelled() and vm._state == 0  # cancelled, VM stopped
+
+
+# -- the host-wide VM count and the host user --------------------------------------------------------------
+def test_the_installer_vm_takes_a_host_slot(fake_vz: FakeVZ, target: Path, ipsw: Path, tmp_path: Path) -> None:
+    slots = HostSlots(tmp_path / "vm-slots", 2)
+    seen: list[list[str]] = []
+    original = fake_vz.behaviour[("VZMacOSInstaller", "installWithCompletionHandler:")]
+
+    def install(fake: FakeVZ, inst: Any, handler: Any) -> None:
+        seen.append([h.what for h in slots.holders()])
+        original(fake, inst, handler)
+
+    fake_vz.behaviour[("VZMacOSInstaller", "installWithCompletionHandler:")] = install
+    run(target, ipsw, tmp_path / "cache", host_slots=slots)
+    assert seen == [[f"template create {target}"]]
+    assert slots.holders() == [], "released once the installer VM stopped"
+
+
+def test_no_free_host_slot_stops_the_install_resumable(fake_vz: FakeVZ, target: Path, ipsw: Path,
+                                                       tmp_path: Path) -> None:
+    slots = HostSlots(tmp_path / "vm-slots", 1)
+    with slots.take("vm run /r/r1.bundle"):
+        e = failure(target, ipsw, tmp_path / "cache", host_slots=slots)
+    assert "all 1 host VM slots are held" in str(e) and "vm run /r/r1.bundle" in str(e) and e.resumable
+    assert fake_vz.vms == [], "no installer VM was made"
+
+
+def test_template_create_refuses_root(fake_vz: FakeVZ, target: Path, ipsw: Path, tmp_path: Path) -> None:
+    fake_vz.knobs.euid = 0
+    e = failure(target, ipsw, tmp_path / "cache")
+    assert "template create refuses to run as root" in str(e) and "Code=1" in str(e)

@@ -67,8 +67,11 @@ class Harness:
         return result
 
 
-def start(bundle: Bundle, *, stop_grace: float = 0.3, **extra: Any) -> Harness:
-    driver = vz_driver.VZDriver(bundle, DriverOptions(stop_grace=stop_grace, extra=extra))
+def start(bundle: Bundle, *, stop_grace: float = 0.3, restore_timeout: float = 5.0, live_timeout: float = 5.0,
+          **extra: Any) -> Harness:
+    options = DriverOptions(stop_grace=stop_grace, restore_timeout=restore_timeout, live_timeout=live_timeout,
+                            extra=extra)
+    driver = vz_driver.VZDriver(bundle, options)
     events = Events()
     box: dict[str, Any] = {}
 

@@ -79,10 +79,23 @@ class Agent:
         self._keys: dict[str, asyncssh.SSHKey] = {}
         self._observed: set[str] = set()
         self._state = StateFile(settings.runner_state_file)
-        self.metrics = AgentMetrics(lambda: (r.phase for r in self.runners.values()), settings.max_runners)
+        self.host_slots = supervisor.host_slots(settings)
+        self.metrics = AgentMetrics(lambda: (r.phase for r in self.runners.values()), self.capacity)
         self.sync = SyncClient(self)
         self._sites: list[web.AppRunner] = []
         self._sync_task: asyncio.Task[None] | None = None
+
+    @property
+    def capacity(self) -> int:
+        """Runners this agent offers: never more than the host's VM limit (shared with `template warm`,
+        `freeze --boot` and `template create`, which take host VM slots too)."""
+        return min(self.settings.max_runners, self.settings.host_vm_limit)
+
+    def _vms_of_others(self) -> list[str]:
+        """Host VM slots held by processes that are not this agent's runners (e.g. a warm-slot build)."""
+        ours = {str(r.bundle.path) for r in self.runners.values()}
+        return [h.describe() for h in self.host_slots.holders()
+                if h.what.removeprefix("vm run ") not in ours]
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -226,8 +239,13 @@ class Agent:
             self._ack(Ack(request_id, True))
             return
         live = [r for r in self.runners.values() if r.live or r.phase == Phase.ERROR]
-        if len(live) >= self.settings.max_runners:
-            self._ack(Ack(request_id, False, f"agent at capacity ({self.settings.max_runners} runners)"))
+        if len(live) >= self.capacity:
+            self._ack(Ack(request_id, False, f"agent at capacity ({self.capacity} runners)"))
+            return
+        others = self._vms_of_others()  # a few non-blocking flocks: cheap enough for the loop
+        if len(live) + len(others) >= self.settings.host_vm_limit:
+            self._ack(Ack(request_id, False, f"host at capacity: {len(live)} runners and {len(others)} other VMs "
+                          f"({', '.join(others)}) hold the host's {self.settings.host_vm_limit} VM slots"))
             return
         try:
             template = (self.templates.get(template_name) if template_name
@@ -289,7 +307,7 @@ class Agent:
         return {
             "agent_id": self.agent_id,
             "driver": self.settings.driver,
-            "max_runners": self.settings.max_runners,
+            "max_runners": self.capacity,
             "runners": [
                 {
                     "runner_id": r.runner_id, "runner_name": r.spec.runner_name, "state": r.phase.value,

@@ -25,7 +25,7 @@ from shoes_vz.core.states import LIVE_PHASES, GuestState, Phase
 from shoes_vz.template import Template
 from shoes_vz.vm import clone
 from shoes_vz.vm.bundle import Bundle
-from shoes_vz.vm.exit_status import VMExit, describe
+from shoes_vz.vm.exit_status import describe, is_capacity
 from shoes_vz.vm.identity import write_machine_identifier
 from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases
 
@@ -187,6 +187,8 @@ class Runner:
                 self.proc = await supervisor.spawn(
                     self.bundle, s.driver, lease_file=self.lease_file,
                     boot_delay=s.sim_boot_delay, restore_delay=s.sim_restore_delay, stop_grace=s.stop_grace,
+                    host_slots=supervisor.host_slots(s), restore_timeout=s.restore_timeout,
+                    live_timeout=s.restore_live_timeout,
                 )
                 self._on(Event.CLONED)
                 self._watcher = asyncio.create_task(self._watch_vm())
@@ -287,7 +289,7 @@ class Runner:
         code = await self.proc.wait()
         if self.live:
             self.fail(f"VM process exited while {self.phase}: {describe(code)} (log: {self.bundle.log_file})",
-                      capacity=code == VMExit.CAPACITY)
+                      capacity=is_capacity(code))
 
     async def _poll_guest(self) -> None:
         """Track the runner inside the guest through the runner-agent's /status."""

@@ -68,8 +68,10 @@ def _live_macs(runners_dir: Path) -> set[MACAddress]:
 
 
 @contextlib.asynccontextmanager
-async def scratch_vm(settings: AgentSettings, template: Template, label: str) -> AsyncIterator[ScratchVM]:
-    """Boot a clone of `template` with a fresh identity; yields once its DHCP lease names its address."""
+async def scratch_vm(settings: AgentSettings, template: Template, label: str, *,
+                     saveable: bool = False) -> AsyncIterator[ScratchVM]:
+    """Boot a clone of `template` with a fresh identity; yields once its DHCP lease names its address.
+    `saveable`: the VM is to be saved (a warm slot), so its driver checks it can be before booting."""
     s = settings
     s.runners_dir.mkdir(parents=True, exist_ok=True)
     ident = secrets.token_hex(4)
@@ -85,10 +87,10 @@ async def scratch_vm(settings: AgentSettings, template: Template, label: str) ->
             bundle.update_metadata, runner_id=f"{label}-{ident}", runner_name=f"{label} {ident}",
             mac_address=str(mac), template=meta.name, template_dir=str(template.path), driver=s.driver,
             notify_url="", ssh_port=meta.ssh_port, ssh_user=meta.ssh_user, runner_agent_port=s.runner_agent_port,
-            cpu_count=meta.cpu_count, memory_bytes=meta.memory_bytes, created_at=time.time(),
+            cpu_count=meta.cpu_count, memory_bytes=meta.memory_bytes, created_at=time.time(), saveable=saveable,
         )
         vm.proc = await supervisor.spawn(bundle, s.driver, lease_file=s.lease_file, boot_delay=s.sim_boot_delay,
-                                         stop_grace=s.stop_grace)
+                                         stop_grace=s.stop_grace, host_slots=supervisor.host_slots(s))
         vm.ip = await _wait_lease(s, vm.proc, mac)
         yield vm
     except (ShoesVzError, OSError, TimeoutError) as e:

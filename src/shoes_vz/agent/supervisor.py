@@ -10,13 +10,20 @@ import sys
 import time
 from pathlib import Path
 
+from shoes_vz.config import AgentSettings
 from shoes_vz.vm import control
 from shoes_vz.vm.bundle import Bundle
+from shoes_vz.vm.host_slots import HostSlots
+
+
+def host_slots(settings: AgentSettings) -> HostSlots:
+    """The host-wide VM slots every VM this agent's settings start takes one of."""
+    return HostSlots(settings.effective_vm_slots_dir(), settings.host_vm_limit)
 
 
 async def spawn(
-    bundle: Bundle, driver: str, *, lease_file: Path, boot_delay: float, stop_grace: float,
-    restore_delay: float = 0.0,
+    bundle: Bundle, driver: str, *, lease_file: Path, boot_delay: float, stop_grace: float, host_slots: HostSlots,
+    restore_delay: float = 0.0, restore_timeout: float = 60.0, live_timeout: float = 30.0,
 ) -> asyncio.subprocess.Process:
     # `python -m shoes_vz.vm.process` is `shoes-vz vm run` without the CLI's import cost
     with open(bundle.log_file, "ab") as log:
@@ -24,6 +31,8 @@ async def spawn(
             sys.executable, "-m", "shoes_vz.vm.process", str(bundle.path),
             "--driver", driver, "--lease-file", str(lease_file),
             "--boot-delay", str(boot_delay), "--restore-delay", str(restore_delay), "--stop-grace", str(stop_grace),
+            "--host-slots", str(host_slots.directory), "--host-limit", str(host_slots.limit),
+            "--restore-timeout", str(restore_timeout), "--live-timeout", str(live_timeout),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True,  # an agent crash must not take its VMs down
         )

@@ -92,7 +92,7 @@ class SyncClient:
         a = self.agent
         return pb.RegisterAgentRequest(
             agent_id=a.agent_id, hostname=socket.gethostname(),
-            capacity=pb.AgentCapacity(max_runners=self.s.max_runners, cpu_cores=a.cpu_cores,
+            capacity=pb.AgentCapacity(max_runners=a.capacity, cpu_cores=a.cpu_cores,
                                       memory_bytes=a.memory_bytes),
             templates=template_messages(a),
             host=pb.HostFacts(os=f"{platform.system()} {platform.release()}", arch=platform.machine(),

@@ -1,9 +1,12 @@
 """Making warm slots: `shoes-vz template warm NAME --slots N` (the maintenance path of DESIGN §12).
 
-Each new slot: clone the template with a fresh identity, boot it with the host's driver, wait for
-SSH (pinned host key) and the runner-agent, then save the VM's state (pause → save → stop) and
-freeze the result read-only. Slots of older template versions, broken slots and slots beyond N are
-removed — except while a live runner was cloned from one (its identity is live).
+Each new slot: clone the template with a fresh identity, boot it with the host's driver (marked as
+a VM to be saved, so the vz driver checks save/restore support before it boots), wait for SSH
+(pinned host key) and the runner-agent, then save the VM's state (pause → save → stop) and freeze
+the result read-only. The build's VM takes one host VM slot like any other, so with every slot held
+(e.g. by runners) it stops at once with a capacity error. Slots of older template versions, broken
+slots and slots beyond N are removed — except while a live runner was cloned from one (its identity
+is live).
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class SlotBuilder:
     async def build_one(self) -> WarmSlot:
         s, t = self.settings, self.template
         self.root.mkdir(parents=True, exist_ok=True)
-        async with scratch_vm(s, t, "warm") as vm:
+        async with scratch_vm(s, t, "warm", saveable=True) as vm:
             await self._ready(vm.ip)
             self.on_event(f"  {vm.ip}: SSH and runner-agent ready; saving the VM state")
             reply = await control.request(vm.bundle.control_socket, "save", timeout=SAVE_TIMEOUT)

@@ -38,11 +38,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command("sign-python")
     def sign_python_cmd() -> None:
-        """Ad-hoc sign the real interpreter image with com.apple.security.virtualization."""
+        """Ad-hoc sign the image this interpreter runs with com.apple.security.virtualization, then check
+        it from a new interpreter process. Re-run it after every interpreter upgrade."""
+        import os
+
+        from shoes_vz.macos.doctor import vm_user
+        from shoes_vz.macos.interpreter import record_path
         from shoes_vz.macos.sign import sign_python
 
+        user = vm_user(os.geteuid(), os.environ.get("SUDO_USER"))
         try:
-            result = sign_python()
+            result = sign_python(record=record_path(user.home) if user is not None else None)
         except ShoesVzError as e:
             raise fail(e) from None
         for argv in result.commands:

@@ -17,6 +17,7 @@ from shoes_vz import __version__
 from shoes_vz.cli import template as template_cli
 from shoes_vz.cli import template_create, template_warm
 from shoes_vz.cli.console import fail, out
+from shoes_vz.config import DEFAULT_RUNNER_STATE_FILE
 from shoes_vz.core.errors import ShoesVzError
 
 app = typer.Typer(help="Ephemeral macOS VMs on Apple Silicon as GitHub Actions runners for myshoes.",
@@ -126,7 +127,7 @@ def vm_run(
     argv = [str(bundle), "--driver", driver, "--boot-delay", str(boot_delay), "--stop-grace", str(stop_grace)]
     if lease_file is not None:
         argv += ["--lease-file", str(lease_file)]
-    raise typer.Exit(process.main(argv))
+    process.exit_now(process.main(argv))  # os._exit after flushing: dispatch threads may still call back
 
 
 # --help goes to the runner-agent's own parser too (it lists the daemon's flags, `install --help` its own)
@@ -162,8 +163,7 @@ def up(
 
 @app.command()
 def status(
-    state_file: Annotated[Path, typer.Option(help="the agent's runner-state.json")] = Path(
-        "/var/run/myshoes/runner-state.json"),
+    state_file: Annotated[Path, typer.Option(help="the agent's runner-state.json")] = DEFAULT_RUNNER_STATE_FILE,
 ) -> None:
     """Show this host's runners (from the agent's runner-state.json)."""
     import json

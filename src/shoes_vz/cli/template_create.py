@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the rest loads when the command runs: every `shoes-vz` star
     from rich.progress import Progress, TaskID
 
     from shoes_vz.macos.install import InstalledImage, InstallProgress
+    from shoes_vz.vm.host_slots import HostSlots
 
 DRAFTS = ".drafts"
 DEFAULT_CACHE_DIR = Path("~/.cache/shoes-vz/ipsw")
@@ -67,7 +68,7 @@ def _check_request(templates_dir: Path, name: str, resource_types: list[str]) ->
 
 def create_draft(templates_dir: Path, name: str, *, ipsw: str, cpu_count: int, memory_bytes: int,
                  disk_bytes: int, cache_dir: Path, resource_types: list[str],
-                 progress: InstallProgress) -> tuple[Path, InstalledImage]:
+                 progress: InstallProgress, host_slots: HostSlots) -> tuple[Path, InstalledImage]:
     """Install macOS into `<templates_dir>/.drafts/NAME` (whole, or not at all)."""
     from shoes_vz.macos.install import install_macos, require_virtualization
     from shoes_vz.template.metadata import FILE_NAME, TemplateMetadata
@@ -80,7 +81,7 @@ def create_draft(templates_dir: Path, name: str, *, ipsw: str, cpu_count: int, m
     tmp.mkdir()
     try:
         image = install_macos(tmp, ipsw=ipsw, cpu_count=cpu_count, memory_bytes=memory_bytes,
-                              disk_bytes=disk_bytes, cache_dir=cache_dir, progress=progress)
+                              disk_bytes=disk_bytes, cache_dir=cache_dir, progress=progress, host_slots=host_slots)
         meta = TemplateMetadata(name=name, driver="vz", version="1", macos_build=image.macos_build,
                                 cpu_count=image.cpu_count, memory_bytes=image.memory_bytes,
                                 disk_bytes=image.disk_bytes, resource_types=resource_types, ssh_host_key="")
@@ -113,8 +114,10 @@ def register(template_app: typer.Typer) -> None:
         """Install macOS from an IPSW into a new draft template (<templates-dir>/.drafts/NAME)."""
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+        from shoes_vz.core.host_defaults import DEFAULTS, HOST_VM_LIMIT, vm_slots_dir
         from shoes_vz.macos.install import require_virtualization
         from shoes_vz.macos.install_errors import InstallError
+        from shoes_vz.vm.host_slots import HostSlots
 
         try:
             memory_bytes, disk_bytes = parse_size(memory), parse_size(disk)
@@ -127,7 +130,8 @@ def register(template_app: typer.Typer) -> None:
             with Progress(*columns, console=err, transient=False) as bar:
                 draft, image = create_draft(templates_dir, name, ipsw=ipsw, cpu_count=cpu, memory_bytes=memory_bytes,
                                             disk_bytes=disk_bytes, cache_dir=cache_dir.expanduser(),
-                                            resource_types=types, progress=RichInstallProgress(bar))
+                                            resource_types=types, progress=RichInstallProgress(bar),
+                                            host_slots=HostSlots(vm_slots_dir(DEFAULTS.state_dir), HOST_VM_LIMIT))
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: nothing was kept (a partial IPSW download resumes next time)")
             raise typer.Exit(130) from None

@@ -20,7 +20,11 @@ token, DHCP renew (macOS, root), notify again. It notices the restore from its c
 SIGHUP does the same on request.
 
 `install` / `uninstall` (run inside a macOS guest as root) put this file at
-/usr/local/libexec/shoes-vz-runner-agent and a LaunchDaemon plist in /Library/LaunchDaemons.
+/usr/local/libexec/shoes-vz-runner-agent and a LaunchDaemon plist in /Library/LaunchDaemons. The
+program's shebang is the absolute path of an interpreter checked to run non-interactively (never
+`/usr/bin/env python3`: launchd's PATH finds `/usr/bin/python3`, the Xcode Command Line Tools stub,
+which without the tools shows an install prompt and exits, and KeepAlive respawns it in a loop);
+the plist sets PATH for everything the daemon runs.
 """
 
 # Annotations stay strings (PEP 563), so `str | None` and `dict[...]` below are fine on Python 3.9;
@@ -791,7 +795,10 @@ PROGRAM = "/usr/local/libexec/shoes-vz-runner-agent"
 LAUNCH_DAEMONS = "/Library/LaunchDaemons"
 LOG_FILE = "/var/log/shoes-vz-runner-agent.log"
 GUEST_RUNNER_DIR = "/tmp/runner"  # myshoes: $RUNNER_BASE_DIRECTORY/runner, RUNNER_BASE_DIRECTORY=/tmp by default
-ENV_PYTHON = "/usr/bin/env python3"
+CLT_STUB = "/usr/bin/python3"  # runs the Command Line Tools' python3, or — without them — an install prompt
+DAEMON_PATH = ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
+PYTHON_CHECK_TIMEOUT = 30.0
+MIN_PYTHON = (3, 9)
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 RunCommand = Callable[[list[str]], tuple[int, str]]  # launchctl, injectable in tests
@@ -809,6 +816,45 @@ def run_for_install(argv: list[str]) -> tuple[int, str]:
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
+def run_check(argv: list[str]) -> tuple[int, str]:
+    """Run `argv` the way launchd would: no terminal input, a deadline (a prompt must not hang us)."""
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=PYTHON_CHECK_TIMEOUT, check=False, env={"PATH": ":".join(DAEMON_PATH)})
+    except subprocess.TimeoutExpired:
+        return 124, f"no answer within {PYTHON_CHECK_TIMEOUT:g}s (waiting for input?)"
+    except (OSError, subprocess.SubprocessError) as e:
+        return 127, str(e)
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def python_problem(python: str, run: RunCommand, platform: str, on_disk: str = "") -> str | None:
+    """Why `python` (a guest path; at `on_disk` here) cannot run this daemon non-interactively under
+    launchd, or None."""
+    if platform == "darwin" and python == CLT_STUB:
+        code, output = run(["/usr/bin/xcode-select", "-p"])
+        if code != 0:
+            return (f"{python} is the Xcode Command Line Tools stub and the tools are not installed "
+                    f"({output or code}): under launchd it would show an install prompt and exit, and KeepAlive "
+                    "would restart it in a loop. Install them (`xcode-select --install`, or `softwareupdate "
+                    "--list` then `softwareupdate -i 'Command Line Tools for Xcode-…'`), or pass --python with "
+                    "another interpreter (e.g. /opt/homebrew/bin/python3)")
+    code, output = run([on_disk or python, "-I", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+    last = output.splitlines()[-1].strip() if output.strip() else ""
+    if code != 0:
+        return f"{python} does not run non-interactively (exit {code}): {output[-400:] or 'no output'}"
+    m = re.fullmatch(r"(\d+)\.(\d+)", last)
+    if m is None or (int(m.group(1)), int(m.group(2))) < MIN_PYTHON:
+        return f"{python} is Python {last or '?'}; the runner-agent needs {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or later"
+    return None
+
+
+def daemon_path(python: str) -> str:
+    """The daemon's PATH: the interpreter's directory, then the usual tool directories."""
+    dirs = [os.path.dirname(python), *DAEMON_PATH]
+    return ":".join(dict.fromkeys(d for d in dirs if d))
+
+
 def program_bytes(source: str, python: str) -> bytes:
     """This module as the one executable file a guest needs, with its shebang (replacing an old one)."""
     if source.startswith("#!"):
@@ -816,10 +862,13 @@ def program_bytes(source: str, python: str) -> bytes:
     return f"#!{python}\n{source}".encode()
 
 
-def daemon_plist(label: str, daemon_args: list[str]) -> bytes:
+def daemon_plist(label: str, daemon_args: list[str], path: str) -> bytes:
     data = {
         "Label": label,
         "ProgramArguments": [PROGRAM, *daemon_args],
+        # launchd's own PATH is /usr/bin:/bin:/usr/sbin:/sbin; ipconfig, ps, route and /exec commands
+        # should find what an admin finds
+        "EnvironmentVariables": {"PATH": path},
         # No UserName, so launchd runs it as root. /status alone would work as `runner` (it reads the
         # runner dir and `ps`), but re-announcing after a restore needs `ipconfig set en0 DHCP` (root
         # only), and /exec is the host's way into its own disposable VM (shutdown, collecting logs), so
@@ -925,16 +974,35 @@ def _stage(path: str, data: bytes, mode: int, as_root: bool) -> str:
     return tmp
 
 
+def _interpreter(args: argparse.Namespace, layout: Layout, check: RunCommand, platform: str) -> str:
+    """The shebang's interpreter: an absolute guest path, run once now when this is the live system."""
+    python = args.python
+    if python is None:
+        if not layout.live:
+            raise InstallError("--python: with --root, give the guest's interpreter as an absolute guest path "
+                               "(e.g. /opt/homebrew/bin/python3); it cannot be run from here to check it")
+        python = os.path.abspath(sys.executable)  # the one running install (symlinks kept: they survive upgrades)
+    if not (os.path.isabs(python) and os.access(layout.on_disk(python), os.X_OK)
+            and os.path.isfile(layout.on_disk(python))):
+        raise InstallError(f"--python {python}: not an executable file in the guest (give an absolute path)")
+    if re.search(r"\s", python):
+        raise InstallError(f"--python {python!r}: a shebang cannot hold whitespace; use a path without it")
+    if layout.live:
+        problem = python_problem(python, check, platform, layout.on_disk(python))
+        if problem is not None:
+            raise InstallError(problem)
+        print(f"checked {python}: it runs non-interactively")
+    return python
+
+
 def install(args: argparse.Namespace, run: RunCommand, euid: int, platform: str,
-            sleep: Callable[[float], None] = time.sleep, system_root: str = "/") -> None:
+            sleep: Callable[[float], None] = time.sleep, system_root: str = "/",
+            check: RunCommand = run_check) -> None:
     layout = Layout(args.root, args.label, system_root)
     layout.check_privileges(euid, args.dry_run)
     if args.load:
         layout.check_live_system("--load", platform, args.dry_run)
-    python = args.python
-    if python != ENV_PYTHON and not (os.path.isabs(python) and os.access(layout.on_disk(python), os.X_OK)
-                                     and os.path.isfile(layout.on_disk(python))):
-        raise InstallError(f"--python {python}: not an executable file in the guest (give an absolute path)")
+    python = _interpreter(args, layout, check, platform)
     runner_dir = os.path.normpath(args.runner_dir)
     if not os.path.isabs(runner_dir):
         raise InstallError(f"--runner-dir {args.runner_dir}: give an absolute guest path")
@@ -948,7 +1016,8 @@ def install(args: argparse.Namespace, run: RunCommand, euid: int, platform: str,
     except (OSError, UnicodeDecodeError) as e:
         raise InstallError(f"cannot read my own source {__file__}: {e}") from None
     daemon_args = ["--notify-url", args.notify_url, "--listen", args.listen, "--runner-dir", runner_dir]
-    files = [(PROGRAM, program, 0o755), (layout.plist, daemon_plist(layout.label, daemon_args), 0o644)]
+    files = [(PROGRAM, program, 0o755),
+             (layout.plist, daemon_plist(layout.label, daemon_args, daemon_path(python)), 0o644)]
 
     if args.dry_run:
         for guest_path, data, mode in files:
@@ -1027,8 +1096,9 @@ def install_parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--label", default=LABEL, help=f"launchd label and plist name (default {LABEL})")
     p.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
     if command == "install":
-        p.add_argument("--python", default=ENV_PYTHON,
-                       help=f"interpreter for the program's shebang (absolute guest path); default {ENV_PYTHON}")
+        p.add_argument("--python", default=None,
+                       help="interpreter for the program's shebang (absolute guest path), checked to run "
+                            "non-interactively; default: the one running install (required with --root)")
         p.add_argument("--notify-url", default=AUTO, type=parse_notify_url,
                        help="the daemon's --notify-url (default auto: http://<default gateway>:8081/notify-ip)")
         p.add_argument("--listen", default="0.0.0.0:8080", type=_listen_text, help="the daemon's --listen")
@@ -1042,15 +1112,16 @@ def install_parser(command: str) -> argparse.ArgumentParser:
 
 def install_main(argv: list[str], run: RunCommand = run_for_install, euid: int | None = None,
                  platform: str = sys.platform, sleep: Callable[[float], None] = time.sleep,
-                 system_root: str = "/") -> int:
-    """`install ...` / `uninstall ...`. Tests inject `run` (launchctl), `euid`, `platform` and
-    `system_root` (the tree that counts as the running system, so --load never touches this machine)."""
+                 system_root: str = "/", check: RunCommand = run_check) -> int:
+    """`install ...` / `uninstall ...`. Tests inject `run` (launchctl), `euid`, `platform`, `check`
+    (how the interpreter is tried) and `system_root` (the tree that counts as the running system, so
+    --load never touches this machine)."""
     command = argv[0]
     args = install_parser(command).parse_args(argv[1:])
     uid = os.geteuid() if euid is None else euid
     try:
         if command == "install":
-            install(args, run, uid, platform, sleep, system_root)
+            install(args, run, uid, platform, sleep, system_root, check)
         else:
             uninstall(args, run, uid, platform, system_root)
     except InstallError as e:

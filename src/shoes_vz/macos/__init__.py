@@ -1,5 +1,6 @@
-"""macOS host tooling: `doctor` (can this Mac run vz VMs?), `sign-python` (the entitlement) and
-`install` (macOS from an IPSW into a template draft, with the `ipsw_cache` it downloads into).
+"""macOS host tooling: `doctor` (can this Mac run vz VMs?), `sign-python` (the entitlement, on the
+`interpreter` image) and `install` (macOS from an IPSW into a template draft, with the `ipsw_cache`
+it downloads into).
 
 PyObjC is imported lazily (the doctor's probes, the installer's first step); every module loads on
 Linux.

@@ -3,6 +3,11 @@
 Fatal means the vz driver cannot work (the agent must not schedule VMs here); warn means it works
 but something will hurt (slow DHCP reuse, prompts, an untested macOS). The probes are injectable so
 the logic is tested anywhere; the real ones import PyObjC lazily and only on macOS.
+
+The user checks follow the one supported launch shape (docs/macos-host.md): VMs run as a normal
+user, logged in to the GUI (auto-login), with an unlocked login keychain. Root is fatal. The
+keychain and GUI login checked are those of the user that runs VMs: this process's user, or — when
+doctor runs as root under sudo — the invoking user (never root's own `/var/root`).
 """
 
 from __future__ import annotations
@@ -11,14 +16,18 @@ import ipaddress
 import os
 import platform
 import plistlib
+import pwd
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from shoes_vz.macos.interpreter import ENTITLEMENT, SignRecord, entitlement_problem, lost_signature, record_path
+from shoes_vz.macos.interpreter import this_image as interpreter_image
 from shoes_vz.vm.drivers.vz_config import MIN_MACOS
+from shoes_vz.vm.drivers.vz_errors import KEYCHAIN_INTERACTION_NOT_ALLOWED
+from shoes_vz.vm.drivers.vz_host import ROOT_REASON, host_macos
 
 SEED_MACOS = (26, 0)      # what the project is built and tested for (MIN_MACOS: the driver's floor)
 KEYCHAIN_MACOS = (15, 0)  # from 15 VZ needs an unlocked login keychain (reference §5.5)
@@ -26,7 +35,8 @@ MAX_LEASE_SECONDS = 600
 NAT_NETWORK = ipaddress.ip_network("192.168.64.0/24")
 LEASE_PLIST = Path("/Library/Preferences/SystemConfiguration/com.apple.InternetSharing.default.plist")
 LOCAL_NETWORK_PLIST = Path("/Library/Preferences/com.apple.network.local-network.plist")
-ENTITLEMENT = "com.apple.security.virtualization"
+LOGIN_KEYCHAIN = Path("Library/Keychains/login.keychain-db")
+HOST_DOC = "docs/macos-host.md"
 
 
 class Level(StrEnum):
@@ -43,26 +53,56 @@ class Check:
     fix: str = ""
 
 
+@dataclass(frozen=True)
+class HostUser:
+    name: str
+    uid: int
+    home: Path
+
+    @classmethod
+    def of(cls, entry: pwd.struct_passwd) -> HostUser:
+        return cls(entry.pw_name, entry.pw_uid, Path(entry.pw_dir))
+
+
+def vm_user(euid: int, sudo_user: str | None) -> HostUser | None:
+    """The user that runs VMs: this process's, or the invoking user's when root under sudo; else None."""
+    try:
+        if euid != 0:
+            return HostUser.of(pwd.getpwuid(euid))
+        if sudo_user and sudo_user != "root":
+            return HostUser.of(pwd.getpwnam(sudo_user))
+    except KeyError:
+        pass
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
 @dataclass
 class Probes:
     """Facts about the host. Each returns a value, or raises to mean "could not tell"."""
 
     system: Callable[[], str] = platform.system
-    macos_version: Callable[[], tuple[int, int]] = lambda: _parse_version(platform.mac_ver()[0])
+    macos_version: Callable[[], tuple[int, int]] = host_macos  # the real one (cpython#135675)
     machine: Callable[[], str] = platform.machine
     translated: Callable[[], bool] = lambda: _sysctl("sysctl.proc_translated") == "1"
+    euid: Callable[[], int] = os.geteuid
+    vm_user: Callable[[], HostUser | None] = lambda: vm_user(os.geteuid(), os.environ.get("SUDO_USER"))
+    console_uid: Callable[[], int] = lambda: os.stat("/dev/console").st_uid  # who is logged in to the GUI
     vz_supported: Callable[[], bool] = lambda: _vz().VZVirtualMachine.isSupported()
-    entitlement_error: Callable[[], str | None] = lambda: _entitlement_probe()
+    entitlement_error: Callable[[], str | None] = entitlement_problem
+    image: Callable[[], Path] = interpreter_image
+    sign_record: Callable[[Path], SignRecord | None] = lambda home: SignRecord.read(record_path(home))
     device_of: Callable[[Path], int] = lambda p: os.stat(p).st_dev
     can_clone: Callable[[Path], bool] = lambda p: _can_clone(p)
     lease_seconds: Callable[[], int] = lambda: _lease_seconds()
-    keychain_unlocked: Callable[[], bool] = lambda: _keychain_unlocked()
+    keychain_problem: Callable[[Path], str | None] = lambda keychain: _keychain_problem(keychain)
     local_network_ranges: Callable[[], list[str]] = lambda: _local_network_ranges()
-
-
-def _parse_version(text: str) -> tuple[int, int]:
-    parts = [int(p) for p in text.split(".")[:2] if p.isdigit()] + [0, 0]
-    return parts[0], parts[1]
 
 
 def _sysctl(name: str) -> str:
@@ -73,15 +113,6 @@ def _vz():  # type: ignore[no-untyped-def]
     import Virtualization  # type: ignore[import-not-found]
 
     return Virtualization
-
-
-def _entitlement_probe() -> str | None:
-    """The entitlement error text, or None. An empty configuration reports it first (pyobjc #434)."""
-    ok, err = _vz().VZVirtualMachineConfiguration.new().validateWithError_(None)
-    if ok or err is None:
-        return None
-    text = str(err.localizedDescription())
-    return text if ENTITLEMENT in text else None
 
 
 def _can_clone(directory: Path) -> bool:
@@ -98,11 +129,15 @@ def _lease_seconds() -> int:
     return int(data.get("bootpd", {}).get("DHCPLeaseTimeSecs", 86400))
 
 
-def _keychain_unlocked() -> bool:
-    login = Path.home() / "Library/Keychains/login.keychain-db"
-    rc = subprocess.run(["security", "show-keychain-info", str(login)], capture_output=True,
-                        check=False).returncode
-    return rc == 0
+def _keychain_problem(keychain: Path) -> str | None:
+    """None when `keychain` is unlocked, else what `security` says (-25308: locked, no GUI session)."""
+    if not keychain.exists():
+        return f"{keychain} does not exist"
+    done = subprocess.run(["security", "show-keychain-info", str(keychain)], capture_output=True, text=True,
+                          timeout=10, check=False)
+    if done.returncode == 0:
+        return None
+    return (done.stderr or done.stdout).strip() or f"security show-keychain-info exited {done.returncode}"
 
 
 def _local_network_ranges() -> list[str]:
@@ -130,7 +165,7 @@ def run_checks(probes: Probes, templates_dir: Path, runners_dir: Path) -> list[C
     if system != "Darwin":
         return [Check("platform", Level.FATAL, f"not macOS ({system}): the vz driver needs macOS on "
                       "Apple Silicon", "run the agent on a Mac, or use the sim driver (--driver sim) here")]
-    out: list[Check] = [Check("platform", Level.OK, "macOS")]
+    out: list[Check] = [Check("platform", Level.OK, "macOS"), _user_check(probes)]
     ver = probes.macos_version()
     features = (f"{_v(MIN_MACOS)}: save/restore (warm slots) and the Mac keyboard; 15.0: unlocked "
                 "login keychain needed; 26.0: ASIF disk images, the tested target")
@@ -161,26 +196,69 @@ def run_checks(probes: Probes, templates_dir: Path, runners_dir: Path) -> list[C
                          "run on bare-metal Apple Silicon"))
         return out
     out.append(Check("virtualization", Level.OK, "VZVirtualMachine.isSupported()"))
-    problem, err = _try(probes.entitlement_error)
-    if err is not None or problem:
-        out.append(Check("entitlement", Level.FATAL, str(problem or err) + f" ({sys.executable})",
-                         "shoes-vz sign-python"))
-    else:
-        out.append(Check("entitlement", Level.OK, f"{ENTITLEMENT} present on the interpreter image"))
+    user, _ = _try(probes.vm_user)
+    out.append(_entitlement_check(probes, user if isinstance(user, HostUser) else None))
     out.append(_volume_check(probes, templates_dir, runners_dir))
     out.append(_lease_check(probes))
     if ver >= KEYCHAIN_MACOS:
-        unlocked, err = _try(probes.keychain_unlocked)
-        if unlocked:
-            out.append(Check("login-keychain", Level.OK, "login keychain unlocked"))
-        else:
-            out.append(Check("login-keychain", Level.FATAL if err is None else Level.WARN,
-                             "the login keychain is locked or missing: VM start fails on macOS 15+ ("
-                             + (err or "security show-keychain-info failed") + ")",
-                             "log in once via the GUI with auto-login, or `security unlock-keychain "
-                             "~/Library/Keychains/login.keychain-db`"))
+        out += _session_checks(probes, user if isinstance(user, HostUser) else None)
         out.append(_local_network_check(probes))
     return out
+
+
+def _user_check(probes: Probes) -> Check:
+    euid = probes.euid()
+    if euid == 0:
+        return Check("user", Level.FATAL, f"running as root: {ROOT_REASON}",
+                     f"run the agent and every shoes-vz command that starts a VM as the normal user that runs VMs, "
+                     f"in its GUI session ({HOST_DOC}); check with `sudo -u <that user> -i shoes-vz doctor`")
+    return Check("user", Level.OK, f"running as {_user_name(euid)} (not root)")
+
+
+def _entitlement_check(probes: Probes, user: HostUser | None) -> Check:
+    problem, err = _try(probes.entitlement_error)
+    image, image_err = _try(probes.image)
+    where = str(image) if isinstance(image, Path) else f"image unknown: {image_err}"
+    if err is None and not problem:
+        return Check("entitlement", Level.OK, f"{ENTITLEMENT} present on {where}")
+    record, _ = _try(lambda: probes.sign_record(user.home) if user is not None else None)
+    lost = lost_signature(image, record if isinstance(record, SignRecord) else None) \
+        if isinstance(image, Path) else ""
+    return Check("entitlement", Level.FATAL, f"{problem or err} ({where})" + (f"; {lost}" if lost else ""),
+                 "shoes-vz sign-python")
+
+
+def _session_checks(probes: Probes, user: HostUser | None) -> list[Check]:
+    """The VM user's login keychain and GUI login (macOS 15+; tart#1067, #1075)."""
+    if user is None:
+        unknown = ("cannot tell which user runs VMs (root without sudo): its login keychain and GUI login are "
+                   "unchecked")
+        fix = f"run doctor as the user that runs the agent ({HOST_DOC})"
+        return [Check("login-keychain", Level.WARN, unknown, fix), Check("gui-login", Level.WARN, unknown, fix)]
+    keychain = user.home / LOGIN_KEYCHAIN
+    problem, err = _try(lambda: probes.keychain_problem(keychain))
+    if err is None and problem is None:
+        checks = [Check("login-keychain", Level.OK, f"{user.name}'s login keychain is unlocked")]
+    else:
+        detail = str(err or problem)
+        if str(KEYCHAIN_INTERACTION_NOT_ALLOWED) in detail or "interaction is not allowed" in detail.lower():
+            detail += f" (errSecInteractionNotAllowed {KEYCHAIN_INTERACTION_NOT_ALLOWED}: locked, or no GUI session)"
+        checks = [Check("login-keychain", Level.FATAL if err is None else Level.WARN,
+                        f"{user.name}'s login keychain ({keychain}) is locked or missing: VM start fails on macOS "
+                        f"15+ ({detail})",
+                        f"log {user.name} in via the GUI (auto-login), or as {user.name}: `security unlock-keychain "
+                        f"{keychain}` ({HOST_DOC})")]
+    console, err = _try(probes.console_uid)
+    if console == user.uid:
+        checks.append(Check("gui-login", Level.OK, f"{user.name} is logged in to the GUI (owns the console)"))
+    else:
+        who = _user_name(console) if isinstance(console, int) else f"unknown: {err}"
+        checks.append(Check("gui-login", Level.WARN,
+                            f"{user.name} is not logged in to the GUI (the console belongs to {who}): macOS 15.2+ "
+                            "guests need the VM's user logged in through the GUI (tart#1075)",
+                            f"turn on automatic login for {user.name} (System Settings → Users & Groups → "
+                            f"Automatically log in as; needs FileVault off) and reboot ({HOST_DOC})"))
+    return checks
 
 
 def _volume_check(probes: Probes, templates_dir: Path, runners_dir: Path) -> Check:

@@ -10,7 +10,9 @@ The steps (reference §4.4; Apple's sample, tart and Code-Hex/vz do the same):
      rule 9), `HardwareModel.json` (`identity_files`);
   5. a configuration from the same `vz_config.assemble` the runners boot with, a VM on a private
      serial queue (`vz_runtime.SerialQueue`), a `VZMacOSInstaller` made and started on that queue;
-     its NSProgress is polled there and fed to `progress` until the completion handler fires.
+     its NSProgress is polled there and fed to `progress` until the completion handler fires. The
+     installer VM counts against the host's VM limit: it holds one host VM slot (`vm.host_slots`)
+     from before the VM is made until it is stopped; with none free the install stops, resumable.
 
 Contract with the caller:
   * `target` is an existing, empty directory the caller made (a temporary draft). On success it
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from shoes_vz.core.errors import BundleError
+from shoes_vz.core.errors import BundleError, CapacityExhausted
 from shoes_vz.core.sizes import format_size
 from shoes_vz.macos import ipsw_cache
 from shoes_vz.macos.install_errors import (
@@ -45,9 +47,11 @@ from shoes_vz.macos.install_errors import (
     from_driver_error,
     from_nserror,
 )
-from shoes_vz.vm.drivers.vz_config import MIB, MIN_MACOS, assemble, block_device, file_url, host_macos, nat_network
+from shoes_vz.vm.drivers.vz_config import MIB, MIN_MACOS, assemble, block_device, file_url, nat_network
 from shoes_vz.vm.drivers.vz_errors import VZDriverError
+from shoes_vz.vm.drivers.vz_host import host_macos, refuse_root
 from shoes_vz.vm.drivers.vz_runtime import SerialQueue, import_pyobjc
+from shoes_vz.vm.host_slots import HostSlots
 from shoes_vz.vm.identity_files import write_data_representation
 
 DISK, AUX_STORAGE, HARDWARE_MODEL = "Disk.img", "AuxiliaryStorage", "HardwareModel.json"
@@ -57,6 +61,7 @@ LOAD_TIMEOUT = 900.0      # loading (and verifying) a ~15 GB IPSW
 CANCEL_TIMEOUT = 60.0     # the installer's handler after progress.cancel()
 STOP_TIMEOUT = 60.0
 POLL_INTERVAL = 0.5       # how often the installer's NSProgress is read
+MIN_GUEST_CPUS = 4        # below this macOS guests freeze often (tart)
 
 
 class InstallProgress(Protocol):
@@ -102,6 +107,10 @@ def require_virtualization() -> tuple[Any, Any, Any]:
         vz, foundation, dispatch, _objc = import_pyobjc("template create")
     except VZDriverError as e:
         raise from_driver_error(e) from None
+    try:
+        refuse_root("template create")
+    except VZDriverError as e:
+        raise from_driver_error(e) from None
     host = host_macos()
     if host < MIN_MACOS:
         raise InstallError(f"template create needs macOS {MIN_MACOS[0]}.{MIN_MACOS[1]} or later (this host: "
@@ -113,7 +122,7 @@ def require_virtualization() -> tuple[Any, Any, Any]:
 
 
 def install_macos(target: Path, *, ipsw: str, cpu_count: int, memory_bytes: int, disk_bytes: int,
-                  cache_dir: Path, progress: InstallProgress) -> InstalledImage:
+                  cache_dir: Path, progress: InstallProgress, host_slots: HostSlots) -> InstalledImage:
     """Fill the empty directory `target` with an installed macOS (see the module docstring)."""
     vz, foundation, dispatch = require_virtualization()
     if not target.is_dir() or any(target.iterdir()):
@@ -129,7 +138,8 @@ def install_macos(target: Path, *, ipsw: str, cpu_count: int, memory_bytes: int,
         progress.update("prepare", 0.0)
         cfg = _prepare(vz, foundation, target, made, hardware, cpu_count, memory_bytes, disk_bytes)
         progress.update("prepare", 1.0)
-        _run_installer(vz, dispatch, foundation, cfg, path, progress, label=f"shoes-vz.install.{target.name}")
+        with _host_slot(host_slots, target):
+            _run_installer(vz, dispatch, foundation, cfg, path, progress, label=f"shoes-vz.install.{target.name}")
         return InstalledImage(macos_build=str(image.buildVersion()),
                               macos_version=_version_text(image.operatingSystemVersion()),
                               cpu_count=cpu_count, memory_bytes=memory_bytes, disk_bytes=disk_bytes, ipsw=path)
@@ -144,6 +154,13 @@ def install_macos(target: Path, *, ipsw: str, cpu_count: int, memory_bytes: int,
     except BaseException:
         _remove(made)
         raise
+
+
+def _host_slot(slots: HostSlots, target: Path) -> Any:
+    try:
+        return slots.take(f"template create {target}")
+    except CapacityExhausted as e:
+        raise InstallError(f"{e}; then {RERUN}", resumable=True) from None
 
 
 def _remove(paths: list[Path]) -> None:
@@ -203,11 +220,14 @@ def _check_requirements(vz: Any, image: Any, path: Path, cpu_count: int, memory_
                            f"models; update macOS on the host, then {RERUN} (or use an older IPSW)",
                            resumable=True)
     min_cpu, min_memory = int(req.minimumSupportedCPUCount()), int(req.minimumSupportedMemorySize())
+    # tart gives macOS guests at least 4 CPUs "because otherwise VMs are frequently freezing"
+    cpu_floor, cpu_why = (MIN_GUEST_CPUS, "macOS guests with fewer freeze often (tart's floor)") \
+        if min_cpu < MIN_GUEST_CPUS else (min_cpu, f"the minimum {what} needs")
     limits = vz.VZVirtualMachineConfiguration
     max_cpu, max_memory = int(limits.maximumAllowedCPUCount()), int(limits.maximumAllowedMemorySize())
     problems = []
-    if cpu_count < min_cpu:
-        problems.append(f"--cpu {cpu_count} is below the minimum of {min_cpu} CPUs {what} needs")
+    if cpu_count < cpu_floor:
+        problems.append(f"--cpu {cpu_count} is below {cpu_floor} CPUs: {cpu_why}")
     if cpu_count > max_cpu:
         problems.append(f"--cpu {cpu_count} is more than this host allows a VM ({max_cpu})")
     memory, low, high = format_size(memory_bytes), format_size(min_memory), format_size(max_memory)

@@ -14,10 +14,12 @@ from typing import Any
 from shoes_vz.core.errors import ShoesVzError
 from shoes_vz.vm.drivers.vz_errors import (
     ENTITLEMENT_HINT,
+    HOST_SETUP_FIX,
     VZ_ERROR_CODES,
     VZ_ERROR_DOMAIN,
     VZDriverError,
     describe,
+    host_setup_cause,
     is_entitlement_error,
 )
 
@@ -69,8 +71,11 @@ def from_nserror(err: Any, doing: str) -> InstallError:
     name = VZ_ERROR_CODES.get(code, "") if domain == VZ_ERROR_DOMAIN and code is not None else ""
     where = f"{domain} code {code}" + (f" {name}" if name else "")
     resumable, hint = False, ""
+    cause = host_setup_cause(domain, code, text)
     if is_entitlement_error(domain, code, text):
         hint = ENTITLEMENT_HINT
+    elif cause is not None:
+        resumable, hint = True, f"{cause}; {HOST_SETUP_FIX}, then {RERUN}"
     elif domain == VZ_ERROR_DOMAIN and code in _ACTIONS:
         resumable, hint = _ACTIONS[code]
     elif domain == NSURL_ERROR_DOMAIN:

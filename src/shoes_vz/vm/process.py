@@ -1,14 +1,28 @@
 """`shoes-vz vm run BUNDLE`: the process that owns exactly one VM.
 
-It holds the bundle lock for its whole life, serves the control socket, records the instant the
-VM started (boot_to_ssh counts from it) and exits with a `VMExit` status the agent maps to a
-runner state. The agent starts it in its own session, so an agent crash leaves it running.
+It holds the bundle lock and one host-wide VM slot (`host_slots`) for its whole life, serves the
+control socket, records the instant the VM started (boot_to_ssh counts from it) and exits with a
+`VMExit` status the agent maps to a runner state. The agent starts it in its own session, so an agent
+crash leaves it running.
+
+Capacity, told apart by the host slots held at that moment: no free slot → CAPACITY (the host runs
+its limit; retried later); the framework refusing for capacity although we hold a slot → HOST_QUOTA
+(fewer VMs than the limit run by our count: a VM outside shoes-vz or a leaked quota — the host
+needs attention).
+
+The process ends with `os._exit` after flushing (`exit_now`): the vz driver's VM lives on a
+libdispatch queue whose threads may still deliver a late handler or delegate call (a network
+disconnect after the stop, say) into Python while the interpreter finalizes, which can crash it and
+turn STOPPED into a status the agent misreads. Nothing is left to finalize by then: the control
+socket is closed, the bundle lock and the host slot are released, every file is written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,11 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shoes_vz.core.errors import BundleError, DriverError
+from shoes_vz.core.errors import BundleError, CapacityExhausted, DriverError
+from shoes_vz.core.host_defaults import DEFAULTS, HOST_VM_LIMIT, vm_slots_dir
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.control import ControlServer
 from shoes_vz.vm.drivers import DRIVERS, Driver, DriverOptions, driver_class
 from shoes_vz.vm.exit_status import VMExit
+from shoes_vz.vm.host_slots import HostSlots
 
 log = logging.getLogger("shoes_vz.vm")
 
@@ -32,8 +48,6 @@ class _Events:
         self.started_at: float | None = None
 
     def started(self) -> None:
-        import os
-
         self.started_at = time.time()
         self.bundle.update_metadata(started_at=self.started_at, pid=os.getpid(), driver=self.driver_name)
         log.info("vm started")
@@ -66,7 +80,7 @@ def _control_handler(driver: Driver, stop_grace: float) -> Any:
     return handle
 
 
-def run(bundle_path: Path, driver_name: str, options: DriverOptions) -> VMExit:
+def run(bundle_path: Path, driver_name: str, options: DriverOptions, slots: HostSlots) -> VMExit:
     bundle = Bundle(bundle_path)
     if not bundle.path.is_dir():
         log.error("bundle %s does not exist", bundle.path)
@@ -77,6 +91,23 @@ def run(bundle_path: Path, driver_name: str, options: DriverOptions) -> VMExit:
     except BundleError as e:
         log.error("%s", e)
         return VMExit.LOCKED
+    try:
+        try:
+            held = slots.take(f"vm run {bundle.path}")
+        except CapacityExhausted as e:
+            log.error("capacity: %s", e)
+            return VMExit.CAPACITY
+        except OSError as e:
+            log.error("cannot take a host VM slot in %s: %s", slots.directory, e)
+            return VMExit.CONFIG_ERROR
+        with held:
+            status = _run_driver(bundle, driver_name, options)
+            return _framework_refused(slots) if status is VMExit.CAPACITY else status
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run_driver(bundle: Bundle, driver_name: str, options: DriverOptions) -> VMExit:
     control: ControlServer | None = None
     try:
         driver = driver_class(driver_name)(bundle, options)
@@ -101,7 +132,18 @@ def run(bundle_path: Path, driver_name: str, options: DriverOptions) -> VMExit:
     finally:
         if control is not None:
             control.close()
-        lock.__exit__(None, None, None)
+
+
+def _framework_refused(slots: HostSlots) -> VMExit:
+    """The framework said "limit exceeded" although we hold a host slot: count who holds the others."""
+    held = slots.holders()
+    log.error(
+        "host quota: the framework refused a VM for capacity although only %d other VMs hold host VM slots "
+        "(limit %d; held: %s). A VM runs outside shoes-vz (tart, UTM, another user), host_vm_limit is above what "
+        "the framework allows (Apple: 2), or the host leaked its VM quota after guest shutdowns (only a reboot "
+        "clears that). This host needs attention.",
+        max(len(held) - 1, 0), slots.limit, ", ".join(h.describe() for h in held) or "none readable")
+    return VMExit.HOST_QUOTA
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,18 +154,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restore-delay", type=float, default=0.0)
     p.add_argument("--lease-file", type=Path, default=None)
     p.add_argument("--stop-grace", type=float, default=10.0)
+    p.add_argument("--restore-timeout", type=float, default=DriverOptions.restore_timeout,
+                   help="vz: a restore (and resume) that takes longer falls back to a cold boot")
+    p.add_argument("--live-timeout", type=float, default=DriverOptions.live_timeout,
+                   help="vz: a restored guest that shows no life this long is cold-booted instead (0: no check)")
+    p.add_argument("--host-slots", type=Path, default=vm_slots_dir(DEFAULTS.state_dir),
+                   help="the host-wide VM slot locks (the agent's <state_dir>/vm-slots)")
+    p.add_argument("--host-limit", type=int, default=HOST_VM_LIMIT, help="VMs this host may run at once")
     a = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s vm[%(process)d] %(levelname)s %(message)s"
     )
     opts = DriverOptions(boot_delay=a.boot_delay, restore_delay=a.restore_delay, lease_file=a.lease_file,
-                         stop_grace=a.stop_grace)
+                         stop_grace=a.stop_grace, restore_timeout=a.restore_timeout, live_timeout=a.live_timeout)
     try:
-        return int(run(a.bundle, a.driver, opts))
+        return int(run(a.bundle, a.driver, opts, HostSlots(a.host_slots, a.host_limit)))
     except Exception:
         log.exception("vm process crashed")
         return int(VMExit.CRASHED)
 
 
+def exit_now(status: int) -> None:
+    """Flush, then end the process without interpreter finalization (see the module docstring)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

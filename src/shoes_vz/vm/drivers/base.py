@@ -1,8 +1,10 @@
 """The driver interface: one VM, driven from the `vm run` process.
 
-`run()` is called on the main thread and blocks for the VM's whole life (the vz driver needs the
-main thread for its run loop). The control socket calls `request_stop`, `force_stop`, `save_state`
-and `status` from another thread; drivers make those thread-safe.
+`run()` is called on the main thread and blocks for the VM's whole life, waiting in short steps so
+the main thread keeps taking signals. No driver needs the main thread's run loop: the vz driver
+drives its VM from a private serial dispatch queue (why: `vz.py`). The control socket calls
+`request_stop`, `force_stop`, `save_state` and `status` from another thread; drivers make those
+thread-safe.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class DriverOptions:
     restore_delay: float = 0.0           # sim: seconds a restore from State.save takes (models VZ restore)
     lease_file: Path | None = None       # sim: where to write dhcpd_leases-format entries
     stop_grace: float = 10.0             # seconds between requestStop and a hard stop
+    restore_timeout: float = 60.0        # vz: restore + resume must finish within this, else a cold boot
+    live_timeout: float = 30.0           # vz: a restored guest must show life within this, else a cold boot
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -16,13 +16,21 @@ Threading — why a private serial queue and not the main queue + run loop:
   an exception leaving a libdispatch callback aborts the process (rule 4).
 
 Exit statuses: guest shut itself down or we stopped it → STOPPED; `virtualMachine:didStopWithError:`
-→ GUEST_ERROR; VZ error code 6 anywhere → CAPACITY; bad bundle/configuration → CONFIG_ERROR; start
-failure → START_FAILED; an unexpected exception in a handler → CRASHED.
+or a network the VM keeps losing → GUEST_ERROR; VZ error code 6 anywhere → CAPACITY (which
+`vm.process` tells apart by the host VM slots held); bad bundle/configuration, or running as root →
+CONFIG_ERROR; start failure → START_FAILED; an unexpected exception in a handler → CRASHED.
 
-Saved state (DESIGN §12): a bundle with State.save is restored into a fresh stopped VM, then resumed.
-The file is single-use and deleted after any attempt; on failure the bundle cold-boots with a fresh
-MachineIdentifier. `save_state` pauses, saves, then stops the VM (the disk must stay as saved), so
-`run` returns STOPPED soon after it succeeds.
+Network: `attachmentWasDisconnectedWithError:` leaves the device without an attachment, so the
+guest has no network and its runner would sit idle until the agent's deadlines (tart ends the VM on
+it). A running VM gets a new NAT attachment on the spot; if that does not hold (another disconnect,
+MAX_REATTACH times within REATTACH_WINDOW) or does not take, the VM ends as GUEST_ERROR and the agent
+tears the runner down and reports it.
+
+Saved state (DESIGN §12, `vz_saved_state`): a bundle with State.save is restored into a fresh stopped
+VM, resumed and checked for life, each step under a deadline; on any failure the bundle cold-boots
+with a fresh MachineIdentifier. A VM that is to be saved (a warm-slot build) or restored is checked
+with `validateSaveRestoreSupportWithError_` before it is made. `save_state` pauses, saves, then stops
+the VM (the disk must stay as saved), so `run` returns STOPPED soon after it succeeds.
 """
 
 from __future__ import annotations
@@ -30,25 +38,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from shoes_vz.core.errors import BundleError
 from shoes_vz.vm.drivers.base import Driver, DriverEvents
-from shoes_vz.vm.drivers.vz_config import (
-    MIN_MACOS,
-    LaunchSpec,
-    build_configuration,
-    check_save_restore,
-    file_url,
-    host_macos,
-)
+from shoes_vz.vm.drivers.vz_config import MIN_MACOS, LaunchSpec, build_configuration, check_save_restore
 from shoes_vz.vm.drivers.vz_errors import VZDriverError, config_error, from_nserror
+from shoes_vz.vm.drivers.vz_host import host_macos, refuse_root
 from shoes_vz.vm.drivers.vz_runtime import QUEUE_TIMEOUT, SerialQueue, import_pyobjc
+from shoes_vz.vm.drivers.vz_saved_state import SavedStateMixin
 from shoes_vz.vm.exit_status import VMExit
 
-SAVE_TIMEOUT = 600.0    # pause + save of a large guest's memory
+MAX_REATTACH, REATTACH_WINDOW = 3, 600.0  # new NAT attachments a VM may need before it counts as broken
 
 
 @functools.cache
@@ -66,12 +70,12 @@ def delegate_class(foundation: Any, objc: Any) -> Any:
 
         def virtualMachine_networkDevice_attachmentWasDisconnectedWithError_(
                 self, vm: Any, device: Any, error: Any) -> None:
-            self.sink.on_delegate("network-disconnected", vm, error)
+            self.sink.on_delegate("network-disconnected", vm, error, device)
 
     return ShoesVZMachineDelegate
 
 
-class VZDriver(Driver):
+class VZDriver(SavedStateMixin, Driver):
     name = "vz"
     min_macos = MIN_MACOS
 
@@ -81,7 +85,9 @@ class VZDriver(Driver):
         self._done = threading.Event()
         self._exit = VMExit.STOPPED
         self._error: str | None = None
-        self._phase = "new"          # new, starting, restoring, running, saving, stopping, stopped
+        # new, starting, restoring, checking (is the restored guest alive?), abandoning, running, saving,
+        # stopping, stopped
+        self._phase = "new"
         self._stop_requested = False
         self._events: DriverEvents | None = None
         self._vz: Any = None
@@ -91,11 +97,13 @@ class VZDriver(Driver):
         self._spec: LaunchSpec | None = None
         self._host = (0, 0)
         # Strong references for the VM's whole life: the delegate property is weak (rule 7) and the
-        # configuration and VM must outlive every block that mentions them.
+        # configuration and VM must outlive every block that mentions them. A VM given up on (a failed
+        # restore) is released before the next one starts.
         self._vm: Any = None
         self._cfg: Any = None
         self._delegate: Any = None
-        self._retired: list[Any] = []
+        self._attempt = 0  # which VM object a deadline belongs to
+        self._reattached: list[float] = []
 
     # -- Driver -----------------------------------------------------------------------------------
     def run(self, events: DriverEvents) -> VMExit:
@@ -135,25 +143,6 @@ class VZDriver(Driver):
         except VZDriverError as e:
             self._finish(VMExit.CRASHED, f"could not stop the VM: {e}")
 
-    def save_state(self) -> None:
-        if self._vm is None or self._done.is_set():
-            raise VZDriverError("there is no running VM to save", exit=VMExit.START_FAILED)
-        problem = check_save_restore(self._cfg)
-        if problem is not None:
-            raise problem
-        result: dict[str, VZDriverError | None] = {}
-        finished = threading.Event()
-
-        def outcome(error: VZDriverError | None) -> None:
-            result["error"] = error
-            finished.set()
-
-        self._async(lambda: self._save_on_queue(outcome))
-        if not finished.wait(float(self.options.extra.get("save_timeout", SAVE_TIMEOUT))):
-            raise VZDriverError("saving the VM state timed out", exit=VMExit.START_FAILED)
-        if result["error"] is not None:
-            raise result["error"]
-
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"state": self._phase, "driver": self.name}
         if self._done.is_set():
@@ -191,6 +180,7 @@ class VZDriver(Driver):
     # -- boot (main thread, then the queue) -------------------------------------------------------
     def _boot(self) -> None:
         self._vz, self._foundation, dispatch, self._objc = import_pyobjc()
+        refuse_root("the vz driver")
         self._host = host_macos()
         if self._host < MIN_MACOS:
             raise config_error(f"the vz driver needs macOS {MIN_MACOS[0]}.{MIN_MACOS[1]} or later "
@@ -205,6 +195,15 @@ class VZDriver(Driver):
         self._queue = SerialQueue(dispatch, f"shoes-vz.vm.{self.bundle.runner_id}")
         restoring = self.bundle.saved_state.exists()
         cfg = self._build(fresh_identity=False)
+        problem = check_save_restore(cfg) if restoring or self._spec.saveable else None
+        if problem is not None and self._spec.saveable:  # a warm-slot build: fail before booting for nothing
+            raise config_error(f"this VM is to be saved as a warm slot, but {problem}: the template cannot "
+                               "have warm slots with this device set on this host")
+        if problem is not None:
+            self._discard_saved_state()
+            self._record_restore(False, str(problem))
+            self._log(f"{problem}; deleted State.save, cold-booting with a fresh MachineIdentifier")
+            restoring, cfg = False, self._build(fresh_identity=True)
         self._call(lambda: self._new_vm(cfg))
         self._async(self._restore_on_queue if restoring else self._start_on_queue, "boot")
 
@@ -214,15 +213,20 @@ class VZDriver(Driver):
                                    fresh_identity=fresh_identity)
 
     def _new_vm(self, cfg: Any) -> None:
-        """On the queue: a VM for `cfg` with our delegate (the old VM, if any, is kept alive)."""
-        if self._vm is not None:
-            self._retired.append((self._vm, self._delegate))
-        assert self._queue is not None
+        """On the queue: a VM for `cfg` with our delegate (any previous one was released first)."""
+        assert self._queue is not None and self._vm is None
+        self._attempt += 1
         vm = self._vz.VZVirtualMachine.alloc().initWithConfiguration_queue_(cfg, self._queue.queue)
         delegate = delegate_class(self._foundation, self._objc).new()
         delegate.sink = self
         vm.setDelegate_(delegate)
         self._vm, self._cfg, self._delegate = vm, cfg, delegate
+
+    def _release_vm(self) -> None:
+        """On the queue: drop every reference to the current VM (its late calls reach no delegate)."""
+        if self._vm is not None:
+            self._vm.setDelegate_(None)
+        self._vm = self._cfg = self._delegate = None
 
     def _start_on_queue(self) -> None:
         if self._stop_requested:
@@ -248,57 +252,10 @@ class VZDriver(Driver):
         if self._stop_requested:  # a stop arrived while starting: the guest has nothing to lose yet
             self._stop_on_queue()
 
-    def _restore_on_queue(self) -> None:
-        self._phase = "restoring"
-        vm = self._vm
-        url = file_url(self._foundation, self.bundle.saved_state)
-        vm.restoreMachineStateFromURL_completionHandler_(
-            url, self._guard(lambda err: self._restored(vm, err), "restore handler"))
-
-    def _restored(self, vm: Any, err: Any) -> None:
-        self._discard_saved_state()  # single-use, whatever happened (reference §3.7)
-        if err is not None:
-            e = from_nserror(err, "restore State.save", default_exit=VMExit.START_FAILED)
-            if e.exit is VMExit.CAPACITY:
-                self._finish(e.exit, str(e))
-            else:
-                self._cold_boot_after(str(e))
-            return
-        vm.resumeWithCompletionHandler_(self._guard(lambda e: self._resumed(vm, e), "resume handler"))
-
-    def _resumed(self, vm: Any, err: Any) -> None:
-        if err is None:
-            self._log("restored State.save and resumed the guest (warm start)")
-            self._record_restore(True, "")
-            self._running()
-            return
-        reason = str(from_nserror(err, "resume the restored VM", default_exit=VMExit.START_FAILED))
-        vm.stopWithCompletionHandler_(self._guard(lambda _e: self._cold_boot_after(reason), "stop handler"))
-
-    def _cold_boot_after(self, reason: str) -> None:
-        """On the queue: forget the saved state, take a fresh identity (DESIGN §12), boot cold."""
-        self._log(f"{reason}; deleted State.save, cold-booting with a fresh MachineIdentifier")
-        self._record_restore(False, reason)
-        self._new_vm(self._build(fresh_identity=True))
-        self._start_on_queue()
-
-    def _record_restore(self, restored: bool, error: str) -> None:
-        """RuntimeMetadata.json tells the agent whether a warm start happened (and why not)."""
-        try:
-            self.bundle.update_metadata(restored=restored, restore_error=error)
-        except (OSError, BundleError) as e:
-            self._log(f"could not record the restore outcome: {e}")
-
-    def _discard_saved_state(self) -> None:
-        try:
-            self.bundle.saved_state.unlink(missing_ok=True)
-        except OSError as e:
-            self._log(f"could not delete {self.bundle.saved_state}: {e}")
-
     # -- stop ---------------------------------------------------------------------------------------
     def _ask_guest_to_stop(self) -> bool:
         vm = self._vm
-        if vm.state() != self._vz.VZVirtualMachineStateRunning or not vm.canRequestStop():
+        if vm is None or vm.state() != self._vz.VZVirtualMachineStateRunning or not vm.canRequestStop():
             return False
         ok, err = vm.requestStopWithError_(None)
         if not ok:
@@ -312,6 +269,8 @@ class VZDriver(Driver):
 
     def _stop_on_queue(self) -> None:
         vm = self._vm
+        if vm is None or self._phase == "abandoning":
+            return  # between a given-up restore and the cold boot, which sees _stop_requested
         state = vm.state()
         if state in (self._vz.VZVirtualMachineStateStopped, self._vz.VZVirtualMachineStateError):
             self._finish(VMExit.STOPPED, None)
@@ -329,59 +288,43 @@ class VZDriver(Driver):
         else:
             self._finish(VMExit.STOPPED, None)
 
-    # -- save (warm path) ---------------------------------------------------------------------------
-    def _save_on_queue(self, outcome: Callable[[VZDriverError | None], None]) -> None:
-        vm = self._vm
-        if vm.state() != self._vz.VZVirtualMachineStateRunning:
-            outcome(VZDriverError(f"cannot save: the VM is {self._state_name(vm.state())}",
-                                  exit=VMExit.START_FAILED))
-            return
-        self._phase = "saving"
-
-        def paused(err: Any) -> None:
-            if err is not None:
-                self._phase = "running"
-                outcome(from_nserror(err, "pause the VM", default_exit=VMExit.START_FAILED))
-                return
-            vm.saveMachineStateToURL_completionHandler_(file_url(self._foundation, self.bundle.saved_state),
-                                                        self._guard(saved, "save handler"))
-
-        def saved(err: Any) -> None:
-            if err is not None:
-                self._discard_saved_state()
-                vm.resumeWithCompletionHandler_(self._guard(lambda _e: self._set_phase("running"),
-                                                            "resume handler"))
-                outcome(from_nserror(err, "save the VM state", default_exit=VMExit.START_FAILED))
-                return
-            with self._lock:
-                self._stop_requested = True
-            outcome(None)
-            self._stop_on_queue()  # paused → stopped: the disk stays exactly as saved
-
-        try:
-            vm.pauseWithCompletionHandler_(self._guard(paused, "pause handler"))
-        except BaseException as e:
-            outcome(VZDriverError(f"could not pause the VM: {e}", exit=VMExit.START_FAILED))
-            raise
-
     # -- delegate (on the queue) --------------------------------------------------------------------
-    def on_delegate(self, event: str, vm: Any, error: Any) -> None:
+    def on_delegate(self, event: str, vm: Any, error: Any, device: Any = None) -> None:
         """Called by the delegate; guarded here because it runs inside a libdispatch callback."""
-        self._guard(self._delegate_event, f"delegate {event}")(event, vm, error)
+        self._guard(self._delegate_event, f"delegate {event}")(event, vm, error, device)
 
-    def _delegate_event(self, event: str, vm: Any, error: Any) -> None:
+    def _delegate_event(self, event: str, vm: Any, error: Any, device: Any) -> None:
         if vm is not self._vm:
-            return  # a retired VM (e.g. after a failed restore)
+            return  # a released VM (e.g. after a failed restore)
         if event == "guest-stopped":
             self._log("the guest shut down")
             self._finish(VMExit.STOPPED, None)
         elif event == "stopped-with-error":
             e = from_nserror(error, "keep the VM running", default_exit=VMExit.GUEST_ERROR)
             self._finish(VMExit.GUEST_ERROR, f"the VM stopped with an error: {e}")
-        elif event == "network-disconnected":  # happens on guest reboots; informational
-            self._log("the VM's network attachment was disconnected"
-                      + (f": {from_nserror(error, 'keep the network', default_exit=VMExit.STOPPED)}"
-                         if error is not None else ""))
+        elif event == "network-disconnected":
+            self._network_lost(device, error)
+
+    def _network_lost(self, device: Any, error: Any) -> None:
+        why = (str(from_nserror(error, "keep the network", default_exit=VMExit.GUEST_ERROR)) if error is not None
+               else "no error given")
+        if self._phase != "running":  # starting, saving, stopping: the VM's own transition
+            self._log(f"the VM's network attachment was disconnected while {self._phase} ({why})")
+            return
+        now = time.monotonic()
+        self._reattached = [t for t in self._reattached if now - t < REATTACH_WINDOW]
+        if len(self._reattached) >= MAX_REATTACH:
+            self._finish(VMExit.GUEST_ERROR, f"the VM lost its network again ({why}) after {MAX_REATTACH} new NAT "
+                         f"attachments within {REATTACH_WINDOW:g}s; ending it: without a network its runner "
+                         "would sit idle")
+            return
+        device.setAttachment_(self._vz.VZNATNetworkDeviceAttachment.new())
+        if device.attachment() is None:
+            self._finish(VMExit.GUEST_ERROR, f"the VM lost its network ({why}) and a new NAT attachment did not "
+                         "take; ending it: without a network its runner would sit idle")
+            return
+        self._reattached.append(now)
+        self._log(f"the VM's network attachment was disconnected ({why}); attached a new NAT attachment")
 
     # -- helpers ------------------------------------------------------------------------------------
     def _finish(self, exit: VMExit, error: str | None) -> None:

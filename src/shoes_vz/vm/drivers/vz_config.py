@@ -11,7 +11,6 @@ propagate to the concrete subclasses, while `new` resolves to `+[NSObject new]` 
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +33,6 @@ SYNC_MODES = ("full", "fsync", "none")
 DISPLAY = (1920, 1200, 80)  # Apple's sample; headless, but tart and Apple both configure one (§2.3)
 
 
-def host_macos() -> tuple[int, int]:
-    """The host's macOS version as (major, minor); (0, 0) when not macOS."""
-    release = platform.mac_ver()[0]
-    if not release:
-        return (0, 0)
-    parts = [int(p) for p in release.split(".")[:2] if p.isdigit()]
-    return (parts + [0, 0])[0], (parts + [0, 0])[1]
-
-
 @dataclass(frozen=True)
 class LaunchSpec:
     """What the agent wrote into RuntimeMetadata.json for this VM."""
@@ -52,6 +42,7 @@ class LaunchSpec:
     memory_bytes: int
     caching_mode: str = "automatic"  # tart's default for macOS guests (§2.4)
     sync_mode: str = "full"
+    saveable: bool = False  # the VM is to be saved (a warm-slot build): checked before it boots
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> LaunchSpec:
@@ -59,7 +50,8 @@ class LaunchSpec:
             spec = cls(mac=str(meta["mac_address"]), cpu_count=int(meta["cpu_count"]),
                        memory_bytes=int(meta["memory_bytes"]),
                        caching_mode=str(meta.get("disk_caching_mode") or "automatic"),
-                       sync_mode=str(meta.get("disk_sync_mode") or "full"))
+                       sync_mode=str(meta.get("disk_sync_mode") or "full"),
+                       saveable=meta.get("saveable") is True)
         except KeyError as e:
             raise config_error(f"RuntimeMetadata.json lacks {e.args[0]!r}; the agent writes it") from None
         except (TypeError, ValueError) as e:
@@ -206,7 +198,13 @@ def assemble(vz: Any, *, host: tuple[int, int], platform: Any, cpu_count: int, m
     """The macOS guest recipe (§2.0) around a platform, boot disk and network; validated.
 
     Shared by runner boots and the installer (`shoes_vz.macos.install`), so a template is installed
-    on exactly the device set its runners boot with.
+    on exactly the device set its runners boot with. It is the *suspendable* set, for every VM: a
+    warm slot is saved from a cold boot of the template and restored into runner configurations,
+    and a restore needs the same devices as the save (§3.7), so there is one set, and it is the one
+    save/restore supports — tart's `--suspendable` set and Apple's macOS sample: the Mac keyboard and
+    trackpad, Mac graphics, the virtio boot disk, NAT virtio-net with a fixed MAC, vsock; no entropy
+    device (tart drops it for suspendable VMs, Apple's macOS sample has none; macOS guests have their
+    own RNG) and no audio. `validateSaveRestoreSupportWithError_` confirms it on the host (`vz.py`).
     """
     keyboards, pointers = input_devices(vz, host)
     cfg = vz.VZVirtualMachineConfiguration.new()
@@ -215,12 +213,11 @@ def assemble(vz: Any, *, host: tuple[int, int], platform: Any, cpu_count: int, m
     cfg.setCPUCount_(cpu_count)
     cfg.setMemorySize_(memory_bytes)
     cfg.setStorageDevices_([disk])  # the boot disk must be first
-    cfg.setNetworkDevices_([network])
+    cfg.setNetworkDevices_([network])  # exactly one: a different count restores but runs no guest code
     cfg.setGraphicsDevices_([graphics(vz)])
     cfg.setKeyboards_(keyboards)
     cfg.setPointingDevices_(pointers)
-    cfg.setEntropyDevices_([vz.VZVirtioEntropyDeviceConfiguration.new()])
-    cfg.setSocketDevices_([vz.VZVirtioSocketDeviceConfiguration.new()])
+    cfg.setSocketDevices_([vz.VZVirtioSocketDeviceConfiguration.new()])  # also the restore's liveness probe
     ok, err = cfg.validateWithError_(None)
     if not ok:
         raise from_nserror(err, "validate the VM configuration", default_exit=VMExit.CONFIG_ERROR)
@@ -235,4 +232,4 @@ def check_save_restore(cfg: Any) -> VZDriverError | None:
 
 
 __all__ = ["MIN_MACOS", "LaunchSpec", "VZDriverError", "assemble", "block_device", "build_configuration",
-           "check_save_restore", "clamp_cpu", "clamp_memory", "file_url", "host_macos", "nat_network"]
+           "check_save_restore", "clamp_cpu", "clamp_memory", "file_url", "nat_network"]
