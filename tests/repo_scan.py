@@ -61,6 +61,8 @@ def _lowest(segments: Iterable[str]) -> int:
 
 
 def climbs_out(token: str, before: str, file_depth: int, root: Path) -> bool:
+    if token.startswith(("@executable_path/", "@loader_path/", "@rpath/")):  # dyld: relative to a binary
+        return False
     if token.startswith("/") and before not in (")", "}"):  # absolute; `$(…)/..` and `{x}/..` are not
         return not _under(os.path.normpath(token), str(root))
     return file_depth + _lowest(token.split("/")) < 0
