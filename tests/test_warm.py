@@ -100,6 +100,8 @@ async def test_runners_restore_from_distinct_slots_and_keep_their_address(tmp_pa
             freed = warm[0]
             stack.agent.handle_delete("del-1", freed.runner_id)  # type: ignore[attr-defined]
             await eventually(lambda: stack.agent.warm.counts(stack.template) == (2, 1))
+            store = stack.server.store  # and the server has heard it is gone (its slot is free for placement)
+            await eventually(lambda: store.call(lambda: len(store.live_runners()) == 2))
             await stack.add(stub, "warm-again")
             again = await _runner_for(stack, "warm-again")
             assert again.restored is True and again.mac == freed.mac  # type: ignore[attr-defined]
