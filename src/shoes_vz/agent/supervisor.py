@@ -10,14 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+from shoes_vz.template.use_lock import UseLock
 from shoes_vz.vm import control
 from shoes_vz.vm.bundle import Bundle
 
 
 async def spawn(
     bundle: Bundle, driver: str, *, lease_file: Path, boot_delay: float, stop_grace: float,
-    restore_delay: float = 0.0,
+    restore_delay: float = 0.0, hold: UseLock | None = None,
 ) -> asyncio.subprocess.Process:
+    """Start the bundle's VM process. It inherits `hold`, the template's use lock, and keeps it for
+    its whole life (template/use_lock.py); the caller closes its own copy once this returns."""
     # `python -m shoes_vz.vm.process` is `shoes-vz vm run` without the CLI's import cost
     with open(bundle.log_file, "ab") as log:
         return await asyncio.create_subprocess_exec(
@@ -26,6 +29,7 @@ async def spawn(
             "--boot-delay", str(boot_delay), "--restore-delay", str(restore_delay), "--stop-grace", str(stop_grace),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True,  # an agent crash must not take its VMs down
+            pass_fds=(hold.fd,) if hold is not None else (),
         )
 
 
