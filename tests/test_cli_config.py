@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from stack_fixtures import eventually, make_stack
+from stack_fixtures import CLI, cli_env, eventually, make_stack
 
 from shoes_vz.template import init_sim
 from shoes_vz.wire import shoes_pb2_grpc as sgrpc
 
-CLI = [sys.executable, "-m", "shoes_vz.cli.main"]
-
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
-                          env={**base, "COLUMNS": "300", **(env or {})})
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, env=cli_env(**(env or {})))
 
 
 def agent_toml(path: Path, **values: object) -> Path:

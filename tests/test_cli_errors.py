@@ -8,31 +8,18 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from stack_fixtures import have_sshd, require
+from stack_fixtures import CLI, cli_env, have_sshd, one_error_line, require
 
 from shoes_vz.plugin.install import install_plugin
-
-CLI = [sys.executable, "-m", "shoes_vz.cli.main"]
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          env={**base, "COLUMNS": "300", **(env or {})})
-
-
-def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
-    """The single stderr line, after checking there is no traceback and nothing else."""
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{r.stderr}"
-    assert lines[0].startswith("error: "), lines[0]
-    return lines[0]
+                          env=cli_env(**(env or {})))
 
 
 def closed_port() -> int:
@@ -55,7 +42,7 @@ def test_plugin_call_with_a_relative_plugin_path_launches_it(tmp_path: Path) -> 
 def test_plugin_call_with_a_missing_plugin_file(tmp_path: Path) -> None:
     r = run("plugin", "call", "add", "--plugin", "./nope", "--runner-name", "x", cwd=tmp_path,
             env={"SHOESVZ_SERVER_ADDR": "127.0.0.1:1"})
-    line = one_error_line(r)
+    line = one_error_line(r.stderr)
     assert r.returncode == 1 and f"no plugin file at {tmp_path / 'nope'}" in line and "plugin install" in line
 
 
@@ -63,13 +50,13 @@ def test_plugin_call_without_the_server_address(tmp_path: Path) -> None:
     """The plugin's own clear line used to be followed by ~40 lines of traceback."""
     install_plugin(tmp_path / "shoes-vz-plugin")
     r = run("plugin", "call", "add", "--plugin", str(tmp_path / "shoes-vz-plugin"), "--runner-name", "x")
-    line = one_error_line(r)
+    line = one_error_line(r.stderr)
     assert r.returncode == 1 and "SHOESVZ_SERVER_ADDR is not set" in line
 
 
 def test_a_resource_type_refused_lists_the_valid_names(tmp_path: Path) -> None:
     r = run("plugin", "call", "add", "--plugin", "./p", "--runner-name", "x", "--resource-type", "huge")
-    line = one_error_line(r)
+    line = one_error_line(r.stderr)
     assert r.returncode == 2
     for name in ("Unknown", "Nano", "Small", "XLarge4", "small", "4xlarge"):
         assert name in line
@@ -83,7 +70,7 @@ def test_a_metrics_port_already_taken(tmp_path: Path) -> None:
         port = holder.getsockname()[1]
         r = run("server", "--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{port}",
                 "--db", str(tmp_path / "s.db"))
-    line = one_error_line(r)
+    line = one_error_line(r.stderr)
     assert r.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in line and f"in use by pid {os.getpid()}" in line
     assert "--metrics-listen" in line
@@ -91,13 +78,13 @@ def test_a_metrics_port_already_taken(tmp_path: Path) -> None:
 
 def test_bad_paths_and_environment_are_one_line(tmp_path: Path) -> None:
     r = run("template", "list", "--config", str(tmp_path / "missing.toml"))
-    assert r.returncode == 1 and "missing.toml does not exist" in one_error_line(r)
+    assert r.returncode == 1 and "missing.toml does not exist" in one_error_line(r.stderr)
     r = run("status", env={"SHOESVZ_AGENT_MAX_RUNNERS": "lots"})
-    assert r.returncode == 1 and "agent.max_runners" in one_error_line(r)
+    assert r.returncode == 1 and "agent.max_runners" in one_error_line(r.stderr)
     r = run("status", "--state-file", str(tmp_path / "none.json"))
-    assert r.returncode == 1 and "cannot read" in one_error_line(r)
+    assert r.returncode == 1 and "cannot read" in one_error_line(r.stderr)
     r = run("vm", "run", str(tmp_path / "x.bundle"), env={"SHOESVZ_AGENT_DRIVER": "qemu"})
-    assert r.returncode == 1 and "agent.driver" in one_error_line(r)
+    assert r.returncode == 1 and "agent.driver" in one_error_line(r.stderr)
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
@@ -113,7 +100,7 @@ def test_ctrl_c_during_up_cleans_up_and_says_so_in_one_line(tmp_path: Path) -> N
     """Ctrl-C (SIGINT to the whole foreground process group, as a terminal sends it) used to end in
     19 frames of traceback, although the cleanup worked."""
     require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}, "TMPDIR": str(tmp_path)}
+    env = cli_env(TMPDIR=str(tmp_path))
     proc = subprocess.Popen([*CLI, "up", "--runners", "6", "--boot-delay", "1"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
@@ -129,7 +116,7 @@ def test_ctrl_c_during_up_cleans_up_and_says_so_in_one_line(tmp_path: Path) -> N
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     r = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
-    line = one_error_line(r)
+    line = one_error_line(r.stderr)
     assert proc.returncode == 130, stderr
     assert line.startswith("error: interrupted: SIGINT") and "nothing left behind" in line
     assert not list(tmp_path.glob("shoes-vz-up-*"))  # the state directory went too

@@ -8,20 +8,18 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-from stack_fixtures import have_sshd, require
+from stack_fixtures import CLI, cli_env, have_sshd, one_error_line, require
 
 from shoes_vz.stack import LocalStack
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.wire import shoes_pb2 as spb
 from shoes_vz.wire import shoes_pb2_grpc as sgrpc
 
-CLI = [sys.executable, "-m", "shoes_vz.cli.main"]
 BROKEN_SSHD = "#!/bin/sh\necho 'sshd: this host keeps no host keys (a broken sshd)' >&2\nexit 255\n"
 
 
@@ -69,8 +67,7 @@ async def test_a_driver_failure_reaches_addinstance_and_its_log_outlives_the_bun
 def test_up_keep_keeps_every_runners_evidence(tmp_path: Path) -> None:
     """`shoes-vz up --keep` used to keep the directory but not the runners' logs (bundles are deleted)."""
     require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}, "TMPDIR": str(tmp_path),
-           "COLUMNS": "300"}
+    env = cli_env(TMPDIR=str(tmp_path))
     r = subprocess.run([*CLI, "up", "--runners", "1", "--keep"], capture_output=True, text=True, timeout=180,
                        env=env)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -83,11 +80,10 @@ def test_up_keep_keeps_every_runners_evidence(tmp_path: Path) -> None:
 
 def test_up_names_an_existing_log_when_the_stack_cannot_start(tmp_path: Path) -> None:
     """A server that exits at start: the message names its log, and the log is still there."""
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}, "TMPDIR": str(tmp_path),
-           "COLUMNS": "300", "SHOESVZ_SERVER_SYNC_INTERVAL": "0"}  # invalid: the server refuses to start
+    env = cli_env(TMPDIR=str(tmp_path), SHOESVZ_SERVER_SYNC_INTERVAL="0")  # invalid: the server refuses to start
     r = subprocess.run([*CLI, "up", "--runners", "1"], capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    (line,) = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    line = one_error_line(r.stderr)
+    assert r.returncode == 1
     assert "the server exited with status 1" in line and "server.sync_interval" in line
     log = Path(re.findall(r"\(log: (\S+)\)", line)[0])
     assert log.is_file() and "sync_interval" in log.read_text()

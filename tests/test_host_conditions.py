@@ -8,14 +8,13 @@ import contextlib
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
-from stack_fixtures import TOKEN, agent_settings, eventually, have_sshd, require, server_settings
+from stack_fixtures import CLI, TOKEN, agent_settings, cli_env, eventually, have_sshd, require, server_settings
 from xfs import require_xfs, xfs_reflink_mount
 
 from shoes_vz.agent.app import Agent
@@ -26,12 +25,6 @@ from shoes_vz.wire import agent_pb2_grpc as agrpc
 from shoes_vz.wire import shoes_pb2 as spb
 from shoes_vz.wire import shoes_pb2_grpc as sgrpc
 
-CLI = [sys.executable, "-m", "shoes_vz.cli.main"]
-
-
-def _env() -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}, "COLUMNS": "300"}
-
 
 def test_an_agent_whose_runners_directory_cannot_clone_refuses_to_start(no_clone_dir: Path) -> None:
     """It used to start, register, and fail every AddInstance with `UNAVAILABLE … CloneError`."""
@@ -41,7 +34,7 @@ def test_an_agent_whose_runners_directory_cannot_clone_refuses_to_start(no_clone
                    f'templates_dir = "{no_clone_dir / "templates"}"\nrunners_dir = "{no_clone_dir / "runners"}"\n'
                    f'runner_state_file = "{no_clone_dir / "state.json"}"\nnotify_listen = "127.0.0.1:0"\n'
                    'metrics_listen = ""\n')
-    r = subprocess.run([*CLI, "agent", "-c", str(cfg)], capture_output=True, text=True, timeout=60, env=_env())
+    r = subprocess.run([*CLI, "agent", "-c", str(cfg)], capture_output=True, text=True, timeout=60, env=cli_env())
     assert r.returncode == 1 and "Traceback" not in r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("error: the runners directory") and "cannot make runners from the templates" in line
@@ -164,7 +157,7 @@ async def test_an_agent_with_a_wrong_token_says_which_setting_once(tmp_path: Pat
                        f'runners_dir = "{s.runners_dir}"\nrunner_state_file = "{s.runner_state_file}"\n'
                        f'notify_listen = "127.0.0.1:0"\nmetrics_listen = ""\nallow_copy = true\n')
         proc = await asyncio.create_subprocess_exec(*CLI, "agent", "-c", str(cfg), "--verbose",
-                                                    stderr=subprocess.PIPE, env=_env())
+                                                    stderr=subprocess.PIPE, env=cli_env())
         assert proc.stderr is not None
         lines: list[str] = []
         deadline = time.monotonic() + 30

@@ -7,16 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-from stack_fixtures import require
-
-CLI = [sys.executable, "-m", "shoes_vz.cli.main"]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}, "COLUMNS": "300", **extra}
+from stack_fixtures import CLI, cli_env, one_error_line, require
 
 
 def without_sshd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -30,16 +23,9 @@ def without_sshd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=120, env=env)
 
 
-def _line(r: subprocess.CompletedProcess[str]) -> str:
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    return lines[0]
-
-
 def test_up_without_sshd_stops_before_starting_anything(tmp_path: Path) -> None:
-    r = without_sshd("up", "--runners", "1", env=_env(TMPDIR=str(tmp_path)))
-    line = _line(r)
+    r = without_sshd("up", "--runners", "1", env=cli_env(TMPDIR=str(tmp_path)))
+    line = one_error_line(r.stderr)
     assert r.returncode == 1
     assert "`shoes-vz up` cannot run here" in line and "apt-get install openssh-server" in line
     assert list(tmp_path.iterdir()) == []  # no state directory, no process: nothing was started
@@ -53,13 +39,13 @@ def test_an_agent_without_sshd_refuses_to_start(tmp_path: Path) -> None:
     cfg.write_text(f'[agent]\nserver_addr = "127.0.0.1:1"\ndriver = "sim"\nstate_dir = "{tmp_path / "state"}"\n'
                    f'templates_dir = "{tmp_path / "templates"}"\nrunners_dir = "{tmp_path / "runners"}"\n'
                    'notify_listen = "127.0.0.1:0"\nmetrics_listen = ""\nallow_copy = true\n')
-    r = without_sshd("agent", "-c", str(cfg), env=_env())
-    line = _line(r)
+    r = without_sshd("agent", "-c", str(cfg), env=cli_env())
+    line = one_error_line(r.stderr)
     assert r.returncode == 1 and "the sim driver cannot run here" in line and "openssh-server" in line
 
 
 def test_up_with_an_unusable_tmpdir(tmp_path: Path) -> None:
     r = subprocess.run([*CLI, "up", "--runners", "1"], capture_output=True, text=True, timeout=120,
-                       env=_env(TMPDIR=str(tmp_path / "missing")))
-    line = _line(r)
+                       env=cli_env(TMPDIR=str(tmp_path / "missing")))
+    line = one_error_line(r.stderr)
     assert r.returncode == 1 and f"TMPDIR={tmp_path / 'missing'} is not a writable directory" in line

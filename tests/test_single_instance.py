@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,18 +17,12 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from stack_fixtures import agent_settings, eventually, server_settings
+from stack_fixtures import CLI, agent_settings, cli_env, eventually, one_error_line, server_settings
 
 from shoes_vz.agent.app import Agent
 from shoes_vz.server.app import ServerApp
 from shoes_vz.stack import free_port
 from shoes_vz.template import init_sim
-
-CLI = [sys.executable, "-m", "shoes_vz.cli.main"]
-
-
-def _env() -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}, "COLUMNS": "300"}
 
 
 def _serving(addr: str) -> bool:
@@ -44,7 +37,7 @@ def _serving(addr: str) -> bool:
 @contextmanager
 def server_process(tmp: Path, listen: str, db: Path) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen([*CLI, "server", "--listen", listen, "--metrics-listen", "", "--db", str(db)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
         deadline = time.monotonic() + 30
         while not _serving(listen):
@@ -59,14 +52,7 @@ def server_process(tmp: Path, listen: str, db: Path) -> Iterator[subprocess.Pope
 
 def _second(*args: str) -> subprocess.CompletedProcess[str]:
     """A second process, which must give up at once (the old code served on: the timeout is the failure)."""
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30, env=_env())
-
-
-def _line(r: subprocess.CompletedProcess[str]) -> str:
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    return lines[0]
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30, env=cli_env())
 
 
 def test_a_second_server_on_the_same_port_is_refused(tmp_path: Path) -> None:
@@ -74,7 +60,7 @@ def test_a_second_server_on_the_same_port_is_refused(tmp_path: Path) -> None:
     addr = f"127.0.0.1:{free_port()}"
     with server_process(tmp_path, addr, tmp_path / "a.db") as first:
         r = _second("server", "--listen", addr, "--metrics-listen", "", "--db", str(tmp_path / "b.db"))
-        line = _line(r)
+        line = one_error_line(r.stderr)
         assert r.returncode == 1
         assert f"cannot listen on {addr}: the port is in use by pid {first.pid}" in line and "--listen" in line
         assert _serving(addr) and first.poll() is None  # the first one is untouched
@@ -85,7 +71,7 @@ def test_a_second_server_on_the_same_database_is_refused(tmp_path: Path) -> None
     db = tmp_path / "server.db"
     with server_process(tmp_path, addr, db) as first:
         r = _second("server", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--db", str(db))
-        line = _line(r)
+        line = one_error_line(r.stderr)
         assert r.returncode == 1
         assert f"the database {db} is in use by pid {first.pid} (shoes-vz server on {addr}" in line
         assert "--db" in line
@@ -121,7 +107,7 @@ async def test_a_second_agent_on_the_same_state_directory_is_refused(tmp_path: P
                            f'driver = "sim"\nnotify_listen = "127.0.0.1:0"\nmetrics_listen = ""\n'
                            f'runner_state_file = "{tmp_path / "state2.json"}"\nallow_copy = true\n')
             r = await asyncio.to_thread(_second, "agent", "--config", str(cfg))
-            line = _line(r)
+            line = one_error_line(r.stderr)
             assert r.returncode == 1
             assert f"the agent state directory {s.state_dir} is in use by pid {os.getpid()} (shoes-vz agent" in line
             assert f"agent id {first.agent_id}" in line and "agent.state_dir" in line

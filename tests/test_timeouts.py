@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import grpc
 import pytest
-from stack_fixtures import make_stack
+from stack_fixtures import CLI, cli_env, make_stack
 
 from shoes_vz.plugin.install import install_plugin
 from shoes_vz.stack import LocalStack
 from shoes_vz.wire import shoes_pb2_grpc as sgrpc
-
-CLI = [sys.executable, "-m", "shoes_vz.cli.main"]
 
 
 async def test_plugin_call_add_without_a_setup_script(tmp_path: Path) -> None:
@@ -27,8 +23,7 @@ async def test_plugin_call_add_without_a_setup_script(tmp_path: Path) -> None:
     await stack.start()
     try:
         plugin = await asyncio.to_thread(install_plugin, tmp_path / "shoes-vz-plugin")
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")},
-               "SHOESVZ_SERVER_ADDR": stack.server_addr, "SHOESVZ_TOKEN": stack.token}
+        env = cli_env(SHOESVZ_SERVER_ADDR=stack.server_addr, SHOESVZ_TOKEN=stack.token)
         # a deadline below the old stall: the call fails (DEADLINE_EXCEEDED) if the stall is back
         proc = await asyncio.create_subprocess_exec(
             *CLI, "plugin", "call", "add", "--plugin", str(plugin), "--runner-name", "no-script",

@@ -208,12 +208,18 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
                 await p.wait()
         await asyncio.to_thread(self._reap_vms)
 
-    def _reap_vms(self) -> None:
+    def _reap_vms(self, settle: float = 5.0) -> None:
+        """Kill the VM processes the agent left running, then give their guests (which die with
+        them, a moment later) time to be gone."""
         for b in Bundle.all_in(self.runners_dir):
             pid = b.lock_holder()
             if pid and pid > 0:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
+            b.kill_strays()
+        deadline = time.monotonic() + settle
+        while _pids_mentioning(str(self.root)) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def leftovers(self) -> list[str]:
         """Bundles or live vm processes still here (after every runner was deleted: none)."""
