@@ -18,7 +18,7 @@ from stack_fixtures import SimStack, agent_settings, eventually, have_sshd, make
 from typer.testing import CliRunner
 
 from shoes_vz.agent.host_key import probe_host_key
-from shoes_vz.agent.runner import fill_from_slot
+from shoes_vz.agent.vm_files import fill_from_slot
 from shoes_vz.agent.warm import SLOT_FILE, WarmPool, WarmSlot, fitting_slots
 from shoes_vz.agent.warm_build import SlotBuilder, WarmError
 from shoes_vz.cli.main import app

@@ -19,16 +19,15 @@ import asyncssh
 from shoes_vz.agent import ssh, supervisor
 from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.lifecycle import Event, advance
+from shoes_vz.agent.vm_files import fill_bundle, fill_from_slot
 from shoes_vz.agent.warm import WarmSlot
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.errors import CloneError, RunnerFailed, ShoesVzError
 from shoes_vz.core.states import LIVE_PHASES, GuestState, Phase
 from shoes_vz.template import Template
 from shoes_vz.template.use_lock import UseLock
-from shoes_vz.vm import clone
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.exit_status import VMExit, describe
-from shoes_vz.vm.identity import write_machine_identifier
 from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases
 
 log = logging.getLogger(__name__)
@@ -58,37 +57,6 @@ class RunnerSpec:
     resource_type: str = ""
     labels: list[str] = field(default_factory=list)
     warm_slot: WarmSlot | None = None
-
-
-def fill_from_slot(dst: Bundle, template: Template, slot: WarmSlot, *, allow_copy: bool) -> bool:
-    """Clone a warm slot into `dst`; False (and `dst` emptied) when the slot cannot be used — a
-    runner then boots cold instead of failing (DESIGN §12)."""
-    try:
-        fill_bundle(dst, template, slot, allow_copy=allow_copy)
-        return True
-    except (OSError, ShoesVzError) as e:
-        log.warning("warm slot %s unusable (%s): booting cold", slot.path, e)
-        for p in dst.path.iterdir():
-            p.unlink()
-        return False
-
-
-def fill_bundle(dst: Bundle, template: Template, slot: WarmSlot | None, *, allow_copy: bool) -> None:
-    """A VM's files in `dst`: clones of the template's disk and aux storage and a fresh identity,
-    or — from a warm slot — clones of the slot's disk, aux storage and saved state with its identity."""
-    src = slot.bundle if slot is not None else None
-    with slot.in_use() if slot is not None else contextlib.nullcontext():
-        pairs = [(template.disk, dst.disk), (template.aux_storage, dst.aux_storage)]
-        if src is not None:
-            pairs = [(src.disk, dst.disk), (src.aux_storage, dst.aux_storage), (src.saved_state, dst.saved_state)]
-        for source, target in pairs:
-            clone.clone_file(source, target, allow_copy=allow_copy)
-            os.chmod(target, 0o600)  # the VM's copy is writable, the template's (and slot's) is not
-        shutil.copyfile(template.hardware_model, dst.hardware_model)
-        if src is not None:
-            shutil.copyfile(src.machine_identifier, dst.machine_identifier)
-        else:
-            write_machine_identifier(dst.machine_identifier)
 
 
 class Runner:

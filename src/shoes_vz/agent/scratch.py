@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoes_vz.agent import supervisor
-from shoes_vz.agent.runner import fill_bundle
+from shoes_vz.agent.vm_files import fill_bundle
 from shoes_vz.agent.warm import slot_macs
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.errors import ShoesVzError
