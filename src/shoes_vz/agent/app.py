@@ -81,6 +81,7 @@ class Agent:
         self.notify_port = 0
         self.metrics_port = 0
         self._acks: list[Ack] = []
+        self._failed_and_gone: list[Runner] = []
         self._handled: dict[str, Ack] = {}
         self._deletes: dict[str, list[str]] = {}  # runner id → delete request ids waiting for "gone"
         self._keys: dict[str, asyncssh.SSHKey] = {}
@@ -284,6 +285,13 @@ class Agent:
         acks, self._acks = self._acks, []
         return acks
 
+    def take_failed_and_gone(self) -> list[Runner]:
+        """Failed runners torn down since the last Sync message: reported once more, in ERROR with
+        their error, so the server (and the AddInstance waiting on them) learns why even when the
+        failure and the teardown fell between two messages."""
+        gone, self._failed_and_gone = self._failed_and_gone, []
+        return gone
+
     def _ack(self, ack: Ack) -> None:
         self._handled[ack.request_id] = ack
         self._acks.append(ack)
@@ -351,6 +359,8 @@ class Agent:
             t = runner.timings
             self.metrics.observe(t.clone, t.boot_to_ssh, t.total)
         if runner.phase == Phase.GONE:
+            if runner.error:
+                self._failed_and_gone.append(runner)
             self.runners.pop(runner.runner_id, None)
             self.warm.release(runner.runner_id)
             self._observed.discard(runner.runner_id)

@@ -195,6 +195,9 @@ class SyncClient:
                 runners=[runner_message(r, a.agent_id) for r in runners],
                 acks=[ack_message(x) for x in acks],
             )
+            for r in a.take_failed_and_gone():  # its error first; the next message lacks it: gone
+                msg.runners.append(runner_message(r, a.agent_id))
+                msg.runners[-1].state = pb.RUNNER_STATE_ERROR
             # templates ride along when they changed (one frozen meanwhile becomes schedulable
             # without a restart), as do warm slots taken or refilled
             if templates is not None and templates != reported:
