@@ -67,9 +67,10 @@ class Hub:
         if now - self._warned_at.get(agent_id, -DUPLICATE_WINDOW) < DUPLICATE_WINDOW:
             return
         self._warned_at[agent_id] = now
-        log.error("agent %s: two live Sync streams keep replacing each other (%s and %s): two agents share one "
-                  "agent id — a copied state directory (its agent-id file) or two agents on one host; give each "
-                  "agent its own agent.state_dir", agent_id, old_peer or "?", new_peer or "?")
+        peers = f"from {old_peer}" if old_peer == new_peer else f"from {old_peer or '?'} and {new_peer or '?'}"
+        log.error("agent %s: two live Sync streams keep replacing each other (%s): two agents share one agent id "
+                  "— a copied state directory (its agent-id file) or two agents on one host; give each agent its "
+                  "own agent.state_dir", agent_id, peers)
 
     def detach(self, conn: Connection) -> bool:
         """Forget `conn`; True when it was the agent's current connection."""
