@@ -9,6 +9,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,6 +30,21 @@ from shoes_vz.wire import shoes_pb2_grpc as sgrpc
 
 IN_CI = bool(os.environ.get("CI"))
 TOKEN = "test-token"
+CLI = [sys.executable, "-m", "shoes_vz.cli.main"]  # `shoes-vz` as a person runs it
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """This environment without SHOESVZ_* settings (a developer's own must not leak in), wide output."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}, "COLUMNS": "300", **extra}
+
+
+def one_error_line(stderr: str) -> str:
+    """The single `error: …` line on stderr, after checking there is no traceback and nothing else."""
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{stderr}"
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
 
 
 def require(condition: bool, what: str) -> None:

@@ -18,7 +18,7 @@ from stack_fixtures import SimStack, agent_settings, eventually, have_sshd, make
 from typer.testing import CliRunner
 
 from shoes_vz.agent.host_key import probe_host_key
-from shoes_vz.agent.runner import fill_from_slot
+from shoes_vz.agent.vm_files import fill_from_slot
 from shoes_vz.agent.warm import SLOT_FILE, WarmPool, WarmSlot, fitting_slots
 from shoes_vz.agent.warm_build import SlotBuilder, WarmError
 from shoes_vz.cli.main import app
@@ -101,6 +101,8 @@ async def test_runners_restore_from_distinct_slots_and_keep_their_address(tmp_pa
             freed = warm[0]
             stack.agent.handle_delete("del-1", freed.runner_id)  # type: ignore[attr-defined]
             await eventually(lambda: stack.agent.warm.counts(stack.template) == (2, 1))
+            store = stack.server.store  # and the server has heard it is gone (its slot is free for placement)
+            await eventually(lambda: store.call(lambda: len(store.live_runners()) == 2))
             await stack.add(stub, "warm-again")
             again = await _runner_for(stack, "warm-again")
             assert again.restored is True and again.mac == freed.mac  # type: ignore[attr-defined]

@@ -192,6 +192,12 @@ class AgentSettings(_Base):
     restore_timeout: float = Field(60.0, gt=0, description="vz: a restore + resume that takes longer boots cold")
     restore_live_timeout: float = Field(
         30.0, ge=0, description="vz: a restored guest that does not answer on vsock this long boots cold (0: no check)")
+    evidence_keep: int = Field(
+        50, ge=0, description="runners whose evidence (VM log, RuntimeMetadata.json, the agent's record) stays in "
+                              "<state_dir>/evidence after they failed, newest first; 0 keeps none")
+    evidence_max_age: float = Field(7 * 86400.0, gt=0, description="seconds a runner's evidence is kept")
+    evidence_for_every_runner: bool = Field(
+        False, description="keep evidence for runners that did not fail too (`shoes-vz up --keep` does)")
 
     @field_validator("server_addr", "notify_listen")
     @classmethod
@@ -242,8 +248,9 @@ def load(cls: type[S], config_file: Path | None = None, **overrides: Any) -> S:
         lines = []
         for err in e.errors():
             where = ".".join(str(p) for p in err["loc"]) or "?"
-            lines.append(f"  {cls._table}.{where}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(f"invalid {cls._table} configuration:\n" + "\n".join(lines)) from None
+            lines.append(f"{cls._table}.{where}: {err['msg']} (got {err.get('input')!r})")
+        sep = " " if len(lines) == 1 else "\n  "  # one problem, one line
+        raise ConfigError(f"invalid {cls._table} configuration:{sep}" + sep.join(lines)) from None
     except Exception as e:  # a TOML syntax error, or an environment value pydantic-settings cannot parse
         where = f"configuration {path}" if path is not None else f"{cls._table} settings from the environment"
         raise ConfigError(f"cannot read {where}: {e}") from e

@@ -19,12 +19,14 @@ from typing import Any
 
 import grpc
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from shoes_vz.core.errors import ConfigError, Interrupted
 from shoes_vz.core.timings import percentile
 from shoes_vz.plugin.host import PluginProcess, PluginStartError, host_env
 from shoes_vz.plugin.install import install_plugin
-from shoes_vz.stack import LocalStack
+from shoes_vz.stack import LocalStack, prerequisites
 from shoes_vz.wire import myshoes_pb2 as mpb
 
 # What myshoes' setup script ends in: config.sh writes .runner, run.sh keeps Runner.Listener up
@@ -64,14 +66,22 @@ class PluginCaller:
     def __init__(self, plugin: Path, server_addr: str, token: str) -> None:
         self.plugin = plugin
         self.env = host_env({"SHOESVZ_SERVER_ADDR": server_addr, "SHOESVZ_TOKEN": token})
+        self._live: dict[int, PluginProcess] = {}  # by id(): the dataclass is not hashable
 
     def _call(self, method: str, request: object, timeout: float, res: RunResult) -> object:
         with PluginProcess.launch(self.plugin, self.env, stderr=subprocess.DEVNULL) as proc:
+            self._live[id(proc)] = proc
             res.plugin_handshake.append(proc.handshake_s)
             try:
                 return getattr(proc.shoes(), method)(request, timeout=timeout)
             finally:
+                self._live.pop(id(proc), None)
                 res.plugin_kill.append(proc.kill())
+
+    def kill_all(self) -> None:
+        """End the calls in flight (an interrupted run): as myshoes' SIGKILL after a call."""
+        for proc in list(self._live.values()):
+            proc.proc.kill()
 
     async def call(self, method: str, request: object, timeout: float, res: RunResult) -> object:
         return await asyncio.to_thread(self._call, method, request, timeout, res)
@@ -143,15 +153,28 @@ def report(results: list[RunResult], console: Console, title: str) -> None:
 
 
 async def run_demo(*, runners: int, concurrency: int, boot_delay: float, keep: bool, console: Console) -> int:
+    """Drive `runners` runners through a local stack; the exit code. Interrupted (Ctrl-C, SIGTERM)
+    once everything is cleaned up; the state directory stays when asked (`keep`) or when something failed."""
+    problems = await asyncio.to_thread(prerequisites)
+    if problems:
+        raise ConfigError("`shoes-vz up` cannot run here: " + "; ".join(problems))
     root = Path(tempfile.mkdtemp(prefix="shoes-vz-up-"))
-    stack = LocalStack(root, max_runners=concurrency, boot_delay=boot_delay)
+    stack = LocalStack(root, max_runners=concurrency, boot_delay=boot_delay, keep_evidence=keep)
     results: list[RunResult] = []
     leftovers: list[str] = []
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()
+    signals: list[int] = []
+
+    def interrupt(signum: int) -> None:
+        signals.append(signum)
+        main.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)  # an interrupted demo still cleans up
+        loop.add_signal_handler(sig, interrupt, sig)  # an interrupted demo still cleans up
+    failed = False
+    caller: PluginCaller | None = None
     try:
         with console.status("starting server and sim agent…"):
             await stack.start()
@@ -167,21 +190,39 @@ async def run_demo(*, runners: int, concurrency: int, boot_delay: float, keep: b
         async def one(i: int) -> RunResult:
             async with sem:
                 r = await drive_runner(stack, caller, f"demo-runner-{i + 1}")
-                console.print(f"  {r.name}: " + (f"[red]{r.error}[/]" if r.error else
+                console.print(f"  {r.name}: " + (f"[red]{escape(r.error)}[/]" if r.error else
                                                   f"ready at {r.ip}, IDLE, deleted"))
                 return r
 
         with console.status(f"driving {runners} runners ({concurrency} at a time) through the plugin…"):
             results = list(await asyncio.gather(*(one(i) for i in range(runners))))
+    except asyncio.CancelledError:
+        if not signals:
+            raise
+        main.uncancel()
+    except BaseException:
+        failed = True
+        raise
     finally:
+        if caller is not None:
+            caller.kill_all()
         await stack.stop()
         leftovers = stack.leftovers()
-        if not keep:
+        if signals:  # the bundles of runners cut short go with the state directory; processes must not stay
+            leftovers = [x for x in leftovers if x.startswith("pid ")]
+        failed = failed or bool(leftovers) or any(r.error for r in results)
+        if not keep and not failed:
             shutil.rmtree(root, ignore_errors=True)
+    kept = f"; state kept in {root}" if keep or failed else ""
+    if signals:
+        raise Interrupted(f"{signal.Signals(signals[0]).name}: stopped the server, the agent and their VMs"
+                          + (f"; left behind: {', '.join(leftovers)}" if leftovers else ", nothing left behind")
+                          + kept)
     report(results, console, f"{runners} sim runners through the myshoes plugin → ShoesService")
     if leftovers:
         console.print(f"[red]left behind:[/] {leftovers}")
     else:
         console.print("clean exit: no VM process or bundle left behind")
-    failed = [r for r in results if r.error]
-    return 1 if failed or leftovers else 0
+    if keep or failed:
+        console.print(f"state kept in {root} (logs, and each runner's evidence in {root / 'agent' / 'evidence'})")
+    return 1 if failed else 0

@@ -14,6 +14,7 @@ import secrets
 import signal
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def prerequisites() -> list[str]:
+    """What stops a local stack on this machine, each with its fix (before any process starts)."""
+    from shoes_vz.vm.process import preflight
+
+    problems = preflight("sim")
+    for host, what in (("127.0.0.1", "the server and the agent"), ("127.100.0.1", "sim guests (127.100.0.0/16)")):
+        try:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                s.listen()
+        except OSError as e:
+            problems.append(f"cannot listen on {host} for {what}: {e.strerror or e} (the loopback interface "
+                            "must be up and 127.0.0.0/8 routed to it)")
+    asked = os.environ.get("TMPDIR", "")
+    if asked and not (os.path.isdir(asked) and os.access(asked, os.W_OK | os.X_OK)):
+        # tempfile would quietly fall back to /tmp: say so instead of using another place than asked
+        problems.append(f"TMPDIR={asked} is not a writable directory: create it, or unset TMPDIR")
+    else:
+        try:
+            with tempfile.TemporaryDirectory(prefix="shoes-vz-check-"):
+                pass
+        except OSError as e:
+            problems.append(f"the temp directory {tempfile.gettempdir()} is not usable ({e.strerror or e}): point "
+                            "TMPDIR at a writable directory")
+    return problems
+
+
 class LocalStack:
     def __init__(self, root: Path, *, max_runners: int = 2, boot_delay: float = 0.0, restore_delay: float = 0.0,
-                 guest_poll_interval: float = 0.25) -> None:
+                 guest_poll_interval: float = 0.25, keep_evidence: bool = False) -> None:
         self.root = root
+        self.keep_evidence = keep_evidence
         self.max_runners = max_runners
         self.boot_delay = boot_delay
         self.restore_delay = restore_delay
@@ -99,6 +128,7 @@ sim_restore_delay = {self.restore_delay}
 guest_poll_interval = {self.guest_poll_interval}
 stop_grace = 2.0
 allow_copy = {'false' if self.reflink else 'true'}
+evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
 """)
         return cfg
 
@@ -113,6 +143,7 @@ allow_copy = {'false' if self.reflink else 'true'}
             self.procs[name] = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "shoes_vz.cli.main", name, "--config", str(cfg),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                start_new_session=True,  # a Ctrl-C is for `up`, which stops them in order (stop())
             )
             log.close()
             if name == "server":
@@ -125,12 +156,16 @@ allow_copy = {'false' if self.reflink else 'true'}
             stub = health_pb2_grpc.HealthStub(ch)
             while time.monotonic() < deadline:
                 self._check_alive("server")
-                with contextlib.suppress(grpc.aio.AioRpcError):
+                try:
                     r = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
                     if r.status == health_pb2.HealthCheckResponse.SERVING:
                         return
+                except grpc.aio.AioRpcError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():  # gRPC turns our cancellation into CANCELLED
+                        raise asyncio.CancelledError from None
                 await asyncio.sleep(0.05)
-        raise ShoesVzError(f"server did not come up within {timeout:.0f}s (see {self.root / 'server.log'})")
+        raise ShoesVzError(f"the server did not come up within {timeout:.0f}s (log: {self.root / 'server.log'})")
 
     async def _wait_agent(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -141,7 +176,7 @@ allow_copy = {'false' if self.reflink else 'true'}
             if online:
                 return
             await asyncio.sleep(0.05)
-        raise ShoesVzError(f"agent did not connect within {timeout:.0f}s (see {self.root / 'agent.log'})")
+        raise ShoesVzError(f"the agent did not connect within {timeout:.0f}s (log: {self.root / 'agent.log'})")
 
     async def wait_free_warm_slots(self, template: str, count: int, timeout: float = 20.0) -> None:
         """Until the server has heard (with an agent's Sync) that `count` warm slots of `template` are free."""
@@ -155,8 +190,10 @@ allow_copy = {'false' if self.reflink else 'true'}
     def _check_alive(self, name: str) -> None:
         p = self.procs[name]
         if p.returncode is not None:
-            tail = (self.root / f"{name}.log").read_text(errors="replace")[-2000:]
-            raise ShoesVzError(f"{name} exited with status {p.returncode}:\n{tail}")
+            log = self.root / f"{name}.log"
+            lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            said = f": {lines[-1].removeprefix('error: ')}" if lines else ""
+            raise ShoesVzError(f"the {name} exited with status {p.returncode}{said} (log: {log})")
 
     async def stop(self) -> None:
         # the agent first: on SIGTERM it keeps VMs (a restart re-adopts them), so tear them down here
@@ -172,12 +209,18 @@ allow_copy = {'false' if self.reflink else 'true'}
                 await p.wait()
         await asyncio.to_thread(self._reap_vms)
 
-    def _reap_vms(self) -> None:
+    def _reap_vms(self, settle: float = 5.0) -> None:
+        """Kill the VM processes the agent left running, then give their guests (which die with
+        them, a moment later) time to be gone."""
         for b in Bundle.all_in(self.runners_dir):
             pid = b.lock_holder()
             if pid and pid > 0:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
+            b.kill_strays()
+        deadline = time.monotonic() + settle
+        while _pids_mentioning(str(self.root)) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def leftovers(self) -> list[str]:
         """Bundles or live vm processes still here (after every runner was deleted: none)."""

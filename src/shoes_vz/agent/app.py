@@ -19,6 +19,7 @@ import asyncssh
 from aiohttp import web
 
 from shoes_vz.agent import supervisor
+from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.metrics import AgentMetrics
 from shoes_vz.agent.notify import NotifyApp
 from shoes_vz.agent.runner import Runner, RunnerSpec
@@ -26,15 +27,21 @@ from shoes_vz.agent.state_file import StateFile
 from shoes_vz.agent.sync import SyncClient
 from shoes_vz.agent.warm import WarmPool, WarmSlot
 from shoes_vz.config import AgentSettings
-from shoes_vz.core.errors import ConfigError, TemplateError
+from shoes_vz.core.conditions import HostConditions, Reason, reason_for
+from shoes_vz.core.errors import CloneError, ConfigError, TemplateError
 from shoes_vz.core.net import split_hostport
+from shoes_vz.core.pidlock import PIDLock
 from shoes_vz.core.states import Phase
 from shoes_vz.template import Template, TemplateStore, UsableTemplates
+from shoes_vz.template.metadata import FILE_NAME
 from shoes_vz.vm.bundle import Bundle
+from shoes_vz.vm.clone import check_clone
 from shoes_vz.vm.identity import new_mac
 from shoes_vz.vm.leases import MACAddress
+from shoes_vz.vm.process import preflight
 
 log = logging.getLogger(__name__)
+CONDITION_RECHECK_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class Agent:
         self.notify_port = 0
         self.metrics_port = 0
         self._acks: list[Ack] = []
+        self._failed_and_gone: list[Runner] = []
         self._handled: dict[str, Ack] = {}
         self._deletes: dict[str, list[str]] = {}  # runner id → delete request ids waiting for "gone"
         self._keys: dict[str, asyncssh.SSHKey] = {}
@@ -81,9 +89,15 @@ class Agent:
         self._state = StateFile(settings.runner_state_file)
         self.host_slots = supervisor.host_slots(settings)
         self.metrics = AgentMetrics(lambda: (r.phase for r in self.runners.values()), self.capacity)
+        self.evidence = Evidence(settings.state_dir / "evidence", keep=settings.evidence_keep,
+                                 max_age=settings.evidence_max_age)
+        self.conditions = HostConditions()
+        self.lock = PIDLock(settings.state_dir / "agent.lock", "agent")
+
         self.sync = SyncClient(self)
         self._sites: list[web.AppRunner] = []
         self._sync_task: asyncio.Task[None] | None = None
+        self._recheck_task: asyncio.Task[None] | None = None
 
     @property
     def capacity(self) -> int:
@@ -99,13 +113,28 @@ class Agent:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
+        # one agent per state directory: two would share an agent id and knock each other off the server
+        await asyncio.to_thread(self.lock.acquire, f"the agent state directory {s.state_dir}",
+                                "Stop that agent, or give this one another state directory (agent.state_dir).")
         if s.driver == "vz":
             await asyncio.to_thread(self._doctor)
+        problems = await asyncio.to_thread(preflight, s.driver)
+        if problems:  # said once, here, rather than by every runner's VM process
+            raise ConfigError(f"the {s.driver} driver cannot run here: " + "; ".join(problems))
         self.agent_id = await asyncio.to_thread(load_agent_id, s.state_dir)
         await self._verify_templates()
         await asyncio.to_thread(self.warm.refresh, self.templates.list())
         s.runners_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._check_clones)
+        await asyncio.to_thread(self.evidence.prune)
         await asyncio.to_thread(self._sweep_stale_bundles)
         await self._adopt_live_bundles()
         notify = NotifyApp(lambda: list(self.runners.values()), self.lease_file)
@@ -116,8 +145,49 @@ class Agent:
             app = web.Application()
             app.router.add_get("/metrics", self.metrics.handle)
             self.metrics_port = await self._serve(app, s.metrics_listen)
+        await asyncio.to_thread(self.lock.update, address=f"notify {s.notify_listen.rpartition(':')[0]}:"
+                                f"{self.notify_port}, server {s.server_addr}, agent id {self.agent_id}")
         self._publish()
         self._sync_task = asyncio.create_task(self.sync.run(), name="sync")
+        self._recheck_task = asyncio.create_task(self._recheck_conditions(), name="host-conditions")
+
+    def _check_clones(self) -> None:
+        """Runners are clones: a runners directory that cannot clone the templates stops the agent
+        here, naming the volumes and the fix — not every AddInstance later (unless allow_copy)."""
+        s = self.settings
+        probe = self.templates.list()[0].path / FILE_NAME
+        try:
+            check_clone(probe, s.runners_dir)
+        except CloneError as e:
+            if not s.allow_copy:
+                raise ConfigError(f"the runners directory {s.runners_dir} cannot make runners from the templates "
+                                  f"in {s.templates_dir}: {e}") from None
+            log.warning("allow_copy: every runner is a full copy of its template (slow; dev only): %s", e)
+
+    def host_problem(self, e: BaseException) -> None:
+        """A runner could not be made for a reason of this host's (runner.on_host_problem): take the
+        host out of placement until the re-check passes."""
+        reason = reason_for(e)
+        where = self.settings.runners_dir
+        fix = f"free space on the volume of {where}" if reason == Reason.DISK_FULL else f"make {where} clone again"
+        if reason is not None and self.conditions.set(reason, f"{e}; fix: {fix} (the agent re-checks by itself)"):
+            log.error("host condition %s: %s; no new runners here until it clears", reason, e)
+            self.changed.set()
+
+    async def _recheck_conditions(self) -> None:
+        """Clear the clone and disk conditions once a probe clone into the runners directory works again."""
+        while True:
+            await asyncio.sleep(CONDITION_RECHECK_INTERVAL)
+            if not self.conditions:
+                continue
+            try:
+                await asyncio.to_thread(check_clone, self.templates.list()[0].path / FILE_NAME,
+                                        self.settings.runners_dir)
+            except (CloneError, OSError, IndexError):
+                continue
+            if self.conditions.clear(Reason.CLONE_FAILED, Reason.DISK_FULL):
+                log.info("host conditions cleared: the runners directory clones again")
+                self.changed.set()
 
     async def _verify_templates(self) -> None:
         """Fully verify every frozen template (off the loop; digests cached by stat in the state dir).
@@ -154,15 +224,19 @@ class Agent:
 
     async def stop(self, *, tear_down: bool = False) -> None:
         """Stop serving. VMs keep running unless `tear_down` (a restarted agent re-adopts them)."""
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+        for task in (self._sync_task, self._recheck_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sync_task = self._recheck_task = None
         if tear_down:
             await asyncio.gather(*(r.delete() for r in list(self.runners.values())), return_exceptions=True)
         for site in reversed(self._sites):
             await site.cleanup()
+        self._sites = []
         await self._state.drain()
+        self.lock.release()
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -215,7 +289,7 @@ class Agent:
                 await supervisor.stop(b, None, self.settings.stop_grace)
                 await asyncio.to_thread(shutil.rmtree, b.path, True)
                 continue
-            runner = Runner(spec, mac, self.settings, self.lease_file, key, self._runner_changed)
+            runner = Runner(spec, mac, self.settings, self.lease_file, key, self._runner_changed, self.evidence)
             self.runners[runner.runner_id] = runner
             runner.adopt(meta)
             log.info("adopted runner %s (%s) in %s", runner.runner_id, spec.runner_name, runner.phase)
@@ -224,6 +298,13 @@ class Agent:
     def take_acks(self) -> list[Ack]:
         acks, self._acks = self._acks, []
         return acks
+
+    def take_failed_and_gone(self) -> list[Runner]:
+        """Failed runners torn down since the last Sync message: reported once more, in ERROR with
+        their error, so the server (and the AddInstance waiting on them) learns why even when the
+        failure and the teardown fell between two messages."""
+        gone, self._failed_and_gone = self._failed_and_gone, []
+        return gone
 
     def _ack(self, ack: Ack) -> None:
         self._handled[ack.request_id] = ack
@@ -237,6 +318,10 @@ class Agent:
             return
         if runner_id in self.runners:
             self._ack(Ack(request_id, True))
+            return
+        if self.conditions:  # the server places nothing here; a command sent before it knew is refused
+            self._ack(Ack(request_id, False, "host out of placement: " + "; ".join(
+                c.describe() for c in self.conditions.list())))
             return
         live = [r for r in self.runners.values() if r.live or r.phase == Phase.ERROR]
         if len(live) >= self.capacity:
@@ -260,7 +345,8 @@ class Agent:
         spec = RunnerSpec(runner_id, runner_name, setup_script, template, resource_type, labels, slot)
         # a slot's identity is its own (held by this runner alone); a cold runner avoids every slot's MAC
         mac = slot.mac if slot is not None else new_mac({r.mac for r in self.runners.values()} | self.warm.macs())
-        runner = Runner(spec, mac, self.settings, self.lease_file, key, self._runner_changed)
+        runner = Runner(spec, mac, self.settings, self.lease_file, key, self._runner_changed, self.evidence,
+                        self.host_problem)
         self.runners[runner_id] = runner
         runner.start()
         self._ack(Ack(request_id, True))
@@ -292,6 +378,8 @@ class Agent:
             t = runner.timings
             self.metrics.observe(t.clone, t.boot_to_ssh, t.total)
         if runner.phase == Phase.GONE:
+            if runner.error:
+                self._failed_and_gone.append(runner)
             self.runners.pop(runner.runner_id, None)
             self.warm.release(runner.runner_id)
             self._observed.discard(runner.runner_id)
@@ -308,17 +396,7 @@ class Agent:
             "agent_id": self.agent_id,
             "driver": self.settings.driver,
             "max_runners": self.capacity,
-            "runners": [
-                {
-                    "runner_id": r.runner_id, "runner_name": r.spec.runner_name, "state": r.phase.value,
-                    "guest_runner_state": r.guest_state.value, "ip_address": r.ip, "mac_address": str(r.mac),
-                    "template": r.spec.template.name, "resource_type": r.spec.resource_type,
-                    "warm_slot": str(r.spec.warm_slot.path) if r.spec.warm_slot else "", "restored": r.restored,
-                    "error": r.error, "created_at": r.created_at, "timings": dict(r.timings.__dict__),
-                    "bundle": str(r.bundle.path),
-                }
-                for r in self.runners.values()
-            ],
+            "runners": [r.record() for r in self.runners.values()],
         }
 
     def warm_slot_counts(self, template: Template) -> tuple[int, int]:

@@ -17,16 +17,17 @@ import aiohttp
 import asyncssh
 
 from shoes_vz.agent import ssh, supervisor
+from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.lifecycle import Event, advance
+from shoes_vz.agent.vm_files import fill_bundle, fill_from_slot
 from shoes_vz.agent.warm import WarmSlot
 from shoes_vz.config import AgentSettings
-from shoes_vz.core.errors import RunnerFailed, ShoesVzError
+from shoes_vz.core.errors import CloneError, RunnerFailed, ShoesVzError
 from shoes_vz.core.states import LIVE_PHASES, GuestState, Phase
 from shoes_vz.template import Template
-from shoes_vz.vm import clone
+from shoes_vz.template.use_lock import UseLock
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.exit_status import describe, is_capacity
-from shoes_vz.vm.identity import write_machine_identifier
 from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases
 
 log = logging.getLogger(__name__)
@@ -58,37 +59,6 @@ class RunnerSpec:
     warm_slot: WarmSlot | None = None
 
 
-def fill_from_slot(dst: Bundle, template: Template, slot: WarmSlot, *, allow_copy: bool) -> bool:
-    """Clone a warm slot into `dst`; False (and `dst` emptied) when the slot cannot be used — a
-    runner then boots cold instead of failing (DESIGN §12)."""
-    try:
-        fill_bundle(dst, template, slot, allow_copy=allow_copy)
-        return True
-    except (OSError, ShoesVzError) as e:
-        log.warning("warm slot %s unusable (%s): booting cold", slot.path, e)
-        for p in dst.path.iterdir():
-            p.unlink()
-        return False
-
-
-def fill_bundle(dst: Bundle, template: Template, slot: WarmSlot | None, *, allow_copy: bool) -> None:
-    """A VM's files in `dst`: clones of the template's disk and aux storage and a fresh identity,
-    or — from a warm slot — clones of the slot's disk, aux storage and saved state with its identity."""
-    src = slot.bundle if slot is not None else None
-    with slot.in_use() if slot is not None else contextlib.nullcontext():
-        pairs = [(template.disk, dst.disk), (template.aux_storage, dst.aux_storage)]
-        if src is not None:
-            pairs = [(src.disk, dst.disk), (src.aux_storage, dst.aux_storage), (src.saved_state, dst.saved_state)]
-        for source, target in pairs:
-            clone.clone_file(source, target, allow_copy=allow_copy)
-            os.chmod(target, 0o600)  # the VM's copy is writable, the template's (and slot's) is not
-        shutil.copyfile(template.hardware_model, dst.hardware_model)
-        if src is not None:
-            shutil.copyfile(src.machine_identifier, dst.machine_identifier)
-        else:
-            write_machine_identifier(dst.machine_identifier)
-
-
 class Runner:
     def __init__(
         self,
@@ -98,6 +68,8 @@ class Runner:
         lease_file: Path,
         client_key: asyncssh.SSHKey,
         on_change: Callable[[Runner], None],
+        evidence: Evidence | None = None,
+        on_host_problem: Callable[[ShoesVzError | OSError], None] | None = None,
     ) -> None:
         self.spec = spec
         self.mac = mac
@@ -105,6 +77,9 @@ class Runner:
         self.lease_file = lease_file
         self.client_key = client_key
         self.on_change = on_change
+        self.evidence = evidence
+        self.on_host_problem = on_host_problem
+        self.evidence_log: Path | None = None  # the VM log, kept once the runner failed
         self.phase = Phase.CREATING
         self.guest_state = GuestState.UNSPECIFIED
         self.error = ""
@@ -120,6 +95,7 @@ class Runner:
         self._task: asyncio.Task[None] | None = None
         self._teardown: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._use: UseLock | None = None  # the template's use lock, until the VM process holds it
         self.gone = asyncio.Event()
 
     @property
@@ -138,9 +114,16 @@ class Runner:
             self.phase = new
             self.on_change(self)
 
-    def fail(self, message: str, *, capacity: bool = False) -> None:
+    def fail(self, message: str, *, capacity: bool = False, with_log: bool = False) -> None:
+        """ERROR, then tear down. `with_log` appends the VM log's path — the kept copy, which outlives
+        the bundle (agent/evidence.py)."""
         if self.phase in (Phase.TEARING_DOWN, Phase.GONE, Phase.ERROR):
             return
+        if with_log:
+            kept = self._log_for_message()
+            # the driver's own words may name the bundle's log, which teardown removes: name the kept one
+            message = message.replace(str(self.bundle.log_file), kept)
+            message = message if kept in message else f"{message} (log: {kept})"
         self.error = message
         self.capacity_error = capacity
         log.warning("runner %s failed: %s", self.runner_id, message)
@@ -171,7 +154,9 @@ class Runner:
         while self.live and await asyncio.to_thread(self.bundle.is_running):
             await asyncio.sleep(1.0)
         if self.live:
-            self.fail(f"VM process exited while {self.phase} (log: {self.bundle.log_file})")
+            words = await asyncio.to_thread(self._last_words)
+            if self.live:
+                self.fail(f"VM process exited while {self.phase}{words}", with_log=True)
 
     # -- create -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -182,17 +167,24 @@ class Runner:
         started = time.monotonic()
         try:
             async with asyncio.timeout(s.create_timeout):
-                await asyncio.to_thread(self._make_bundle)
+                self._use = await asyncio.to_thread(self._make_bundle)
                 self.timings.clone = time.monotonic() - started
-                self.proc = await supervisor.spawn(
-                    self.bundle, s.driver, lease_file=self.lease_file,
-                    boot_delay=s.sim_boot_delay, restore_delay=s.sim_restore_delay, stop_grace=s.stop_grace,
-                    host_slots=supervisor.host_slots(s), restore_timeout=s.restore_timeout,
-                    live_timeout=s.restore_live_timeout,
-                )
+                try:
+                    self.proc = await supervisor.spawn(
+                        self.bundle, s.driver, lease_file=self.lease_file, boot_delay=s.sim_boot_delay,
+                        restore_delay=s.sim_restore_delay, stop_grace=s.stop_grace, hold=self._use,
+                        host_slots=supervisor.host_slots(s), restore_timeout=s.restore_timeout,
+                        live_timeout=s.restore_live_timeout,
+                    )
+                finally:
+                    self._release_template()
                 self._on(Event.CLONED)
                 self._watcher = asyncio.create_task(self._watch_vm())
-                addr = await asyncio.wait_for(self._wait_address(), s.boot_to_ip_timeout)
+                try:
+                    addr = await asyncio.wait_for(self._wait_address(), s.boot_to_ip_timeout)
+                except TimeoutError:  # this deadline, not create_timeout (that one cancels, it never lands here)
+                    raise RunnerFailed(f"no IP address within boot_to_ip_timeout ({s.boot_to_ip_timeout:g}s): "
+                                       f"no notify from the guest and no DHCP lease for {self.mac}") from None
                 self.ip = addr.ip
                 meta = self.spec.template.meta
                 conn = await ssh.wait_ready(
@@ -215,21 +207,39 @@ class Runner:
                     timings=self.timings.__dict__,
                 )
                 self._on(Event.SETUP_STARTED)
-        except TimeoutError:
-            self.fail(f"not ready within the deadline while {self.phase} (create_timeout "
-                      f"{s.create_timeout:.0f}s, boot_to_ip {s.boot_to_ip_timeout:.0f}s, "
-                      f"ip_to_ssh {s.ip_to_ssh_timeout:.0f}s)")
+        except TimeoutError:  # only asyncio.timeout above: the inner deadlines raise RunnerFailed
+            self.fail(f"not ready within create_timeout ({s.create_timeout:g}s) while {self.phase}",
+                      with_log=self.proc is not None)
             return
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            self.fail(f"{type(e).__name__}: {e}" if not isinstance(e, RunnerFailed) else str(e))
+            if self.proc is None and self.on_host_problem is not None and isinstance(e, (CloneError, OSError)):
+                self.on_host_problem(e)  # before the failure is published: the next placement avoids this host
+            self.fail(f"{type(e).__name__}: {e}" if not isinstance(e, RunnerFailed) else str(e),
+                      with_log=self.proc is not None)
             return
         await self._poll_guest()
 
-    def _make_bundle(self) -> None:
-        """Clone the template (or the runner's warm slot) into a temp dir, then rename into place."""
+    def _release_template(self) -> None:
+        if self._use is not None:
+            self._use.close()
+            self._use = None
+
+    def _make_bundle(self) -> UseLock:
+        """Clone the template (or the runner's warm slot) into a temp dir, then rename into place.
+        The template's use lock is taken first (`freeze` cannot replace it from here on) and returned
+        for the VM process to inherit."""
         t = self.spec.template
+        use = UseLock.take(t.path)
+        try:
+            self._fill(t)
+        except BaseException:
+            use.close()
+            raise
+        return use
+
+    def _fill(self, t: Template) -> None:
         t.check()
         tmp = Bundle.temporary_for(self.settings.runners_dir, self.runner_id)
         self.settings.runners_dir.mkdir(parents=True, exist_ok=True)
@@ -287,9 +297,43 @@ class Runner:
     async def _watch_vm(self) -> None:
         assert self.proc is not None
         code = await self.proc.wait()
+        if not self.live:
+            return
+        words = await asyncio.to_thread(self._last_words)
         if self.live:
-            self.fail(f"VM process exited while {self.phase}: {describe(code)} (log: {self.bundle.log_file})",
-                      capacity=is_capacity(code))
+            self.fail(f"VM process exited while {self.phase}: {describe(code)}{words}",
+                      capacity=is_capacity(code), with_log=True)
+
+    def _last_words(self) -> str:
+        """What the VM process said as it gave up (`exit_reason` in its metadata), as `: …`."""
+        try:
+            reason = str(self.bundle.read_metadata().get("exit_reason", "")).strip()
+        except ShoesVzError:
+            return ""
+        return f": {reason}" if reason else ""
+
+    def _log_for_message(self) -> str:
+        """The VM log an error message may name: the kept copy (it outlives the bundle)."""
+        if self.evidence is not None:
+            kept = self.evidence.take_log(self.bundle)
+            if kept is not None:
+                self.evidence_log = kept
+                return str(kept)
+            if self.evidence.keep <= 0:
+                return "not kept: evidence_keep is 0"
+        return str(self.bundle.log_file) if self.bundle.log_file.exists() else "none was written"
+
+    def record(self) -> dict[str, Any]:
+        """The agent's view of this runner (runner-state.json's entry, and the evidence's runner.json)."""
+        return {
+            "runner_id": self.runner_id, "runner_name": self.spec.runner_name, "state": self.phase.value,
+            "guest_runner_state": self.guest_state.value, "ip_address": self.ip, "mac_address": str(self.mac),
+            "template": self.spec.template.name, "resource_type": self.spec.resource_type,
+            "warm_slot": str(self.spec.warm_slot.path) if self.spec.warm_slot else "", "restored": self.restored,
+            "error": self.error, "created_at": self.created_at, "timings": dict(self.timings.__dict__),
+            "bundle": str(self.bundle.path),
+        }
+
 
     async def _poll_guest(self) -> None:
         """Track the runner inside the guest through the runner-agent's /status."""
@@ -320,8 +364,11 @@ class Runner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        self._release_template()
         try:
             await supervisor.stop(self.bundle, self.proc, self.settings.stop_grace)
+            if self.evidence is not None and (self.error or self.settings.evidence_for_every_runner):
+                await asyncio.to_thread(self.evidence.keep_runner, self.bundle, self.record())
             await asyncio.to_thread(shutil.rmtree, self.bundle.path, True)
             await asyncio.to_thread(
                 shutil.rmtree, Bundle.temporary_for(self.settings.runners_dir, self.runner_id).path, True

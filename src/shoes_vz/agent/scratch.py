@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoes_vz.agent import supervisor
-from shoes_vz.agent.runner import fill_bundle
+from shoes_vz.agent.vm_files import fill_bundle
 from shoes_vz.agent.warm import slot_macs
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.errors import ShoesVzError
 from shoes_vz.template import Template
 from shoes_vz.template.modes import remove_tree
+from shoes_vz.template.use_lock import UseLock
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.exit_status import describe
 from shoes_vz.vm.identity import new_mac
@@ -80,7 +81,9 @@ async def scratch_vm(settings: AgentSettings, template: Template, label: str, *,
                                                   | slot_macs(s.templates_dir)))
     vm = ScratchVM(bundle, None, mac)
     bundle.path.mkdir()
+    use: UseLock | None = None
     try:
+        use = await asyncio.to_thread(UseLock.take, template.path)  # freeze waits for this VM to be gone
         await asyncio.to_thread(fill_bundle, bundle, template, None, allow_copy=s.allow_copy)
         meta = template.meta
         await asyncio.to_thread(
@@ -90,13 +93,16 @@ async def scratch_vm(settings: AgentSettings, template: Template, label: str, *,
             cpu_count=meta.cpu_count, memory_bytes=meta.memory_bytes, created_at=time.time(), saveable=saveable,
         )
         vm.proc = await supervisor.spawn(bundle, s.driver, lease_file=s.lease_file, boot_delay=s.sim_boot_delay,
-                                         stop_grace=s.stop_grace, host_slots=supervisor.host_slots(s))
+                                         stop_grace=s.stop_grace, host_slots=supervisor.host_slots(s), hold=use)
+        use.close()
         vm.ip = await _wait_lease(s, vm.proc, mac)
         yield vm
     except (ShoesVzError, OSError, TimeoutError) as e:
         cls = type(e) if isinstance(e, ScratchError) else ScratchError  # keep a caller's subclass
         raise cls(f"{e or type(e).__name__}{log_tail(bundle.log_file)}") from e
     finally:
+        if use is not None:
+            use.close()
         if bundle.path.exists():
             if vm.proc is not None and vm.proc.returncode is None or bundle.is_running():
                 await supervisor.stop(bundle, vm.proc, 0.0)
@@ -112,5 +118,6 @@ async def _wait_lease(s: AgentSettings, proc: asyncio.subprocess.Process, mac: M
         if lease is not None:
             return lease.ip
         if time.monotonic() > deadline:
-            raise ScratchError(f"no DHCP lease for {mac} within {s.boot_to_ip_timeout:.0f}s ({s.lease_file})")
+            raise ScratchError(f"no DHCP lease for {mac} within boot_to_ip_timeout ({s.boot_to_ip_timeout:g}s; "
+                               f"{s.lease_file})")
         await asyncio.sleep(0.05)

@@ -29,8 +29,10 @@ async def wait_ready(
     client_key: asyncssh.SSHKey,
     host_key: asyncssh.SSHKey,
     timeout: float,
+    setting: str = "ip_to_ssh_timeout",
 ) -> asyncssh.SSHClientConnection:
-    """Connect with the pinned host key and run `true`; retry fast until `timeout` passes.
+    """Connect with the pinned host key and run `true`; retry fast until `timeout` (the agent's
+    `setting`, named in the error) passes.
 
     A guest that answers with another host key is not our VM: that fails at once.
     """
@@ -61,12 +63,21 @@ async def wait_ready(
         conn.close()
         last = RunnerFailed(f"`true` exited {result.exit_status}")
         await asyncio.sleep(RETRY_INTERVAL)
-    raise RunnerFailed(f"SSH on {host}:{port} not ready within {timeout:.0f}s (last error: {last})")
+    raise RunnerFailed(f"SSH on {host}:{port} not ready within {setting} ({timeout:g}s; last error: {last})")
 
 
-async def start_detached(conn: asyncssh.SSHClientConnection, script: str, timeout: float = 30.0) -> int:
+START_TIMEOUT = 30.0
+
+
+async def start_detached(conn: asyncssh.SSHClientConnection, script: str, timeout: float = START_TIMEOUT) -> int:
     """Start `script` detached in the guest; return its pid without waiting for it."""
-    result = await asyncio.wait_for(conn.run(_DETACH, input=script, check=False), timeout)
+    # an empty `input` is never written, and without its EOF `cat` would wait: no script is /dev/null
+    stdin: dict[str, object] = {"input": script} if script else {"stdin": asyncssh.DEVNULL}
+    try:
+        result = await asyncio.wait_for(conn.run(_DETACH, check=False, **stdin), timeout)  # type: ignore[arg-type]
+    except TimeoutError:
+        raise RunnerFailed(f"setup_script did not start within {timeout:g}s (the guest's shell did not "
+                           "answer)") from None
     out = str(result.stdout or "").strip()
     if result.exit_status != 0 or not out.isdigit():
         raise RunnerFailed(

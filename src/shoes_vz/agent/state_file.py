@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from shoes_vz.vm.bundle import write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 class StateFile:
@@ -17,6 +20,7 @@ class StateFile:
         self.path = path
         self._pending: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._problem = ""
 
     def update(self, snapshot: dict[str, Any]) -> None:
         self._pending = {**snapshot, "updated_at": time.time()}
@@ -29,9 +33,19 @@ class StateFile:
             await asyncio.to_thread(self._write, data)
 
     def _write(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # atomic but not fsynced: it lives on /var/run (tmpfs) and is rewritten on every change
-        write_json_atomic(self.path, data, durable=False)
+        """A write that fails (a full disk) is logged once and tried again with the next change."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # atomic but not fsynced: it lives on /var/run (tmpfs) and is rewritten on every change
+            write_json_atomic(self.path, data, durable=False)
+        except OSError as e:
+            if str(e) != self._problem:
+                log.error("cannot write %s: %s (the next change tries again)", self.path, e)
+            self._problem = str(e)
+            return
+        if self._problem:
+            log.info("%s written again", self.path)
+        self._problem = ""
 
     async def drain(self) -> None:
         if self._task is not None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from shoes_vz.config import AgentSettings
+from shoes_vz.template.use_lock import UseLock
 from shoes_vz.vm import control
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.host_slots import HostSlots
@@ -23,8 +24,10 @@ def host_slots(settings: AgentSettings) -> HostSlots:
 
 async def spawn(
     bundle: Bundle, driver: str, *, lease_file: Path, boot_delay: float, stop_grace: float, host_slots: HostSlots,
-    restore_delay: float = 0.0, restore_timeout: float = 60.0, live_timeout: float = 30.0,
+    restore_delay: float = 0.0, restore_timeout: float = 60.0, live_timeout: float = 30.0, hold: UseLock | None = None,
 ) -> asyncio.subprocess.Process:
+    """Start the bundle's VM process. It inherits `hold`, the template's use lock, and keeps it for
+    its whole life (template/use_lock.py); the caller closes its own copy once this returns."""
     # `python -m shoes_vz.vm.process` is `shoes-vz vm run` without the CLI's import cost
     with open(bundle.log_file, "ab") as log:
         return await asyncio.create_subprocess_exec(
@@ -35,6 +38,7 @@ async def spawn(
             "--restore-timeout", str(restore_timeout), "--live-timeout", str(live_timeout),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True,  # an agent crash must not take its VMs down
+            pass_fds=(hold.fd,) if hold is not None else (),
         )
 
 

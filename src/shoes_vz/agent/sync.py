@@ -18,7 +18,7 @@ from shoes_vz import __version__
 from shoes_vz.core.errors import TemplateError
 from shoes_vz.wire import agent_pb2 as pb
 from shoes_vz.wire import agent_pb2_grpc as pbg
-from shoes_vz.wire.convert import guest_to_wire, phase_to_state
+from shoes_vz.wire.convert import conditions_to_wire, guest_to_wire, phase_to_state
 
 if TYPE_CHECKING:
     from shoes_vz.agent.app import Ack, Agent
@@ -80,6 +80,7 @@ class SyncClient:
         self.connected = asyncio.Event()
         self._metadata = (("authorization", f"Bearer {self.s.token}"),) if self.s.token else ()
         self._template_error = ""
+        self._problem = ""
 
     def _channel(self) -> grpc.aio.Channel:
         opts = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_permit_without_calls", 1)]
@@ -101,6 +102,7 @@ class SyncClient:
 
     async def run(self) -> None:
         attempt = 0
+        self._problem = ""
         while True:
             try:
                 async with self._channel() as channel:
@@ -108,7 +110,9 @@ class SyncClient:
                     request = await asyncio.to_thread(self._register_request)  # reads template files
                     reply = await stub.RegisterAgent(request, metadata=self._metadata, timeout=10)
                     interval = reply.sync_interval_seconds or 5
-                    log.info("registered as agent %s with %s", self.agent.agent_id, self.s.server_addr)
+                    log.info("registered as agent %s with %s%s", self.agent.agent_id, self.s.server_addr,
+                             " (the earlier problem is gone)" if self._problem else "")
+                    self._problem = ""
                     connected_at = time.monotonic()
                     try:
                         await self._stream(stub, float(interval))
@@ -118,14 +122,30 @@ class SyncClient:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as e:
-                log.warning("sync with %s lost: %s %s", self.s.server_addr, e.code().name, e.details())
+                self._report(*self._describe(e))
             except Exception as e:
-                log.warning("sync with %s failed: %r", self.s.server_addr, e)
+                self._report(logging.WARNING, f"sync with {self.s.server_addr} failed: {e!r}")
             finally:
                 self.connected.clear()
             delay = backoff_delay(attempt)
             attempt += 1
             await asyncio.sleep(delay)
+
+    def _describe(self, e: grpc.aio.AioRpcError) -> tuple[int, str]:
+        if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+            given = "the token this agent sends" if self.s.token else "no token (this agent sends none)"
+            return logging.ERROR, (
+                f"the server at {self.s.server_addr} rejects {given}: set agent.token in the config file, or "
+                f"SHOESVZ_AGENT_TOKEN, to the server's token (server.token); retrying ({e.details()})")
+        return logging.WARNING, f"sync with {self.s.server_addr} lost: {e.code().name} {e.details()}"
+
+    def _report(self, level: int, problem: str) -> None:
+        """Each problem once, when it starts or changes; the retries behind it are quiet (debug)."""
+        if problem == self._problem:
+            log.debug("%s", problem)
+            return
+        self._problem = problem
+        log.log(level, "%s", problem)
 
     async def _templates_now(self) -> list[pb.Template] | None:
         try:
@@ -164,6 +184,7 @@ class SyncClient:
     async def _send_loop(self, call: grpc.aio.StreamStreamCall, interval: float) -> None:
         a = self.agent
         reported: list[pb.Template] | None = None
+        reported_conditions: pb.HostConditionReport | None = None
         while True:
             a.changed.clear()
             templates = await self._templates_now()
@@ -174,12 +195,20 @@ class SyncClient:
                 runners=[runner_message(r, a.agent_id) for r in runners],
                 acks=[ack_message(x) for x in acks],
             )
+            for r in a.take_failed_and_gone():  # its error first; the next message lacks it: gone
+                msg.runners.append(runner_message(r, a.agent_id))
+                msg.runners[-1].state = pb.RUNNER_STATE_ERROR
             # templates ride along when they changed (one frozen meanwhile becomes schedulable
             # without a restart), as do warm slots taken or refilled
             if templates is not None and templates != reported:
                 msg.templates.templates.extend(templates)
                 msg.templates.SetInParent()
                 reported = templates
+            conditions = conditions_to_wire(a.conditions.list())  # ahead of the runners: placement first
+            if conditions != reported_conditions:
+                msg.conditions.CopyFrom(conditions)
+                msg.conditions.SetInParent()
+                reported_conditions = conditions
             await call.write(msg)
             try:
                 await asyncio.wait_for(a.changed.wait(), interval)

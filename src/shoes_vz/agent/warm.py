@@ -122,7 +122,7 @@ class WarmPool:
     The slots on disk are read by `refresh` — off the event loop, at agent start and with every
     Sync message — so `claim`, `counts` and `macs` on the create path touch no files. A slot made
     by `template warm` is used from the next Sync on; one removed since the last look makes its
-    runner boot cold (`runner.fill_from_slot`).
+    runner boot cold (`vm_files.fill_from_slot`).
     """
 
     def __init__(self, templates_dir: Path, driver: str) -> None:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
 import typer
 from rich.table import Table
 
 from shoes_vz.cli.console import fail, out
-from shoes_vz.config import DEFAULT_RUNNERS_DIR, DEFAULT_TEMPLATES_DIR
+from shoes_vz.cli.options import ConfigOpt, RunnersDirOpt, TemplatesDirOpt, agent_settings
 from shoes_vz.core.errors import ShoesVzError
 
 _STYLE = {"ok": "green", "warn": "yellow", "fatal": "bold red"}
@@ -18,13 +15,15 @@ _STYLE = {"ok": "green", "warn": "yellow", "fatal": "bold red"}
 def register(app: typer.Typer) -> None:
     @app.command()
     def doctor(
-        templates_dir: Annotated[Path, typer.Option(help="where templates live")] = DEFAULT_TEMPLATES_DIR,
-        runners_dir: Annotated[Path, typer.Option(help="where runner bundles live")] = DEFAULT_RUNNERS_DIR,
+        config: ConfigOpt = None,
+        templates_dir: TemplatesDirOpt = None,
+        runners_dir: RunnersDirOpt = None,
     ) -> None:
         """Check that this host can run vz VMs; exit 1 when a check is fatal."""
         from shoes_vz.macos.doctor import Probes, has_fatal, run_checks
 
-        checks = run_checks(Probes(), templates_dir, runners_dir)
+        s = agent_settings(config, templates_dir=templates_dir, runners_dir=runners_dir)
+        checks = run_checks(Probes(), s.templates_dir, s.runners_dir)
         table = Table("check", "result", "details", "fix")
         for c in checks:
             table.add_row(c.name, f"[{_STYLE[c.level.value]}]{c.level.value}[/]", c.message, c.fix)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -14,10 +15,10 @@ from typing import Annotated, Any
 import typer
 
 from shoes_vz import __version__
+from shoes_vz.cli import console, template_create, template_warm
 from shoes_vz.cli import template as template_cli
-from shoes_vz.cli import template_create, template_warm
 from shoes_vz.cli.console import fail, out
-from shoes_vz.config import DEFAULT_RUNNER_STATE_FILE
+from shoes_vz.cli.options import ConfigOpt, DriverOpt, RunnersDirOpt, TemplatesDirOpt, VerboseOpt, agent_settings
 from shoes_vz.core.errors import ShoesVzError
 
 app = typer.Typer(help="Ephemeral macOS VMs on Apple Silicon as GitHub Actions runners for myshoes.",
@@ -28,11 +29,6 @@ app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
 for _part in (template_cli, template_create, template_warm):
     _part.register(template_app)
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML file ([server]/[agent] tables)",
-                                                envvar="SHOESVZ_CONFIG")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
-
 
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
@@ -48,6 +44,24 @@ async def _serve_until_signal(obj: Any) -> None:
         await stop.wait()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"shoes-vz {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="print the version and exit")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help=f"show an error's traceback (also {console.DEBUG_ENV}=1)")
+                     ] = False,
+) -> None:
+    """Ephemeral macOS VMs on Apple Silicon as GitHub Actions runners for myshoes."""
+    if debug:
+        os.environ[console.DEBUG_ENV] = "1"  # processes this one starts (`up`: server, agent) inherit it
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
@@ -57,9 +71,10 @@ def version() -> None:
 @app.command()
 def server(
     config: ConfigOpt = None,
-    listen: Annotated[str | None, typer.Option(help="gRPC HOST:PORT")] = None,
-    metrics_listen: Annotated[str | None, typer.Option(help="/metrics HOST:PORT ('' disables)")] = None,
-    db: Annotated[Path | None, typer.Option(help="SQLite database path")] = None,
+    listen: Annotated[str | None, typer.Option(help="gRPC HOST:PORT (server.listen)")] = None,
+    metrics_listen: Annotated[str | None, typer.Option(
+        help="/metrics HOST:PORT, '' disables (server.metrics_listen)")] = None,
+    db: Annotated[Path | None, typer.Option(help="SQLite database path (server.db_path)")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the server: ShoesService for myshoes, AgentService for agents, /metrics."""
@@ -77,23 +92,22 @@ def server(
 @app.command()
 def agent(
     config: ConfigOpt = None,
-    server_addr: Annotated[str | None, typer.Option(help="server gRPC HOST:PORT")] = None,
-    driver: Annotated[str | None, typer.Option(help="vz or sim")] = None,
-    templates_dir: Annotated[Path | None, typer.Option()] = None,
-    runners_dir: Annotated[Path | None, typer.Option()] = None,
-    state_dir: Annotated[Path | None, typer.Option()] = None,
-    max_runners: Annotated[int | None, typer.Option()] = None,
+    server_addr: Annotated[str | None, typer.Option(help="the server's gRPC HOST:PORT (agent.server_addr)")] = None,
+    driver: DriverOpt = None,
+    templates_dir: TemplatesDirOpt = None,
+    runners_dir: RunnersDirOpt = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        help="agent id, lock, SSH keys and failed runners' evidence (agent.state_dir)")] = None,
+    max_runners: Annotated[int | None, typer.Option(help="VMs at once (agent.max_runners)")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the agent on this host: clones, boots and tears down runners."""
-    from shoes_vz import config as cfg
     from shoes_vz.agent.app import Agent
 
     _logging(verbose)
     try:
-        settings = cfg.load(cfg.AgentSettings, config, server_addr=server_addr, driver=driver,
-                            templates_dir=templates_dir, runners_dir=runners_dir, state_dir=state_dir,
-                            max_runners=max_runners)
+        settings = agent_settings(config, server_addr=server_addr, driver=driver, templates_dir=templates_dir,
+                                  runners_dir=runners_dir, state_dir=state_dir, max_runners=max_runners)
         asyncio.run(_serve_until_signal(_KeepVMs(Agent(settings))))
     except ShoesVzError as e:
         raise fail(e) from None
@@ -115,19 +129,26 @@ class _KeepVMs:
 
 @vm_app.command("run", context_settings={"allow_extra_args": True})
 def vm_run(
-    bundle: Path,
-    driver: Annotated[str, typer.Option(help="sim or vz")] = "sim",
-    boot_delay: Annotated[float, typer.Option(help="sim: seconds the guest takes to boot")] = 0.0,
-    lease_file: Annotated[Path | None, typer.Option(help="sim: dhcpd_leases file to write")] = None,
-    stop_grace: Annotated[float, typer.Option(help="seconds from stop request to hard stop")] = 10.0,
+    bundle: Annotated[Path, typer.Argument(help="the runner bundle directory (<runners_dir>/<id>.bundle)")],
+    config: ConfigOpt = None,
+    driver: DriverOpt = None,
+    boot_delay: Annotated[float | None, typer.Option(
+        help="sim: seconds the guest takes to boot (default: agent.sim_boot_delay)")] = None,
+    lease_file: Annotated[Path | None, typer.Option(
+        help="DHCP lease file (sim: written; default: agent.lease_file)")] = None,
+    stop_grace: Annotated[float | None, typer.Option(
+        help="seconds from stop request to hard stop (default: agent.stop_grace)")] = None,
 ) -> None:
     """Own one VM until it stops (holds the bundle lock, serves BUNDLE/control.sock)."""
     from shoes_vz.vm import process
 
-    argv = [str(bundle), "--driver", driver, "--boot-delay", str(boot_delay), "--stop-grace", str(stop_grace)]
-    if lease_file is not None:
-        argv += ["--lease-file", str(lease_file)]
-    process.exit_now(process.main(argv))  # os._exit after flushing: dispatch threads may still call back
+    s = agent_settings(config, driver=driver, sim_boot_delay=boot_delay, lease_file=lease_file,
+                       stop_grace=stop_grace)
+    process.exit_now(process.main([  # os._exit after flushing: dispatch threads may still call back
+        str(bundle), "--driver", s.driver, "--boot-delay", str(s.sim_boot_delay), "--stop-grace", str(s.stop_grace),
+        "--lease-file", str(s.lease_file), "--host-slots", str(s.effective_vm_slots_dir()),
+        "--host-limit", str(s.host_vm_limit), "--restore-timeout", str(s.restore_timeout),
+        "--live-timeout", str(s.restore_live_timeout)]))
 
 
 # --help goes to the runner-agent's own parser too (it lists the daemon's flags, `install --help` its own)
@@ -145,7 +166,8 @@ def up(
     runners: Annotated[int, typer.Option("--runners", "-n", help="runners to drive through the lifecycle")] = 3,
     concurrency: Annotated[int, typer.Option(help="runners at once (agent capacity)")] = 2,
     boot_delay: Annotated[float, typer.Option(help="sim guest boot time, seconds")] = 0.0,
-    keep: Annotated[bool, typer.Option(help="keep the temp state dir for inspection")] = False,
+    keep: Annotated[bool, typer.Option(
+        help="keep the state dir: logs, and every runner's evidence (kept anyway when something fails)")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Bring up server + one sim agent on loopback, drive runners through their lifecycle, report."""
@@ -153,23 +175,23 @@ def up(
 
     if verbose:
         _logging(True)
-    try:
-        code = asyncio.run(run_demo(runners=runners, concurrency=concurrency, boot_delay=boot_delay,
-                                    keep=keep, console=out))
-    except ShoesVzError as e:
-        raise fail(e) from None
-    raise typer.Exit(code)
+    # errors and Ctrl-C (after cleaning up: Interrupted) leave as one line through console.run
+    raise typer.Exit(asyncio.run(run_demo(runners=runners, concurrency=concurrency, boot_delay=boot_delay,
+                                          keep=keep, console=out)))
 
 
 @app.command()
 def status(
-    state_file: Annotated[Path, typer.Option(help="the agent's runner-state.json")] = DEFAULT_RUNNER_STATE_FILE,
+    config: ConfigOpt = None,
+    state_file: Annotated[Path | None, typer.Option(
+        help="the agent's runner-state.json (default: agent.runner_state_file)")] = None,
 ) -> None:
     """Show this host's runners (from the agent's runner-state.json)."""
     import json
 
     from rich.table import Table
 
+    state_file = agent_settings(config, runner_state_file=state_file).runner_state_file
     try:
         data = json.loads(state_file.read_text())
     except (OSError, ValueError) as e:
@@ -184,6 +206,9 @@ def status(
                                                   for k in ("clone", "boot_to_ssh", "total")),
                       r.get("error", "")[:60])
     out.print(table)
+    for r in data.get("runners", []):  # in full: an error names the kept VM log, a path to copy
+        if r.get("error"):
+            out.print(f"{r['runner_id']}: {r['error']}", markup=False, highlight=False)
 
 
 def _start_kind(runner: dict[str, Any]) -> str:
@@ -202,8 +227,8 @@ for _mod in ("shoes_vz.cli.macos", "shoes_vz.cli.plugin"):
         importlib.import_module(_mod).register(app)
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(console.run(app, argv))
 
 
 if __name__ == "__main__":

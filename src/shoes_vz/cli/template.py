@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,12 +14,15 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from shoes_vz.cli.console import err, fail, out
-from shoes_vz.config import DEFAULT_RUNNERS_DIR, DEFAULT_TEMPLATES_DIR
+from shoes_vz.cli.options import ConfigOpt, RunnersDirOpt, TemplatesDirOpt, agent_settings
 from shoes_vz.core.errors import ShoesVzError
 
-TemplatesOpt = Annotated[Path, typer.Option(help="where templates live")]
-RunnersOpt = Annotated[Path, typer.Option(help="runner bundles (live VMs) to check before replacing a template")]
-CopyOpt = Annotated[bool, typer.Option("--copy", help="full copy where a clone is impossible (slow; dev only)")]
+if TYPE_CHECKING:
+    from shoes_vz.config import AgentSettings
+
+NameArg = Annotated[str, typer.Argument(help="template name (letters, digits, '.', '_', '-')")]
+CopyOpt = Annotated[bool, typer.Option("--copy", help="full copy where a clone is impossible (slow; dev only; "
+                                                      "also on when the agent's allow_copy is)")]
 GIB = 1024**3
 
 
@@ -36,14 +39,12 @@ def _bar(console: Console, what: str) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def _boot_probe(config: Path | None, templates_dir: Path, runners_dir: Path) -> Callable[[Path], str]:
+def _boot_probe(settings: AgentSettings) -> Callable[[Path], str]:
     """`freeze --boot`: boot a clone of the draft with the agent's settings and read its host key."""
     import asyncio
 
-    from shoes_vz import config as cfg
     from shoes_vz.agent.host_key import probe_host_key
 
-    settings = cfg.load(cfg.AgentSettings, config, templates_dir=templates_dir, runners_dir=runners_dir)
     def probe(draft_dir: Path) -> str:
         with err.status(f"booting a clone of {draft_dir.name} ({settings.driver}) to read its SSH host key"):
             return asyncio.run(probe_host_key(settings, draft_dir))
@@ -55,8 +56,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("init-sim")
     def init_sim_cmd(
-        name: str,
-        templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR,
+        name: NameArg,
+        config: ConfigOpt = None,
+        templates_dir: TemplatesDirOpt = None,
         resource_types: Annotated[str, typer.Option(help="comma-separated types served")] = "",
         disk_gib: Annotated[int, typer.Option(min=1, help="sparse Disk.img size")] = 64,
         authorized_key: Annotated[Path | None, typer.Option(help="public key the agent will use")] = None,
@@ -65,7 +67,8 @@ def register(app: typer.Typer) -> None:
         from shoes_vz.template import init_sim
 
         try:
-            t = init_sim(templates_dir, name, resource_types=_types(resource_types), disk_bytes=disk_gib * GIB,
+            templates = agent_settings(config, templates_dir=templates_dir).templates_dir
+            t = init_sim(templates, name, resource_types=_types(resource_types), disk_bytes=disk_gib * GIB,
                          authorized_key=authorized_key.read_text() if authorized_key else None)
         except (ShoesVzError, OSError) as e:
             raise fail(e) from None
@@ -74,8 +77,9 @@ def register(app: typer.Typer) -> None:
     @app.command("import-tart")
     def import_tart_cmd(
         src: Annotated[Path, typer.Argument(help="tart VM directory, e.g. ~/.tart/vms/NAME")],
-        name: str,
-        templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR,
+        name: NameArg,
+        config: ConfigOpt = None,
+        templates_dir: TemplatesDirOpt = None,
         cpu: Annotated[int | None, typer.Option(min=1, help="vCPUs (default: tart's cpuCount)")] = None,
         memory_gib: Annotated[int | None, typer.Option(min=1, help="memory (default: tart's memorySize)")] = None,
         resource_types: Annotated[str, typer.Option(help="comma-separated types served")] = "",
@@ -88,10 +92,12 @@ def register(app: typer.Typer) -> None:
             err.print("[yellow]warning:[/] --copy: where the tart VM cannot be cloned, its disk is copied in "
                       "full (slow; costs the disk's full size)")
         try:
+            settings = agent_settings(config, templates_dir=templates_dir)
             with _bar(err, "copying") as progress:
-                d = import_tart(src, TemplateStore(templates_dir), name, cpu_count=cpu,
+                d = import_tart(src, TemplateStore(settings.templates_dir), name, cpu_count=cpu,
                                 memory_bytes=memory_gib * GIB if memory_gib else None,
-                                resource_types=_types(resource_types), copy=copy, progress=progress)
+                                resource_types=_types(resource_types), copy=copy or settings.allow_copy,
+                                progress=progress)
         except (ShoesVzError, OSError) as e:
             raise fail(e) from None
         m = d.meta
@@ -101,42 +107,48 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def freeze(
-        name: str,
-        templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR,
-        runners_dir: RunnersOpt = DEFAULT_RUNNERS_DIR,
+        name: NameArg,
+        config: ConfigOpt = None,
+        templates_dir: TemplatesDirOpt = None,
+        runners_dir: RunnersDirOpt = None,
         host_key: Annotated[str | None, typer.Option(
             help="guest SSH host public key: the 'ssh-ed25519 AAAA…' line or a .pub file")] = None,
         boot: Annotated[bool, typer.Option(
             "--boot", help="read the host key off a scratch boot of the draft (a clone; the agent's "
-                           "driver, lease file and runners dir from --config)")] = False,
-        config: Annotated[Path | None, typer.Option("--config", "-c", help="the agent's TOML file (for --boot)",
-                                                    envvar="SHOESVZ_CONFIG")] = None,
+                           "driver, lease file and runners dir)")] = False,
     ) -> None:
-        """Pin the host key, record digests, make the draft NAME read-only and publish it."""
+        """Pin the host key, record digests, make the draft NAME read-only and publish it.
+
+        An older version is replaced only when no live VM uses it: the agent's runners directory is
+        checked, and a version any VM holds (a runner, a warm slot being built) is never replaced.
+        """
         from shoes_vz.template import TemplateStore
         from shoes_vz.template import freeze as do_freeze
 
         try:
-            probe = _boot_probe(config, templates_dir, runners_dir) if boot else None
+            settings = agent_settings(config, templates_dir=templates_dir, runners_dir=runners_dir)
+            probe = _boot_probe(settings) if boot else None
             with _bar(err, "digesting") as progress:
-                t = do_freeze(TemplateStore(templates_dir), name, runners_dir=runners_dir, host_key=host_key,
-                              host_key_probe=probe, progress=progress)
+                t = do_freeze(TemplateStore(settings.templates_dir), name, runners_dir=settings.runners_dir,
+                              host_key=host_key, host_key_probe=probe, progress=progress)
         except (ShoesVzError, OSError) as e:
             raise fail(e) from None
         out.print(f"template [bold]{t.name}[/] v{t.meta.version} frozen at {t.path} "
                   f"(host key {t.meta.ssh_host_key.split()[0]}, {len(t.meta.digests)} files digested)")
-        stale = sorted(p.name for p in (templates_dir / ".warm" / t.name).glob("*") if p.name != t.meta.version)
+        stale = sorted(p.name for p in (settings.templates_dir / ".warm" / t.name).glob("*")
+                       if p.name != t.meta.version)
         if stale:
             err.print(f"[yellow]note:[/] warm slots of {t.name} v{', v'.join(stale)} no longer fit and are not used; "
                       f"make new ones: shoes-vz template warm {t.name} --slots N")
 
     @app.command()
-    def verify(name: str, templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR) -> None:
+    def verify(name: NameArg, config: ConfigOpt = None, templates_dir: TemplatesDirOpt = None) -> None:
         """Check a frozen template: digests, modes, symlinks, pinned host key. Exit 1 listing problems."""
         from shoes_vz.template import TemplateStore
         from shoes_vz.template import verify as do_verify
 
         try:
+            templates_dir = agent_settings(config, templates_dir=templates_dir).templates_dir
             path = TemplateStore(templates_dir).path(name)
             if not path.is_dir():
                 raise ShoesVzError(f"no template named {name!r} in {templates_dir}")
@@ -154,12 +166,14 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(1)
 
     @app.command("list")
-    def list_cmd(templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR) -> None:
+    def list_cmd(config: ConfigOpt = None, templates_dir: TemplatesDirOpt = None) -> None:
         """List frozen templates and drafts."""
         from shoes_vz.template import TemplateStore
 
+        templates_dir = agent_settings(config, templates_dir=templates_dir).templates_dir
         table = Table("name", "version", "status", "driver", "macOS build", "cpu", "memory", "disk",
                       "resource types", "frozen at")
+        table.title = str(templates_dir)
         for e in TemplateStore(templates_dir).entries():
             m = e.meta
             if m is None:
@@ -172,14 +186,32 @@ def register(app: typer.Typer) -> None:
         out.print(table)
 
     @app.command()
-    def edit(name: str, templates_dir: TemplatesOpt = DEFAULT_TEMPLATES_DIR, copy: CopyOpt = False) -> None:
+    def edit(name: NameArg, config: ConfigOpt = None, templates_dir: TemplatesDirOpt = None,
+             runners_dir: RunnersDirOpt = None, copy: CopyOpt = False) -> None:
         """Un-freeze NAME into a new writable draft (version + 1); the frozen one keeps serving."""
         from shoes_vz.template import TemplateStore
         from shoes_vz.template import edit as do_edit
 
         try:
-            d = do_edit(TemplateStore(templates_dir), name, copy=copy)
+            settings = agent_settings(config, templates_dir=templates_dir, runners_dir=runners_dir)
+            d = do_edit(TemplateStore(settings.templates_dir), name, copy=copy or settings.allow_copy)
         except (ShoesVzError, OSError) as e:
             raise fail(e) from None
         out.print(f"draft [bold]{name}[/] v{d.meta.version} (from v{d.meta.parent_version}) at {d.path}; "
                   f"when done: shoes-vz template freeze {name}")
+        users = _users(settings, name, d.meta.parent_version or "")
+        if users:
+            err.print(f"[yellow]note:[/] v{d.meta.parent_version} is in use by {users}: `freeze` replaces it only "
+                      "once no live VM uses it")
+
+
+def _users(settings: AgentSettings, name: str, version: str) -> str:
+    """What uses the frozen version now: live runners in the agent's runners directory, warm slots."""
+    from shoes_vz.agent.warm import read_slots
+    from shoes_vz.template import live_users
+
+    runners = live_users(settings.runners_dir, settings.templates_dir / name)
+    slots = read_slots(settings.templates_dir, name, version)
+    parts = ([f"{len(runners)} live runner(s) ({', '.join(runners)})"] if runners else []) + (
+        [f"{len(slots)} warm slot(s), which go stale with a new version"] if slots else [])
+    return " and ".join(parts)

@@ -18,8 +18,8 @@ import typer
 from rich.markup import escape
 
 from shoes_vz.cli.console import err, fail, out
-from shoes_vz.config import DEFAULT_TEMPLATES_DIR
-from shoes_vz.core.errors import InvalidInput, ShoesVzError, TemplateError
+from shoes_vz.cli.options import ConfigOpt, TemplatesDirOpt, agent_settings
+from shoes_vz.core.errors import Interrupted, InvalidInput, ShoesVzError, TemplateError
 from shoes_vz.core.resources import RESOURCE_TYPES
 from shoes_vz.core.sizes import format_size, parse_size
 
@@ -107,7 +107,8 @@ def register(template_app: typer.Typer) -> None:
         cpu: Annotated[int, typer.Option(help="virtual CPUs the template's runners get")] = 4,
         memory: Annotated[str, typer.Option(help="guest memory, e.g. 8G, 8GiB, 8192M")] = "8G",
         disk: Annotated[str, typer.Option(help="sparse Disk.img size, e.g. 64G")] = "64G",
-        templates_dir: Annotated[Path, typer.Option(help="where templates live")] = DEFAULT_TEMPLATES_DIR,
+        config: ConfigOpt = None,
+        templates_dir: TemplatesDirOpt = None,
         cache_dir: Annotated[Path, typer.Option(help="where downloaded IPSWs are kept")] = DEFAULT_CACHE_DIR,
         resource_types: Annotated[str, typer.Option(help="comma-separated myshoes types it will serve")] = "",
     ) -> None:
@@ -124,17 +125,17 @@ def register(template_app: typer.Typer) -> None:
         except InvalidInput as e:
             raise typer.BadParameter(str(e)) from None
         types = [t.strip() for t in resource_types.split(",") if t.strip()]
+        templates = agent_settings(config, templates_dir=templates_dir).templates_dir
         columns = (TextColumn("{task.description:<34}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
         try:
             require_virtualization()  # fail before drawing a progress bar (e.g. on Linux)
             with Progress(*columns, console=err, transient=False) as bar:
-                draft, image = create_draft(templates_dir, name, ipsw=ipsw, cpu_count=cpu, memory_bytes=memory_bytes,
+                draft, image = create_draft(templates, name, ipsw=ipsw, cpu_count=cpu, memory_bytes=memory_bytes,
                                             disk_bytes=disk_bytes, cache_dir=cache_dir.expanduser(),
                                             resource_types=types, progress=RichInstallProgress(bar),
                                             host_slots=HostSlots(vm_slots_dir(DEFAULTS.state_dir), HOST_VM_LIMIT))
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/]: nothing was kept (a partial IPSW download resumes next time)")
-            raise typer.Exit(130) from None
+            raise Interrupted("nothing was kept (a partial IPSW download resumes next time)") from None
         except InstallError as e:
             exit_ = fail(e)
             err.print("[yellow]resumable[/]: re-run the same command once the cause is fixed" if e.resumable

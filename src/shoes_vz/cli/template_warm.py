@@ -3,37 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from shoes_vz.cli.console import err, fail, out
+from shoes_vz.cli.options import ConfigOpt, RunnersDirOpt, TemplatesDirOpt, agent_settings
 from shoes_vz.core.errors import ShoesVzError
 
 
 def register(template_app: typer.Typer) -> None:
     @template_app.command("warm")
     def template_warm(
-        name: str,
+        name: Annotated[str, typer.Argument(help="the frozen template to warm")],
         slots: Annotated[int, typer.Option(help="warm slots to keep (≤ the agent's max_runners; 0 removes all)")],
-        config: Annotated[Path | None, typer.Option("--config", "-c", help="the agent's TOML file",
-                                                    envvar="SHOESVZ_CONFIG")] = None,
-        templates_dir: Annotated[Path | None, typer.Option(help="default: the agent's")] = None,
-        runners_dir: Annotated[Path | None, typer.Option(help="default: the agent's")] = None,
+        config: ConfigOpt = None,
+        templates_dir: TemplatesDirOpt = None,
+        runners_dir: RunnersDirOpt = None,
     ) -> None:
         """Build (or trim to) N saved VMs of template NAME that runners restore from instead of booting.
 
         Uses the agent's settings (driver, lease file, SSH key). Slots of older template versions and
         broken slots are removed, except while a live runner holds one.
         """
-        from shoes_vz import config as cfg
         from shoes_vz.agent.warm_build import SlotBuilder
         from shoes_vz.template import TemplateStore
 
         try:
-            settings = cfg.load(cfg.AgentSettings, config, templates_dir=templates_dir, runners_dir=runners_dir)
+            settings = agent_settings(config, templates_dir=templates_dir, runners_dir=runners_dir)
             template = TemplateStore(settings.templates_dir).get(name)
             builder = SlotBuilder(settings, template, lambda msg: err.print(msg, highlight=False))
             with err.status(f"warming {name} v{template.meta.version} ({settings.driver})"):

@@ -9,7 +9,9 @@
     ├── BundleError            a runner bundle is missing, locked or malformed
     ├── DriverError            the VM driver failed (carries an exit status)
     ├── TemplateError          a template is missing, writable or fails its digest
-    └── RunnerFailed           a runner step failed or timed out (the runner goes to ERROR)
+    ├── RunnerFailed           a runner step failed or timed out (the runner goes to ERROR)
+    ├── InUse                  another live process holds a lock, a port or a state directory
+    └── Interrupted            Ctrl-C or SIGTERM stopped a command (after cleaning up)
 """
 
 from __future__ import annotations
@@ -57,3 +59,11 @@ class TemplateError(ShoesVzError):
 
 class RunnerFailed(ShoesVzError):
     pass
+
+
+class InUse(ShoesVzError):
+    """Another live process holds what this one needs (a lock file, a port); the message names it."""
+
+
+class Interrupted(ShoesVzError):
+    """A command was stopped by Ctrl-C or SIGTERM; the message says what was cleaned up."""

@@ -152,7 +152,7 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
             if left <= 0:
                 proc.kill()
                 proc.wait()
-                raise PluginStartError("timeout while waiting for plugin to start")
+                raise PluginStartError(f"the plugin printed no handshake line within {timeout:g}s")
             if not sel.select(left):
                 continue
             chunk = os.read(fd, 4096)

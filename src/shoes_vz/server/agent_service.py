@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from shoes_vz.core.conditions import HostCondition
 from shoes_vz.core.errors import InvalidInput
 from shoes_vz.core.resources import canonical_resource_type
 from shoes_vz.core.states import Phase
@@ -17,7 +18,7 @@ from shoes_vz.server.scheduler import new_request_id
 from shoes_vz.server.store import Command, HeldTemplate
 from shoes_vz.wire import agent_pb2 as pb
 from shoes_vz.wire import agent_pb2_grpc as pbg
-from shoes_vz.wire.convert import state_to_phase, wire_to_guest
+from shoes_vz.wire.convert import state_to_phase, wire_to_conditions, wire_to_guest
 
 if TYPE_CHECKING:
     from shoes_vz.server.app import ServerApp
@@ -79,7 +80,7 @@ class AgentService(pbg.AgentServiceServicer):
         except StopAsyncIteration:
             return
         agent_id = first.agent_id
-        conn = self.hub.attach(agent_id)
+        conn = self.hub.attach(agent_id, context.peer())
         await self.store.call(self.store.set_agent_online, agent_id, True)
         log.info("agent %s connected", agent_id)
         await self._process(first)
@@ -108,10 +109,17 @@ class AgentService(pbg.AgentServiceServicer):
             if self.hub.detach(conn):
                 await self.store.call(self.store.set_agent_online, agent_id, False)
                 log.info("agent %s disconnected", agent_id)
+        if conn.replaced_by:  # the agent at the other end learns why its stream ended
+            await context.abort(grpc.StatusCode.ABORTED,
+                                f"a newer Sync stream for agent id {agent_id} (from {conn.replaced_by}) replaced "
+                                "this one; if that is not this agent reconnecting, two agents share one agent id "
+                                "(give each its own agent.state_dir)")
 
     async def _process(self, req: pb.SyncRequest) -> None:
         agent_id = req.agent_id
         await self.store.call(self.store.touch_agent, agent_id)
+        if req.HasField("conditions"):  # before the runners: a failure it caused must not be placed here again
+            await self._conditions_report(agent_id, wire_to_conditions(req.conditions))
         if req.HasField("templates"):
             await self._templates_report(agent_id, held_templates(agent_id, list(req.templates.templates)))
         for ack in req.acks:
@@ -134,6 +142,21 @@ class AgentService(pbg.AgentServiceServicer):
         self.app.scheduler.templates_reported(agent_id)
         level = logging.INFO if before != {(t.name, t.digest) for t in templates} else logging.DEBUG
         log.log(level, "agent %s templates: %s", agent_id, describe_templates(templates))
+
+    async def _conditions_report(self, agent_id: str, conditions: list[HostCondition]) -> None:
+        """Kept with the agent (the scheduler reads them); each change logged once."""
+        before = {c.reason: c for a in await self.store.call(self.store.agents) if a.agent_id == agent_id
+                  for c in a.conditions}
+        now = {c.reason: c for c in conditions}
+        if before.keys() == now.keys() and all(before[r].message == now[r].message for r in now):
+            return
+        await self.store.call(self.store.set_agent_conditions, agent_id, conditions)
+        for reason, c in now.items():
+            if reason not in before or before[reason].message != c.message:
+                log.error("agent %s out of placement: %s", agent_id, c.describe())
+        for reason in before.keys() - now.keys():
+            log.info("agent %s condition %s cleared%s", agent_id, reason,
+                     "" if now else ": back in placement")
 
     async def _ack(self, ack: pb.CommandAck) -> None:
         cmd = await self.store.call(self.store.ack, ack.request_id, ack.ok, ack.error)

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shoes_vz.config import ServerSettings
-from shoes_vz.core.errors import ConfigError
+from shoes_vz.core.errors import ConfigError, InUse, ShoesVzError
+from shoes_vz.core.listeners import cannot_bind
 from shoes_vz.core.net import split_hostport
+from shoes_vz.core.pidlock import PIDLock
 from shoes_vz.server.agent_service import AgentService
+from shoes_vz.server.auth import BearerAuth
 from shoes_vz.server.hub import Hub
 from shoes_vz.server.metrics import ServerMetrics
 from shoes_vz.server.scheduler import Scheduler, describe_mapping
@@ -31,31 +31,6 @@ from shoes_vz.wire import agent_pb2_grpc, shoes_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICES = ("shoes.vz.shoes.v1.ShoesService", "shoes.vz.agent.v1.AgentService")
-
-
-class BearerAuth(grpc.aio.ServerInterceptor):
-    """Every call but health checks carries `authorization: Bearer <token>`."""
-
-    def __init__(self, token: str) -> None:
-        self.expected = f"Bearer {token}".encode()
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if details.method.startswith("/grpc.health.v1.Health/"):
-            return await continuation(details)
-        got = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(str(got).encode(), self.expected):
-            return await continuation(details)
-
-        async def deny(_req: Any, ctx: grpc.aio.ServicerContext) -> None:
-            await ctx.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-
-        handler = await continuation(details)
-        if handler is not None and handler.request_streaming:
-            return grpc.stream_stream_rpc_method_handler(deny)  # type: ignore[arg-type]
-        return grpc.unary_unary_rpc_method_handler(deny)
 
 
 class ServerApp:
@@ -68,32 +43,53 @@ class ServerApp:
         self.metrics = ServerMetrics(self.store)
         self.port = 0
         self.metrics_port = 0
+        self.lock = PIDLock(settings.db_path.with_name(settings.db_path.name + ".lock"), "server")
         self._grpc: grpc.aio.Server | None = None
+        self._started = False
         self._web: web.AppRunner | None = None
         self._monitor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Hold the database, then the gRPC and /metrics ports; on any failure undo what was done."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
+        # one server per database: a second one would split the fleet's state (and its agents) in two
+        await asyncio.to_thread(self.lock.acquire, f"the database {s.db_path}",
+                                "Stop that server, or give this one another database (server.db_path, --db).")
         await self.store.aopen()
         interceptors = [BearerAuth(s.token)] if s.token else []
-        server = grpc.aio.server(interceptors=interceptors, options=[
+        self._grpc = server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+            ("grpc.so_reuseport", 0),  # gRPC shares a port with a second server by default: refuse instead
         ])
         shoes_pb2_grpc.add_ShoesServiceServicer_to_server(ShoesService(self), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self), server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        if s.tls_cert and s.tls_key:
-            creds = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
-            self.port = server.add_secure_port(s.listen, creds)
-        else:
-            self.port = server.add_insecure_port(s.listen)
+        host, port = split_hostport(s.listen)
+        taken = await asyncio.to_thread(cannot_bind, host, port) if port else None
+        if taken is not None:  # said before gRPC logs its own lines about it
+            raise self._cannot_listen(s.listen, "server.listen, --listen")
+        try:
+            if s.tls_cert and s.tls_key:
+                creds = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
+                self.port = server.add_secure_port(s.listen, creds)
+            else:
+                self.port = server.add_insecure_port(s.listen)
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise ConfigError(f"server: cannot listen on {s.listen}")
+            raise self._cannot_listen(s.listen, "server.listen, --listen")
         await server.start()
-        self._grpc = server
+        self._started = True
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_listen:
@@ -105,10 +101,11 @@ class ServerApp:
             site = web.TCPSite(self._web, host, port)
             try:
                 await site.start()
-            except OSError as e:
-                raise ConfigError(f"server: cannot listen on {s.metrics_listen}: {e}") from e
+            except OSError:
+                raise self._cannot_listen(s.metrics_listen, "server.metrics_listen, --metrics-listen") from None
             sockets = getattr(site._server, "sockets", None) or []
             self.metrics_port = int(sockets[0].getsockname()[1]) if sockets else port
+        await asyncio.to_thread(self.lock.update, address=f"{host}:{self.port}")
         self._monitor = asyncio.create_task(self._watch_agents(), name="agent-monitor")
         log.info("server listening on %s (gRPC port %d)", s.listen, self.port)
         if s.resource_types:
@@ -119,19 +116,33 @@ class ServerApp:
         else:
             log.info("resource types: no mapping configured; each template's own resource_types decide")
 
+    @staticmethod
+    def _cannot_listen(listen: str, setting: str) -> ShoesVzError:
+        host, port = split_hostport(listen)
+        problem = cannot_bind(host, port) or "gRPC could not bind it"
+        cls = InUse if "in use" in problem else ConfigError
+        return cls(f"server: cannot listen on {listen}: {problem}. Stop that process, or choose another "
+                   f"address ({setting})")
+
     async def stop(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+            self._monitor = None
         if self._grpc is not None:
-            await self.health.enter_graceful_shutdown()
+            if self._started:
+                await self.health.enter_graceful_shutdown()
             for conn in list(self.hub.connections.values()):
                 conn.close()
-            await self._grpc.stop(grace=2)
+            await self._grpc.stop(grace=2 if self._started else None)  # never left to __del__
+            self._grpc = None
         if self._web is not None:
             await self._web.cleanup()
-        await self.store.aclose()
+            self._web = None
+        if self.store.is_open:
+            await self.store.aclose()
+        self.lock.release()
 
     async def __aenter__(self) -> ServerApp:
         await self.start()

@@ -23,6 +23,8 @@ class ServerMetrics:
                                      ["template", "status"], registry=r)
         self.template_warm = Gauge("shoesvz_template_warm_slots", "warm slots for a template on online agents",
                                    ["template", "state"], registry=r)
+        self.out_of_placement = Gauge("shoesvz_agents_out_of_placement", "online agents with a host condition, "
+                                      "by reason (core/conditions.py)", ["reason"], registry=r)
         self.startup = Histogram("shoesvz_runner_startup_duration_seconds", "runner startup phases", ["phase"],
                                  buckets=STARTUP_BUCKETS, registry=r)
 
@@ -44,6 +46,10 @@ class ServerMetrics:
             if p is not Phase.GONE:
                 self.runners_total.labels(state=p.value).set(counts.get(p.value, 0))
         self._templates(agents)
+        self.out_of_placement.clear()
+        for a in online:
+            for c in a.conditions:
+                self.out_of_placement.labels(reason=c.reason).inc()
 
     def _templates(self, agents: list[AgentRow]) -> None:
         """Which templates the fleet can serve now (a template gone from every host drops out)."""

@@ -52,14 +52,16 @@ class ShoesService(pbg.ShoesServiceServicer):
         except InvalidInput as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         budget = self.app.settings.add_instance_timeout
+        which = f"the server's add_instance_timeout ({budget:g}s)"
         remaining = context.time_remaining()
-        if remaining is not None:
-            budget = min(budget, remaining - DEADLINE_MARGIN)
+        if remaining is not None and remaining - DEADLINE_MARGIN < budget:
+            budget = remaining - DEADLINE_MARGIN
+            which = f"the caller's deadline ({remaining:.0f}s, less {DEADLINE_MARGIN:g}s to answer)"
         deadline = time.monotonic() + max(0.0, budget)
         lock = self._names.setdefault(request.runner_name, asyncio.Lock())
         try:
             async with lock:  # one job name, one runner: myshoes retries with the same name
-                row = await self._add(request, rtype, deadline)
+                row = await self._add(request, rtype, deadline, which)
         except Failed as e:
             await context.abort(e.code, str(e))
         finally:
@@ -68,7 +70,7 @@ class ShoesService(pbg.ShoesServiceServicer):
         return pb.AddInstanceResponse(cloud_id=ids.cloud_id(row.runner_id), shoes_type=ids.SHOES_TYPE,
                                       ip_address=row.ip_address, resource_type=row.resource_type)
 
-    async def _add(self, request: pb.AddInstanceRequest, rtype: str, deadline: float) -> RunnerRow:
+    async def _add(self, request: pb.AddInstanceRequest, rtype: str, deadline: float, which: str) -> RunnerRow:
         existing = await self.store.call(self.store.live_runner_by_name, request.runner_name)
         if existing is not None and (existing.state == Phase.ERROR.value or existing.delete_requested):
             await self._delete(existing)  # never repair a failed runner: replace it
@@ -76,7 +78,7 @@ class ShoesService(pbg.ShoesServiceServicer):
         if existing is not None:
             log.info("AddInstance %s: runner %s exists (%s)", request.runner_name, existing.runner_id,
                      existing.state)
-            return await self._wait_running(existing.runner_id, deadline)
+            return await self._wait_running(existing.runner_id, deadline, which)
         try:
             row, cmd = await self.app.scheduler.reserve(request.runner_name, rtype, request.setup_script,
                                                         list(request.labels))
@@ -89,9 +91,9 @@ class ShoesService(pbg.ShoesServiceServicer):
         log.info("AddInstance %s: runner %s on agent %s (%s)", request.runner_name, row.runner_id,
                  row.agent_id, row.template)
         await self.hub.send([cmd])
-        return await self._wait_running(row.runner_id, deadline)
+        return await self._wait_running(row.runner_id, deadline, which)
 
-    async def _wait_running(self, runner_id: str, deadline: float) -> RunnerRow:
+    async def _wait_running(self, runner_id: str, deadline: float, which: str) -> RunnerRow:
         """Until the runner is SSH-ready with setup_script started; tear down on failure/deadline."""
         while True:
             changed = self.hub.event(runner_id)
@@ -112,7 +114,7 @@ class ShoesService(pbg.ShoesServiceServicer):
             except TimeoutError:
                 await self._delete(row)
                 raise Failed(grpc.StatusCode.DEADLINE_EXCEEDED,
-                             f"runner {runner_id} not ready before the deadline ({row.state}); torn down") from None
+                             f"runner {runner_id} not ready within {which} (still {row.state}); torn down") from None
 
     async def _delete(self, row: RunnerRow) -> None:
         if row.delete_requested:

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from shoes_vz.core.conditions import HostCondition
+
 T = TypeVar("T")
 
 SCHEMA = """
@@ -28,7 +30,8 @@ CREATE TABLE IF NOT EXISTS agents (
     host TEXT NOT NULL DEFAULT '{}',
     online INTEGER NOT NULL DEFAULT 0,
     last_seen REAL NOT NULL,
-    blocked_until REAL NOT NULL DEFAULT 0   -- after a capacity error from the host
+    blocked_until REAL NOT NULL DEFAULT 0,  -- after a capacity error from the host
+    conditions TEXT NOT NULL DEFAULT '[]'   -- JSON [HostCondition]: out of placement while any
 );
 CREATE TABLE IF NOT EXISTS runners (
     runner_id TEXT PRIMARY KEY,
@@ -65,6 +68,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (agent_id) WHERE acked_at IS NULL;
 """
+# columns added after a table was first made: (table, column, definition); added when missing
+ADDED_COLUMNS = (("agents", "conditions", "TEXT NOT NULL DEFAULT '[]'"),)
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class AgentRow:
     online: bool
     last_seen: float
     blocked_until: float = 0.0
+    conditions: list[HostCondition] = field(default_factory=list)
 
 
 @dataclass
@@ -143,6 +149,7 @@ def _agent(row: sqlite3.Row) -> AgentRow:
     d = dict(row)
     d.pop("host")
     d["templates"] = [HeldTemplate.from_json(t) for t in json.loads(d["templates"])]
+    d["conditions"] = [HostCondition(**c) for c in json.loads(d["conditions"])]
     d["online"] = bool(d["online"])
     return AgentRow(**d)
 
@@ -169,6 +176,9 @@ class Store:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
+        for table, column, definition in ADDED_COLUMNS:  # a database an older server made
+            if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self._db = db
 
     def close(self) -> None:
@@ -182,6 +192,10 @@ class Store:
     async def aclose(self) -> None:
         await self.call(self.close)
         self._pool.shutdown(wait=True)
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -209,6 +223,10 @@ class Store:
 
     def touch_agent(self, agent_id: str) -> None:
         self.db.execute("UPDATE agents SET last_seen=? WHERE agent_id=?", (time.time(), agent_id))
+
+    def set_agent_conditions(self, agent_id: str, conditions: list[HostCondition]) -> None:
+        self.db.execute("UPDATE agents SET conditions=? WHERE agent_id=?",
+                        (json.dumps([asdict(c) for c in conditions]), agent_id))
 
     def block_agent(self, agent_id: str, until: float) -> None:
         self.db.execute("UPDATE agents SET blocked_until=? WHERE agent_id=?", (until, agent_id))

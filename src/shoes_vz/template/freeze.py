@@ -20,6 +20,7 @@ from shoes_vz.template.draft import Draft, write_metadata
 from shoes_vz.template.metadata import FILE_NAME, TemplateMetadata
 from shoes_vz.template.modes import make_read_only, make_writable, move_dir, remove_tree
 from shoes_vz.template.store import Template, TemplateStore
+from shoes_vz.template.use_lock import exclusive, in_use
 from shoes_vz.vm import digest
 from shoes_vz.vm.bundle import Bundle
 
@@ -42,8 +43,9 @@ def freeze(
 
     The host key is, in order: `host_key` (a one-line OpenSSH public key or a file holding one), what
     `host_key_probe` reads from a boot, a sim draft's `sim/ssh_host_ed25519_key`, or the key the draft
-    already carries (`template edit` keeps it). `runners_dir` is where to look for live VMs; None is
-    allowed only when there is no older version to replace.
+    already carries (`template edit` keeps it). `runners_dir` is where to look for live VMs (to name
+    them); None is allowed only when there is no older version to replace. Whatever it names, a
+    version that any live VM holds (template/use_lock.py) is never replaced.
     """
     draft = Draft.open(store, name)
     make_writable(draft.path)  # a re-run after a crash finds it read-only
@@ -132,6 +134,10 @@ def _check_replaceable(final: Path, meta: TemplateMetadata, runners_dir: Path | 
         raise TemplateError(
             f"template {meta.name!r} is in use by {len(users)} live VM(s) in {runners_dir}: {', '.join(users)}; "
             "freeze again when they are gone (the draft is kept)")
+    if in_use(final):  # a VM made from it lives elsewhere: another runners directory, a warm slot being built
+        raise TemplateError(
+            f"template {meta.name!r} is in use by a live VM that is not in {runners_dir} (another runners "
+            "directory, or a warm slot or scratch VM being built); freeze again when it is gone (the draft is kept)")
 
 
 def _digests(root: Path, progress: digest.Progress | None) -> dict[str, str]:
@@ -168,8 +174,9 @@ def _publish(store: TemplateStore, draft_dir: Path, final: Path, meta: TemplateM
     _check_replaceable(final, meta, runners_dir)  # again: a VM may have started while we hashed
     store.retired_dir.mkdir(exist_ok=True)
     retired = store.retired_dir / f"{meta.name}.{secrets.token_hex(4)}"
-    move_dir(final, retired)  # from here to the next rename only the draft exists
-    move_dir(draft_dir, final)
+    with exclusive(final):  # no VM can start from the old version between the check and the move
+        move_dir(final, retired)  # from here to the next rename only the draft exists
+        move_dir(draft_dir, final)
     _remove_retired(store, meta.name)
 
 

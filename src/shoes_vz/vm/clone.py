@@ -362,3 +362,15 @@ def can_reflink(directory: Path | str) -> bool:
         for p in (probe, target):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+
+
+def check_clone(src: Path | str, dst_dir: Path | str) -> None:
+    """Clone `src` into `dst_dir` as a runner's bundle is made, then remove the clone. CloneError —
+    naming the volumes, their filesystems and the fix — when runners cannot be made that way."""
+    dst_dir = Path(dst_dir)
+    target = dst_dir / f".shoes-vz-clone-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        clone_file(src, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)

@@ -1,9 +1,11 @@
 """`shoes-vz vm run BUNDLE`: the process that owns exactly one VM.
 
-It holds the bundle lock and one host-wide VM slot (`host_slots`) for its whole life, serves the
-control socket, records the instant the VM started (boot_to_ssh counts from it) and exits with a
-`VMExit` status the agent maps to a runner state. The agent starts it in its own session, so an agent
-crash leaves it running.
+It holds the bundle lock and one host-wide VM slot (`host_slots`) for its whole life (and the
+template's use lock it inherits from the agent, template/use_lock.py), serves the control socket,
+records the instant the VM started (boot_to_ssh counts from it) and exits with a `VMExit` status the
+agent maps to a runner state; when a driver gives up it records why (`exit_reason` in
+RuntimeMetadata.json) — the driver's last words, which the agent puts in the runner's error. The
+agent starts it in its own session, so an agent crash leaves it running.
 
 Capacity, told apart by the host slots held at that moment: no free slot → CAPACITY (the host runs
 its limit; retried later); the framework refusing for capacity although we hold a slot → HOST_QUOTA
@@ -128,7 +130,11 @@ def _run_driver(bundle: Bundle, driver_name: str, options: DriverOptions) -> VME
         return status
     except DriverError as e:
         log.error("driver error: %s", e)
+        _last_words(bundle, str(e))
         return VMExit.CAPACITY if e.capacity else VMExit.START_FAILED
+    except Exception as e:
+        _last_words(bundle, f"the vm process crashed: {type(e).__name__}: {e}")
+        raise
     finally:
         if control is not None:
             control.close()
@@ -144,6 +150,19 @@ def _framework_refused(slots: HostSlots) -> VMExit:
         "clears that). This host needs attention.",
         max(len(held) - 1, 0), slots.limit, ", ".join(h.describe() for h in held) or "none readable")
     return VMExit.HOST_QUOTA
+
+
+def preflight(driver_name: str) -> list[str]:
+    """What stops `driver_name` from running VMs on this host (each with its fix); [] when nothing."""
+    return driver_class(driver_name).preflight()
+
+
+def _last_words(bundle: Bundle, reason: str) -> None:
+    """Why the VM process gives up, for the agent to put in the runner's error (`exit_reason`)."""
+    try:
+        bundle.update_metadata(exit_reason=reason)
+    except OSError as e:
+        log.error("cannot record the exit reason in %s: %s", bundle.runtime_metadata, e)
 
 
 def main(argv: list[str] | None = None) -> int:

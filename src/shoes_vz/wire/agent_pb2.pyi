@@ -170,6 +170,22 @@ class Runner(_message.Message):
     capacity_error: bool
     def __init__(self, runner_id: _Optional[str] = ..., runner_name: _Optional[str] = ..., agent_id: _Optional[str] = ..., state: _Optional[_Union[RunnerState, str]] = ..., ip_address: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., guest_runner_state: _Optional[_Union[GuestRunnerState, str]] = ..., timings: _Optional[_Union[PhaseTimings, _Mapping]] = ..., mac_address: _Optional[str] = ..., template: _Optional[str] = ..., resource_type: _Optional[str] = ..., capacity_error: _Optional[bool] = ...) -> None: ...
 
+class HostCondition(_message.Message):
+    __slots__ = ("reason", "message", "since")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    message: str
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, reason: _Optional[str] = ..., message: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class HostConditionReport(_message.Message):
+    __slots__ = ("conditions",)
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    conditions: _containers.RepeatedCompositeFieldContainer[HostCondition]
+    def __init__(self, conditions: _Optional[_Iterable[_Union[HostCondition, _Mapping]]] = ...) -> None: ...
+
 class CommandAck(_message.Message):
     __slots__ = ("request_id", "ok", "error")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -181,18 +197,20 @@ class CommandAck(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("agent_id", "active_runners", "runners", "acks", "templates")
+    __slots__ = ("agent_id", "active_runners", "runners", "acks", "templates", "conditions")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_RUNNERS_FIELD_NUMBER: _ClassVar[int]
     RUNNERS_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
     TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     active_runners: int
     runners: _containers.RepeatedCompositeFieldContainer[Runner]
     acks: _containers.RepeatedCompositeFieldContainer[CommandAck]
     templates: TemplateReport
-    def __init__(self, agent_id: _Optional[str] = ..., active_runners: _Optional[int] = ..., runners: _Optional[_Iterable[_Union[Runner, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., templates: _Optional[_Union[TemplateReport, _Mapping]] = ...) -> None: ...
+    conditions: HostConditionReport
+    def __init__(self, agent_id: _Optional[str] = ..., active_runners: _Optional[int] = ..., runners: _Optional[_Iterable[_Union[Runner, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[CommandAck, _Mapping]]] = ..., templates: _Optional[_Union[TemplateReport, _Mapping]] = ..., conditions: _Optional[_Union[HostConditionReport, _Mapping]] = ...) -> None: ...
 
 class CreateRunnerCommand(_message.Message):
     __slots__ = ("runner_id", "runner_name", "setup_script", "request_id", "resource_type", "template", "labels")

@@ -1,7 +1,8 @@
-"""Conversions between wire enums and core types. The only module that maps them."""
+"""Conversions between wire enums and messages and core types. The only module that maps them."""
 
 from __future__ import annotations
 
+from shoes_vz.core.conditions import HostCondition
 from shoes_vz.core.states import GuestState, Phase
 from shoes_vz.wire import agent_pb2 as pb
 
@@ -41,3 +42,15 @@ def guest_to_wire(state: GuestState) -> pb.GuestRunnerState.ValueType:
 
 def wire_to_guest(state: int) -> GuestState:
     return WIRE_TO_GUEST.get(pb.GuestRunnerState.ValueType(state), GuestState.UNSPECIFIED)
+
+
+def conditions_to_wire(conditions: list[HostCondition]) -> pb.HostConditionReport:
+    report = pb.HostConditionReport()
+    for c in conditions:
+        m = report.conditions.add(reason=c.reason, message=c.message)
+        m.since.FromNanoseconds(int(c.since * 1e9))
+    return report
+
+
+def wire_to_conditions(report: pb.HostConditionReport) -> list[HostCondition]:
+    return [HostCondition(c.reason, c.message, c.since.ToNanoseconds() / 1e9) for c in report.conditions if c.reason]

@@ -45,6 +45,12 @@ class Driver(ABC):
         self.bundle = bundle
         self.options = options
 
+    @classmethod
+    def preflight(cls) -> list[str]:
+        """What stops this driver from running any VM on this host, each problem with its fix (none:
+        []). The agent and `shoes-vz up` ask before they start, so it is said once, not per runner."""
+        return []
+
     @abstractmethod
     def run(self, events: DriverEvents) -> VMExit:
         """Configure, start (restoring State.save when present), block until the VM is gone."""

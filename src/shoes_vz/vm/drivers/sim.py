@@ -92,6 +92,14 @@ def _die_with_parent() -> None:
 class SimDriver(Driver):
     name = "sim"
 
+    @classmethod
+    def preflight(cls) -> list[str]:
+        try:
+            find_sshd()
+        except DriverError as e:
+            return [str(e)]
+        return []
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stop = threading.Event()
