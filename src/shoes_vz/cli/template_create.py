@@ -115,7 +115,6 @@ def register(template_app: typer.Typer) -> None:
         """Install macOS from an IPSW into a new draft template (<templates-dir>/.drafts/NAME)."""
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-        from shoes_vz.core.host_defaults import DEFAULTS, HOST_VM_LIMIT, vm_slots_dir
         from shoes_vz.macos.install import require_virtualization
         from shoes_vz.macos.install_errors import InstallError
         from shoes_vz.vm.host_slots import HostSlots
@@ -125,7 +124,8 @@ def register(template_app: typer.Typer) -> None:
         except InvalidInput as e:
             raise typer.BadParameter(str(e)) from None
         types = [t.strip() for t in resource_types.split(",") if t.strip()]
-        templates = agent_settings(config, templates_dir=templates_dir).templates_dir
+        settings = agent_settings(config, templates_dir=templates_dir)
+        templates = settings.templates_dir
         columns = (TextColumn("{task.description:<34}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
         try:
             require_virtualization()  # fail before drawing a progress bar (e.g. on Linux)
@@ -133,7 +133,8 @@ def register(template_app: typer.Typer) -> None:
                 draft, image = create_draft(templates, name, ipsw=ipsw, cpu_count=cpu, memory_bytes=memory_bytes,
                                             disk_bytes=disk_bytes, cache_dir=cache_dir.expanduser(),
                                             resource_types=types, progress=RichInstallProgress(bar),
-                                            host_slots=HostSlots(vm_slots_dir(DEFAULTS.state_dir), HOST_VM_LIMIT))
+                                            host_slots=HostSlots(settings.effective_vm_slots_dir(),
+                                                                 settings.host_vm_limit))
         except KeyboardInterrupt:
             raise Interrupted("nothing was kept (a partial IPSW download resumes next time)") from None
         except InstallError as e:
