@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fastpath.py
 	@test ! -f benchmarks/bench_plugin.py || $(BIN)/python benchmarks/bench_plugin.py
 	$(BIN)/python benchmarks/bench_warm.py
+	$(BIN)/python benchmarks/bench_sim.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

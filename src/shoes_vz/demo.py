@@ -28,10 +28,13 @@ from shoes_vz.stack import LocalStack
 from shoes_vz.wire import myshoes_pb2 as mpb
 
 # What myshoes' setup script ends in: config.sh writes .runner, run.sh keeps Runner.Listener up
-# and logs "Listening for Jobs". This imitation does the same visible things, in seconds.
+# and logs "Listening for Jobs". This imitation does the same visible things, in seconds, where
+# myshoes' script does them: $RUNNER_BASE_DIRECTORY/runner, /tmp/runner (a loopback sim guest,
+# which shares the host's /tmp, uses its own home instead).
 FAKE_RUNNER_SCRIPT = """#!/bin/sh
 set -e
-cd "${SHOESVZ_GUEST_HOME:-$HOME}"
+mkdir -p "${SHOESVZ_GUEST_HOME:-/tmp}/runner"
+cd "${SHOESVZ_GUEST_HOME:-/tmp}/runner"
 printf '{"agentId": %d, "agentName": "%s", "poolId": 1}\\n' "$$" "__NAME__" > .runner
 mkdir -p _diag
 log="_diag/Runner_$(date -u +%Y%m%d-%H%M%S)-utc.log"

@@ -27,7 +27,7 @@ from shoes_vz.vm import clone
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.exit_status import VMExit, describe
 from shoes_vz.vm.identity import write_machine_identifier
-from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases
+from shoes_vz.vm.leases import MACAddress, newest_lease_for, no_lease_reason, read_leases
 
 log = logging.getLogger(__name__)
 LEASE_POLL_INTERVAL = 0.01  # the lease appears before sshd: probe from the first instant
@@ -187,6 +187,7 @@ class Runner:
                 self.proc = await supervisor.spawn(
                     self.bundle, s.driver, lease_file=self.lease_file,
                     boot_delay=s.sim_boot_delay, restore_delay=s.sim_restore_delay, stop_grace=s.stop_grace,
+                    driver_options=s.driver_options,
                 )
                 self._on(Event.CLONED)
                 self._watcher = asyncio.create_task(self._watch_vm())
@@ -214,9 +215,12 @@ class Runner:
                 )
                 self._on(Event.SETUP_STARTED)
         except TimeoutError:
+            no_ip = ""
+            if self.phase == Phase.BOOTING and not self.ip:
+                no_ip = ": " + await asyncio.to_thread(no_lease_reason, self.lease_file, self.mac)
             self.fail(f"not ready within the deadline while {self.phase} (create_timeout "
                       f"{s.create_timeout:.0f}s, boot_to_ip {s.boot_to_ip_timeout:.0f}s, "
-                      f"ip_to_ssh {s.ip_to_ssh_timeout:.0f}s)")
+                      f"ip_to_ssh {s.ip_to_ssh_timeout:.0f}s){no_ip}")
             return
         except asyncio.CancelledError:
             raise
@@ -286,7 +290,11 @@ class Runner:
         assert self.proc is not None
         code = await self.proc.wait()
         if self.live:
-            self.fail(f"VM process exited while {self.phase}: {describe(code)} (log: {self.bundle.log_file})",
+            why = ""
+            with contextlib.suppress(ShoesVzError, OSError):
+                why = str((await asyncio.to_thread(self.bundle.read_metadata)).get("driver_error") or "")
+            self.fail(f"VM process exited while {self.phase}: {describe(code)}"
+                      + (f": {why}" if why else "") + f" (log: {self.bundle.log_file})",
                       capacity=code == VMExit.CAPACITY)
 
     async def _poll_guest(self) -> None:

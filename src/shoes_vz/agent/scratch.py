@@ -88,7 +88,7 @@ async def scratch_vm(settings: AgentSettings, template: Template, label: str) ->
             cpu_count=meta.cpu_count, memory_bytes=meta.memory_bytes, created_at=time.time(),
         )
         vm.proc = await supervisor.spawn(bundle, s.driver, lease_file=s.lease_file, boot_delay=s.sim_boot_delay,
-                                         stop_grace=s.stop_grace)
+                                         stop_grace=s.stop_grace, driver_options=s.driver_options)
         vm.ip = await _wait_lease(s, vm.proc, mac)
         yield vm
     except (ShoesVzError, OSError, TimeoutError) as e:

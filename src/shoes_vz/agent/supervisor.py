@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from shoes_vz.vm import control
 from shoes_vz.vm.bundle import Bundle
@@ -16,7 +18,7 @@ from shoes_vz.vm.bundle import Bundle
 
 async def spawn(
     bundle: Bundle, driver: str, *, lease_file: Path, boot_delay: float, stop_grace: float,
-    restore_delay: float = 0.0,
+    restore_delay: float = 0.0, driver_options: dict[str, Any] | None = None,
 ) -> asyncio.subprocess.Process:
     # `python -m shoes_vz.vm.process` is `shoes-vz vm run` without the CLI's import cost
     with open(bundle.log_file, "ab") as log:
@@ -24,6 +26,7 @@ async def spawn(
             sys.executable, "-m", "shoes_vz.vm.process", str(bundle.path),
             "--driver", driver, "--lease-file", str(lease_file),
             "--boot-delay", str(boot_delay), "--restore-delay", str(restore_delay), "--stop-grace", str(stop_grace),
+            "--driver-options", json.dumps(driver_options or {}),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True,  # an agent crash must not take its VMs down
         )

@@ -8,6 +8,8 @@ runner state. The agent starts it in its own session, so an agent crash leaves i
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import signal
 import sys
@@ -97,11 +99,23 @@ def run(bundle_path: Path, driver_name: str, options: DriverOptions) -> VMExit:
         return status
     except DriverError as e:
         log.error("driver error: %s", e)
+        with contextlib.suppress(BundleError, OSError):
+            bundle.update_metadata(driver_error=str(e))  # the agent names it when the runner fails
         return VMExit.CAPACITY if e.capacity else VMExit.START_FAILED
     finally:
         if control is not None:
             control.close()
         lock.__exit__(None, None, None)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,12 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restore-delay", type=float, default=0.0)
     p.add_argument("--lease-file", type=Path, default=None)
     p.add_argument("--stop-grace", type=float, default=10.0)
+    p.add_argument("--driver-options", type=_json_object, default={},
+                   help="the driver's own options as a JSON object (the agent's driver_options)")
     a = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s vm[%(process)d] %(levelname)s %(message)s"
     )
     opts = DriverOptions(boot_delay=a.boot_delay, restore_delay=a.restore_delay, lease_file=a.lease_file,
-                         stop_grace=a.stop_grace)
+                         stop_grace=a.stop_grace, extra=a.driver_options)
     try:
         return int(run(a.bundle, a.driver, opts))
     except Exception:

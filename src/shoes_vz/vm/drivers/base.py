@@ -24,7 +24,7 @@ class DriverOptions:
     restore_delay: float = 0.0           # sim: seconds a restore from State.save takes (models VZ restore)
     lease_file: Path | None = None       # sim: where to write dhcpd_leases-format entries
     stop_grace: float = 10.0             # seconds between requestStop and a hard stop
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the driver's own options (agent.driver_options)
 
 
 class DriverEvents(Protocol):
