@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoes_vz.stack import sim_links
 from shoes_vz.template import Template
 from shoes_vz.vm import control
 from shoes_vz.vm.bundle import Bundle
@@ -39,15 +40,8 @@ def project_links() -> list[str]:
 
 
 def links_of(lease_file: Path) -> list[str]:
-    """Links of the sim network whose lease file is `lease_file` (its alias names it)."""
-    mine = f"shoes-vz sim {lease_file.resolve()}"
-    out = []
-    for name in project_links():
-        with contextlib.suppress(OSError):
-            alias = Path(f"/sys/class/net/{name}/ifalias").read_text().strip()
-            if alias == mine or alias.startswith(mine + " "):
-                out.append(name)
-    return out
+    """Links of the sim network whose lease file is `lease_file` (their alias names it)."""
+    return sim_links(lease_file)
 
 
 def named_netns() -> list[str]:

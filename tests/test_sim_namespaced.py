@@ -192,6 +192,20 @@ def test_the_last_release_is_written_even_as_the_network_goes(template: Template
         assert read_leases(lease_file) == [], vm.log()[-1500:]
 
 
+def test_a_network_goes_even_when_its_directory_went_first(template: Template, tmp_path: Path,
+                                                           vms: list[SimVM]) -> None:
+    """A test's or a benchmark's temp dir is removed while the bridge lingers: the bridge still goes."""
+    root = tmp_path / "agent"
+    vm = new_vm(vms, template, root, "short-lived", driver_options={"network_linger": 1.0})
+    vm.wait_address()
+    lease_file = root / "dhcpd_leases"
+    links = links_of(lease_file)
+    assert vm.stop() == 0 and links
+    shutil.rmtree(root)  # runners, lease file, the network's runtime directory and its locks
+    assert wait_until(lambda: not any(os.path.exists(f"/sys/class/net/{n}") for n in links), 15)
+    assert wait_until(lambda: not _cmdline_pids(str(root)), 10), _cmdline_pids(str(root))  # holder, dnsmasq
+
+
 def test_two_agents_side_by_side_have_their_own_bridge_and_subnet(template: Template, tmp_path: Path,
                                                                    vms: list[SimVM]) -> None:
     one = new_vm(vms, template, tmp_path / "one", "vm")

@@ -178,13 +178,13 @@ async def run_demo(*, runners: int, concurrency: int, boot_delay: float, keep: b
             results = list(await asyncio.gather(*(one(i) for i in range(runners))))
     finally:
         await stack.stop()
-        leftovers = stack.leftovers()
+        leftovers = await asyncio.to_thread(stack.leftovers)
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     report(results, console, f"{runners} sim runners through the myshoes plugin → ShoesService")
     if leftovers:
         console.print(f"[red]left behind:[/] {leftovers}")
     else:
-        console.print("clean exit: no VM process or bundle left behind")
+        console.print("clean exit: no VM process, bundle or sim network link left behind")
     failed = [r for r in results if r.error]
     return 1 if failed or leftovers else 0

@@ -178,11 +178,17 @@ allow_copy = {'false' if self.reflink else 'true'}
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
 
-    def leftovers(self) -> list[str]:
-        """Bundles or live vm processes still here (after every runner was deleted: none)."""
-        left = [str(b.path) for b in Bundle.all_in(self.runners_dir)]
-        left += [f"pid {pid}" for pid in _pids_mentioning(str(self.root))]
-        return left
+    def leftovers(self, wait: float = 10.0) -> list[str]:
+        """Bundles, live vm processes or sim network links still here (after every runner was deleted:
+        none). A namespaced sim's bridge outlives its last VM by a couple of seconds: wait that long."""
+        deadline = time.monotonic() + wait
+        while True:
+            left = [str(b.path) for b in Bundle.all_in(self.runners_dir)]
+            left += [f"pid {pid}" for pid in _pids_mentioning(str(self.root))]
+            left += [f"link {name}" for name in sim_links(self.root / "dhcpd_leases")]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)
 
 
 def _agents_online(db: Path) -> int:
@@ -207,6 +213,19 @@ def _free_warm_slots(db: Path, template: str) -> int:
         return 0
     held = [t for (raw,) in rows for t in json.loads(raw)]
     return sum(int(t.get("free_warm_slots", 0)) for t in held if t.get("name") == template)
+
+
+def sim_links(lease_file: Path) -> list[str]:
+    """Network links a namespaced sim made for the network of `lease_file` (their alias names it)."""
+    mine = f"shoes-vz sim {lease_file.resolve()}"
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in sorted(os.listdir("/sys/class/net")):
+            with contextlib.suppress(OSError):
+                alias = Path(f"/sys/class/net/{name}/ifalias").read_text().strip()
+                if alias == mine or alias.startswith(mine + " "):
+                    found.append(name)
+    return found
 
 
 def _pids_mentioning(text: str) -> list[int]:

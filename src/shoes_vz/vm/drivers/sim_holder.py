@@ -52,6 +52,10 @@ class Holder:
         self.net = SimNetwork(Path(self.state.lease_file), SimOptions())
         self.dnsmasq: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
+        # opened once: the runtime directory may be removed under a lingering holder (a test's temp
+        # dir), and the bridge must still go when the linger ends
+        self.setup_fd = os.open(self.net.lock_path("setup"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.refs_fd = os.open(self.net.lock_path("refs"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def _script(self) -> Path:
         script = self.runtime / "lease-script"
@@ -76,30 +80,30 @@ class Holder:
                 return False
         return True
 
-    def wait_unused(self) -> tuple[int, int] | None:
-        """Block until no VM holds the network for `linger` seconds; then (setup fd, refs fd) are held."""
+    def wait_unused(self) -> None:
+        """Block until no VM has held the network for `linger` seconds (or SIGTERM); then hold
+        `setup.lock` and `refs.lock` exclusively, so no VM can join while it is torn down."""
         lingered = False
         while True:
             if self.stopping.is_set():
-                return None
+                fcntl.flock(self.setup_fd, fcntl.LOCK_EX)
+                return
             if self.dnsmasq is not None and self.dnsmasq.poll() is not None:
                 sys.stderr.write(f"dnsmasq exited with {self.dnsmasq.returncode}; restarting it\n")
                 time.sleep(0.5)
                 self.start_dnsmasq()
-            refs = _lock(self.net.lock_path("refs"), fcntl.LOCK_EX, block=False)
-            if refs is None:
+            if not _try_lock(self.refs_fd):
                 lingered = False
                 self.stopping.wait(POLL)
                 continue
-            setup = _lock(self.net.lock_path("setup"), fcntl.LOCK_EX, block=False)
-            if setup is None:  # a VM is joining: it will hold refs in a moment
-                os.close(refs)
+            if not _try_lock(self.setup_fd):  # a VM is joining: it will hold refs in a moment
+                fcntl.flock(self.refs_fd, fcntl.LOCK_UN)
                 self.stopping.wait(POLL / 2)
                 continue
             if lingered or self.state.linger == 0:
-                return setup, refs
-            os.close(setup)
-            os.close(refs)
+                return
+            fcntl.flock(self.setup_fd, fcntl.LOCK_UN)
+            fcntl.flock(self.refs_fd, fcntl.LOCK_UN)
             lingered = True
             self.stopping.wait(self.state.linger)
 
@@ -119,6 +123,14 @@ class Holder:
         for name in ("state.json", "dnsmasq.pid", "lease-script", "lease-script.tmp"):
             (self.runtime / name).unlink(missing_ok=True)
         sys.stderr.write(f"sim network {self.state.bridge} removed\n")
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _drain_children(timeout: float) -> None:
@@ -165,13 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     with contextlib.suppress(OSError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-    held: tuple[int | None, ...] | None = holder.wait_unused()
-    if held is None:  # SIGTERM: now, whoever still uses it
-        held = (_lock(holder.net.lock_path("setup"), fcntl.LOCK_EX),)
+    holder.wait_unused()
     holder.tear_down()
-    for fd in (*held, me):
-        if fd is not None:
-            os.close(fd)
+    assert me is not None  # a blocking lock
+    os.close(me)
     return 0
 
 
