@@ -120,3 +120,23 @@ def test_the_loopback_mode_says_it_is_less_faithful(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(sim_options, "namespaced_missing", list)
     assert resolve_mode(SimOptions())[0] == "namespaced"
     assert resolve_mode(SimOptions(mode="loopback"))[0] == "loopback"
+
+
+def test_vm_run_describe_says_which_mode_runs_here() -> None:
+    import subprocess
+    import sys
+
+    from shoes_vz.vm.drivers.sim_options import namespaced_missing
+
+    def describe(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shoes_vz.vm.process", "--describe", *extra],
+                              capture_output=True, text=True, timeout=30)
+
+    done = describe()
+    assert done.returncode == 0
+    expected = "LOOPBACK MODE, less faithful" if namespaced_missing() else "namespaced guest"
+    assert done.stdout.startswith("sim: ") and expected in done.stdout
+    forced = describe("--driver-options", '{"mode": "loopback"}')
+    assert "loopback mode chosen" in forced.stdout
+    bad = describe("--driver-options", '{"subnet": "8.8.8.0/24"}')
+    assert bad.returncode == 11 and "subnet: a private range" in bad.stderr

@@ -210,11 +210,18 @@ def test_two_agents_side_by_side_have_their_own_bridge_and_subnet(template: Temp
                                                                    vms: list[SimVM]) -> None:
     one = new_vm(vms, template, tmp_path / "one", "vm")
     two = new_vm(vms, template, tmp_path / "two", "vm")
-    ip1, ip2 = one.wait_address(), two.wait_address()
+    ip1, ip2 = ready(one), ready(two)
     assert ip1.rsplit(".", 1)[0] != ip2.rsplit(".", 1)[0]
     l1, l2 = links_of(tmp_path / "one" / "dhcpd_leases"), links_of(tmp_path / "two" / "dhcpd_leases")
     assert len(l1) == len(l2) == 2 and not set(l1) & set(l2)
     assert all(len(name) <= 15 for name in l1 + l2)
+    # traffic stays on its own bridge: the host forwards nothing from it, not even to the other agent's
+    bridge = next(n for n in l1 if len(n) == 10)
+    assert Path(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding").read_text().strip() == "0"
+    probe = (f"python3 -c 'import socket; socket.create_connection((\"{ip2}\", {template.meta.ssh_port}), 2)' "
+             "&& echo crossed || echo stayed")
+    out = guest_run(template, ip1, probe)[1]
+    assert "stayed" in out and "crossed" not in out, out
     # stopping one agent's VM leaves the other's network alone
     assert one.stop() == 0
     assert wait_until(lambda: not links_of(tmp_path / "one" / "dhcpd_leases"), 15)

@@ -159,6 +159,7 @@ async def run_demo(*, runners: int, concurrency: int, boot_delay: float, keep: b
         with console.status("starting server and sim agent…"):
             await stack.start()
         console.print(f"server {stack.server_addr}, one sim agent, state in {root}")
+        console.print(await stack.describe_driver(), markup=False)
         if not stack.reflink:
             console.print(f"[yellow]warning:[/] {root} cannot reflink: bundles are full (sparse) copies; "
                           "clone timings are not representative (use XFS reflink, btrfs or APFS)")

@@ -118,6 +118,14 @@ allow_copy = {'false' if self.reflink else 'true'}
                 await self._wait_server()
         await self._wait_agent()
 
+    async def describe_driver(self) -> str:
+        """What a sim VM is on this host (namespaced, or the less faithful loopback mode), as it says."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shoes_vz.vm.process", "--describe", "--driver", "sim",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        return out.decode(errors="replace").strip()
+
     async def _wait_server(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         async with grpc.aio.insecure_channel(self.server_addr) as ch:

@@ -120,7 +120,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="shoes-vz vm run", description=__doc__)
-    p.add_argument("bundle", type=Path)
+    p.add_argument("bundle", type=Path, nargs="?")
     p.add_argument("--driver", choices=sorted(DRIVERS), default="sim")
     p.add_argument("--boot-delay", type=float, default=0.0)
     p.add_argument("--restore-delay", type=float, default=0.0)
@@ -128,7 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-grace", type=float, default=10.0)
     p.add_argument("--driver-options", type=_json_object, default={},
                    help="the driver's own options as a JSON object (the agent's driver_options)")
+    p.add_argument("--describe", action="store_true", help="say what a VM of this driver is here, and exit")
     a = p.parse_args(argv)
+    if a.describe:
+        try:
+            print(driver_class(a.driver).describe(DriverOptions(extra=a.driver_options)))
+        except DriverError as e:
+            print(f"{a.driver}: {e}", file=sys.stderr)
+            return int(VMExit.CONFIG_ERROR)
+        return 0
+    if a.bundle is None:
+        p.error("a bundle is required")
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s vm[%(process)d] %(levelname)s %(message)s"
     )

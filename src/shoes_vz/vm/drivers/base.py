@@ -41,6 +41,11 @@ class Driver(ABC):
         self.bundle = bundle
         self.options = options
 
+    @classmethod
+    def describe(cls, options: DriverOptions) -> str:
+        """One line on what a VM of this driver is on this host (`vm run --describe`)."""
+        return f"{cls.name} driver"
+
     @abstractmethod
     def run(self, events: DriverEvents) -> VMExit:
         """Configure, start (restoring State.save when present), block until the VM is gone."""

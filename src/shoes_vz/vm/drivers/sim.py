@@ -22,7 +22,7 @@ from typing import Any
 from shoes_vz.core.errors import DriverError
 from shoes_vz.vm import identity_files
 from shoes_vz.vm.drivers import sim_state
-from shoes_vz.vm.drivers.base import Driver, DriverEvents
+from shoes_vz.vm.drivers.base import Driver, DriverEvents, DriverOptions
 from shoes_vz.vm.drivers.sim_guest import GuestSpec, NamespacedGuest
 from shoes_vz.vm.drivers.sim_loopback import LoopbackGuest
 from shoes_vz.vm.drivers.sim_options import NAMESPACED, SimOptions, resolve_mode
@@ -50,6 +50,10 @@ class SimDriver(Driver):
         self._guest: NamespacedGuest | LoopbackGuest | None = None
         self._mac: MACAddress | None = None
         self.sim_options = SimOptions.parse(self.options.extra)
+
+    @classmethod
+    def describe(cls, options: DriverOptions) -> str:
+        return "sim: " + resolve_mode(SimOptions.parse(options.extra))[1]
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self, events: DriverEvents) -> VMExit:
