@@ -17,6 +17,7 @@ from stack_fixtures import SimStack, eventually, make_stack, require_namespaced
 
 from shoes_vz.core.states import GuestState, Phase
 from shoes_vz.demo import fake_runner_script
+from shoes_vz.stack import sim_links
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.leases import newest_lease_for, read_leases
 from shoes_vz.wire import shoes_pb2 as spb
@@ -219,6 +220,9 @@ async def test_agent_restart_keeps_and_readopts_vms(tmp_path) -> None:
             agent_id = stack.agent.agent_id
             await stack.agent.stop(tear_down=False)  # the agent goes away; the VM must not
             assert old.bundle.lock_holder() == pid
+            lease_file = stack.agent.settings.lease_file
+            links = sim_links(lease_file)  # a namespaced guest's network outlives the agent with its VM
+            assert bool(links) == (old.bundle.read_metadata()["sim_mode"] == "namespaced")
             new = Agent(stack.agent.settings.model_copy(update={"notify_url": ""}))
             await new.start()
             try:
@@ -233,3 +237,5 @@ async def test_agent_restart_keeps_and_readopts_vms(tmp_path) -> None:
             finally:
                 await new.stop(tear_down=True)
             stack.agent = new
+            # and goes once the last VM is gone, with nobody asking it to
+            await eventually(lambda: not sim_links(lease_file), timeout=15)

@@ -71,3 +71,18 @@ async def _guest(stack, ip: str, command: str) -> str:  # type: ignore[no-untype
                                 agent_path=None, config=None) as conn:
         r = await conn.run(command, check=False)
         return str(r.stdout)
+
+
+async def test_a_notify_server_guests_cannot_reach_fails_the_runner_with_the_fix(tmp_path: Path) -> None:
+    """A namespaced guest reaches the host at its bridge's gateway, never at 127.0.0.1: an agent whose
+    notify server listens on loopback gets runners that fail at once, saying so (the VM process's
+    own error reaches the runner's error, and so myshoes' AddInstance answer)."""
+    require_namespaced()
+    async with make_stack(tmp_path, notify_listen="127.0.0.1:0") as stack:
+        async with stack.channel() as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stack.add(sgrpc.ShoesServiceStub(ch), "unreachable-notify")
+    details = e.value.details() or ""
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "VM process exited while booting: start failed" in details
+    assert "on loopback, which a namespaced sim guest cannot reach" in details and "0.0.0.0:PORT" in details

@@ -30,12 +30,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from shoes_vz.core.errors import DriverError
+from shoes_vz.core.net import is_loopback
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.drivers import sim_sys
 from shoes_vz.vm.drivers.sim_net import Membership, SimNetwork
@@ -128,7 +130,8 @@ class NamespacedGuest:
         if not user or user == "root" or not user.replace("-", "").replace("_", "").isalnum():
             raise DriverError(f"a namespaced sim guest logs in as an unprivileged user, not {user!r}: make the "
                               "template with `shoes-vz template init-sim` as root (its user is `runner`)")
-        if not self.spec.notify_url.startswith("auto") and "://127." in self.spec.notify_url:
+        notify_host = urllib.parse.urlsplit(self.spec.notify_url).hostname or ""
+        if not self.spec.notify_url.startswith("auto") and notify_host and is_loopback(notify_host):
             raise DriverError(f"the agent's notify URL {self.spec.notify_url} is on loopback, which a namespaced "
                               "sim guest cannot reach: set agent.notify_listen to 0.0.0.0:PORT (guests reach the "
                               "gateway of their bridge, as 192.168.64.1 on a Mac)")
