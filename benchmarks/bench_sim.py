@@ -10,7 +10,8 @@ shoes_vz.vm.process`, as the agent starts them, no server or agent), from spawn 
 - **address**: the guest's lease is in the lease file (namespaced: PID 1 built the guest's root,
   its veth is on the bridge, udhcpc got an address from dnsmasq and the lease script wrote it;
   loopback: the driver picked a 127.100.x.y and wrote the lease itself);
-- **sshd**: the guest's sshd logged "Server listening";
+- **sshd**: the guest's sshd logged "Server listening" and the guest holds its address (for a
+  namespaced guest the later of the two: its sshd may start before DHCP is done);
 - **ssh ready**: the agent's probe (`shoes_vz.agent.ssh.wait_ready`, pinned host key) ran `true`;
 - **stop**: a clean shutdown through the control socket until the VM process exited (namespaced:
   every guest process asked to end, the DHCP client last, releasing its lease).

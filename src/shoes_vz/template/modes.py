@@ -1,8 +1,8 @@
 """Read-only and back: the modes (and, on macOS, the `uchg` flag) that make a template frozen.
 
 Frozen: files 0444 (0555 when executable), directories 0555, and `chflags uchg` where the platform
-has it (so even root's tools cannot change a template by accident). Drafts and retired versions are made writable again
-before they are changed or removed.
+has it (so even root's tools cannot change a template by accident). Drafts and retired versions are
+made writable again before they are changed or removed.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from typing import Any
 
 from shoes_vz.core.errors import DriverError
@@ -71,16 +70,19 @@ class SimDriver(Driver):
         elif self._stop.wait(self.options.restore_delay):
             return VMExit.STOPPED
         guest: NamespacedGuest | LoopbackGuest
+
+        def reachable(at: float) -> None:  # sshd listens on an address the guest holds (the SSH-ready lag's start)
+            self.bundle.update_metadata(sshd_listening_at=at)
+
         if mode == NAMESPACED:
-            guest = NamespacedGuest(self.bundle, spec, self.sim_options, lease_file, find_sshd, events.log)
+            guest = NamespacedGuest(self.bundle, spec, self.sim_options, lease_file, find_sshd, events.log, reachable)
         else:
-            guest = LoopbackGuest(self.bundle, spec, lease_file, find_sshd, events.log)
+            guest = LoopbackGuest(self.bundle, spec, lease_file, find_sshd, events.log, reachable)
         self._guest = guest
         self.bundle.update_metadata(sim_mode=mode)
         if not guest.start(saved_ip or None, self._stop):  # asked to stop while booting: shut down as asked
             guest.stop(self._grace())
             return VMExit.STOPPED
-        self.bundle.update_metadata(sshd_listening_at=guest.listening_at or time.time())
         self._state = "running"
         events.log(f"sim guest up ({mode}) at {guest.ip or 'an address DHCP is handing out'} "
                    f"(sshd :{spec.ssh_port})")

@@ -105,14 +105,19 @@ def runner_agent_program() -> Path:
 
 class NamespacedGuest:
     def __init__(self, bundle: Bundle, spec: GuestSpec, options: SimOptions, lease_file: Path,
-                 find_sshd: Callable[[], str], log: Callable[[str], None]) -> None:
+                 find_sshd: Callable[[], str], log: Callable[[str], None],
+                 on_reachable: Callable[[float], None]) -> None:
         self.bundle, self.spec, self.options, self.log = bundle, spec, options, log
+        self.on_reachable = on_reachable
         self.network = SimNetwork(lease_file, options)
         self.find_sshd = find_sshd
         self.uid = guest_uid(spec.runner_id)
         self.home = f"/home/{spec.ssh_user}"
         self.ip = ""
         self.listening_at: float | None = None
+        self.address_at: float | None = None
+        self._reported = threading.Lock()
+        self._reachable_said = False
         self.init_pid = 0
         self.veth = ""
         self.error = ""
@@ -202,9 +207,12 @@ class NamespacedGuest:
                 if ev["ip"] != self.ip:
                     self.log(f"guest {self.spec.mac} got {ev['ip']} by DHCP")
                 self.ip = str(ev["ip"])
+                self.address_at = self.address_at or time.time()
+                self._maybe_reachable()
             elif kind == "sshd":
                 self.listening_at = time.time()
                 self._listening.set()
+                self._maybe_reachable()
             elif kind == "exit":
                 self.log(f"guest {ev.get('name')} exited with status {ev.get('status')}")
                 if ev.get("name") == "sshd":
@@ -212,6 +220,14 @@ class NamespacedGuest:
             elif kind == "error":
                 self.error = str(ev.get("message", ""))
                 self._failed.set()
+
+    def _maybe_reachable(self) -> None:
+        """sshd listens and the guest has its address (in either order): a probe can succeed from now."""
+        with self._reported:
+            if self.listening_at is None or self.address_at is None or self._reachable_said:
+                return
+            self._reachable_said = True
+        self.on_reachable(max(self.listening_at, self.address_at))
 
     def _command(self, line: str) -> None:
         with contextlib.suppress(OSError, ValueError):

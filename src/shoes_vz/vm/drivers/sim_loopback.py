@@ -84,8 +84,9 @@ def loopback_notify_url(url: str) -> str:
 
 class LoopbackGuest:
     def __init__(self, bundle: Bundle, spec: GuestSpec, lease_file: Path, find_sshd: Callable[[], str],
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], on_reachable: Callable[[float], None]) -> None:
         self.bundle, self.spec, self.lease_file, self.find_sshd, self.log = bundle, spec, lease_file, find_sshd, log
+        self.on_reachable = on_reachable
         self.ip = ""
         self.listening_at: float | None = None
         self.children: list[subprocess.Popen[bytes]] = []
@@ -113,6 +114,8 @@ class LoopbackGuest:
                 self.stop(0.0)
                 raise DriverError(f"sim sshd did not start on {self.ip}:{self.spec.ssh_port} "
                                   f"(see {self.bundle.log_file})")
+        assert self.listening_at is not None
+        self.on_reachable(self.listening_at)  # its address came first: it is reachable when sshd listens
         # a restored guest's runner-agent re-announces with a new token (DESIGN §12): a new process does
         self._spawn([
             sys.executable, "-m", "shoes_vz.guest.runner_agent",
