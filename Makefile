@@ -28,6 +28,7 @@ bench:
 	$(BIN)/python benchmarks/bench_fastpath.py
 	$(BIN)/python benchmarks/bench_plugin.py
 	$(BIN)/python benchmarks/bench_warm.py
+	$(BIN)/python benchmarks/bench_sim.py
 	$(BIN)/python benchmarks/bench_setup.py
 
 ## lint: ruff + mypy

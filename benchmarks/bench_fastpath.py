@@ -5,8 +5,8 @@
 
 1. N sequential sim runners through a real server + agent (`LocalStack`): clone / boot_to_ssh /
    total P50/P95, and the SSH-ready detection lag = ssh_ready_at (agent's asyncssh probe succeeded)
-   − sshd_listening_at (the guest's sshd logged "Server listening"), both from the bundle's
-   RuntimeMetadata.json.
+   − sshd_listening_at (the guest's sshd logged "Server listening" and the guest holds its address),
+   both from the bundle's RuntimeMetadata.json.
 2. Baseline: the seed's §5.5 loop — `ssh -o BatchMode=yes -o ConnectTimeout=1 … true`, `sleep 1`
    between failures — against the same sim guest, started by hand (`python -m shoes_vz.vm.process`),
    polling from the VM-started instant; lag = first success − sshd_listening_at.
@@ -361,7 +361,7 @@ def shell_startup(user: str, reps: int = 5) -> tuple[str, list[float]]:
     try:
         shell = pwd.getpwnam(user).pw_shell or "/bin/sh"
     except KeyError:
-        return "sh", []
+        shell = "/bin/bash"  # not a host user: a namespaced sim guest's, whose own /etc/passwd says bash
     out = []
     with tempfile.TemporaryDirectory() as home:  # the sim guest's sshd sets HOME to its own (empty) home
         env = {**os.environ, "SSH_CLIENT": "127.0.0.1 40000 2222", "SHLVL": "0", "HOME": home}

@@ -70,6 +70,18 @@ def no_clone_dir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def namespaced_missing() -> list[str]:
+    from shoes_vz.vm.drivers.sim_options import namespaced_missing as missing
+
+    return missing()
+
+
+def require_namespaced() -> None:
+    """For tests of the namespaced sim guest (root on Linux, util-linux, iproute2, dnsmasq, udhcpc)."""
+    missing = namespaced_missing()
+    require(not missing, "the namespaced sim (" + ", ".join(missing) + ")")
+
+
 def have_sshd() -> bool:
     return bool(shutil.which("sshd") or os.access("/usr/sbin/sshd", os.X_OK))
 
@@ -122,7 +134,7 @@ def agent_settings(root: Path, server_port: int, **kw: Any) -> AgentSettings:
         server_addr=f"127.0.0.1:{server_port}", token=TOKEN, driver="sim", state_dir=root / "agent",
         templates_dir=root / "templates", runners_dir=root / "runners",
         runner_state_file=root / "runner-state.json", lease_file=root / "dhcpd_leases",
-        notify_listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", stop_grace=2.0,
+        notify_listen="0.0.0.0:0", metrics_listen="127.0.0.1:0", stop_grace=2.0,
         guest_poll_interval=0.2, allow_copy=not can_reflink(root),
     )
     base.update(kw)
@@ -130,9 +142,10 @@ def agent_settings(root: Path, server_port: int, **kw: Any) -> AgentSettings:
 
 
 @contextlib.asynccontextmanager
-async def make_stack(root: Path, *, max_runners: int = 2, **agent_kw: Any) -> AsyncIterator[SimStack]:
+async def make_stack(root: Path, *, max_runners: int = 2, template_kw: dict[str, Any] | None = None,
+                     **agent_kw: Any) -> AsyncIterator[SimStack]:
     require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
-    template = await asyncio.to_thread(init_sim, root / "templates", "sim-test")
+    template = await asyncio.to_thread(init_sim, root / "templates", "sim-test", **(template_kw or {}))
     async with ServerApp(server_settings(root)) as server:
         agent = Agent(agent_settings(root, server.port, max_runners=max_runners, **agent_kw))
         async with agent:

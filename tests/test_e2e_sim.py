@@ -3,18 +3,23 @@ runner-agents. create → SSH_READY → setup_script started → guest IDLE → 
 
 from __future__ import annotations
 
+import getpass
+import ipaddress
 import json
 import os
 import signal
+from collections.abc import AsyncIterator
 
 import aiohttp
 import grpc
 import pytest
-from stack_fixtures import SimStack, eventually
+from stack_fixtures import SimStack, eventually, make_stack, require_namespaced
 
 from shoes_vz.core.states import GuestState, Phase
 from shoes_vz.demo import fake_runner_script
+from shoes_vz.stack import sim_links
 from shoes_vz.vm.bundle import Bundle
+from shoes_vz.vm.leases import newest_lease_for, read_leases
 from shoes_vz.wire import shoes_pb2 as spb
 from shoes_vz.wire import shoes_pb2_grpc as sgrpc
 
@@ -23,19 +28,38 @@ def runner_of(stack: SimStack, cloud_id: str):
     return stack.agent.runners.get(cloud_id.removeprefix("shoes-vz-"))
 
 
-async def test_create_ready_idle_delete(sim_stack: SimStack) -> None:
+@pytest.fixture(params=["namespaced", "loopback"])
+async def any_sim_stack(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[SimStack]:
+    """The stack in either sim mode; the loopback guest's sshd (run as root here) admits a host user."""
+    if request.param == "namespaced":
+        require_namespaced()
+        async with make_stack(tmp_path) as stack:
+            yield stack
+        return
+    async with make_stack(tmp_path, template_kw={"ssh_user": getpass.getuser()},
+                          driver_options={"mode": "loopback"}) as stack:
+        yield stack
+
+
+async def test_create_ready_idle_delete(any_sim_stack: SimStack) -> None:
+    sim_stack = any_sim_stack
     async with sim_stack.channel() as ch:
         stub = sgrpc.ShoesServiceStub(ch)
         reply = await sim_stack.add(stub, "e2e-1", fake_runner_script("e2e-1"), resource_type="small",
                                     labels=["macOS"])
         assert reply.shoes_type == "shoes-vz"
         assert reply.cloud_id.startswith("shoes-vz-")
-        assert reply.ip_address.startswith("127.100.")
-        assert reply.resource_type == "small"
         runner = runner_of(sim_stack, reply.cloud_id)
         assert runner is not None and runner.phase == Phase.RUNNING
         bundle = runner.bundle
         meta = bundle.read_metadata()
+        if meta["sim_mode"] == "namespaced":  # an address of the per-agent NAT subnet, by DHCP for our MAC
+            assert ipaddress.ip_address(reply.ip_address) in ipaddress.ip_network("198.18.0.0/15")
+            lease = newest_lease_for(read_leases(sim_stack.agent.settings.lease_file), runner.mac)
+            assert lease is not None and lease.ip == reply.ip_address
+        else:
+            assert reply.ip_address.startswith("127.100.")
+        assert reply.resource_type == "small"
         assert meta["sshd_listening_at"] <= meta["ssh_ready_at"]
         assert runner.timings.clone is not None and runner.timings.boot_to_ssh is not None
         # the setup script runs detached in the guest and imitates the actions runner
@@ -185,8 +209,6 @@ async def test_metrics_expose_design_names(sim_stack: SimStack) -> None:
 
 
 async def test_agent_restart_keeps_and_readopts_vms(tmp_path) -> None:
-    from stack_fixtures import make_stack
-
     from shoes_vz.agent.app import Agent
 
     async with make_stack(tmp_path) as stack:
@@ -198,6 +220,9 @@ async def test_agent_restart_keeps_and_readopts_vms(tmp_path) -> None:
             agent_id = stack.agent.agent_id
             await stack.agent.stop(tear_down=False)  # the agent goes away; the VM must not
             assert old.bundle.lock_holder() == pid
+            lease_file = stack.agent.settings.lease_file
+            links = sim_links(lease_file)  # a namespaced guest's network outlives the agent with its VM
+            assert bool(links) == (old.bundle.read_metadata()["sim_mode"] == "namespaced")
             new = Agent(stack.agent.settings.model_copy(update={"notify_url": ""}))
             await new.start()
             try:
@@ -212,3 +237,5 @@ async def test_agent_restart_keeps_and_readopts_vms(tmp_path) -> None:
             finally:
                 await new.stop(tear_down=True)
             stack.agent = new
+            # and goes once the last VM is gone, with nobody asking it to
+            await eventually(lambda: not sim_links(lease_file), timeout=15)

@@ -409,3 +409,19 @@ def test_verify_malformed_and_legacy_templates(tmp_path: Path) -> None:
     for p in [*old.iterdir(), old]:
         os.chmod(p, 0o555 if p.is_dir() else 0o444)
     assert verify(old).problems == ["Disk.img has no recorded digest (freeze records it)"]
+
+
+def test_a_sim_guest_tree_is_frozen_with_its_executables_still_executable(tmp_path: Path) -> None:
+    from shoes_vz.template import init_sim
+    from shoes_vz.template.verify import verify
+
+    tree = tmp_path / "tree"
+    (tree / "usr/local/bin").mkdir(parents=True)
+    (tree / "usr/local/bin/tool").write_text("#!/bin/sh\necho hi\n")
+    (tree / "usr/local/bin/tool").chmod(0o755)
+    (tree / "usr/local/bin/data").write_text("plain\n")
+    t = init_sim(tmp_path / "templates", "with-tree", guest_root=tree)
+    root = t.path / "sim" / "root" / "usr/local/bin"
+    assert stat.S_IMODE((root / "tool").stat().st_mode) == 0o555
+    assert stat.S_IMODE((root / "data").stat().st_mode) == 0o444
+    assert verify(t.path).problems == []

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from stack_fixtures import SimStack, agent_settings, eventually, have_sshd, make_stack, require
+from simvm import dhcp_log_count
+from stack_fixtures import SimStack, agent_settings, eventually, have_sshd, make_stack, require, require_namespaced
 from typer.testing import CliRunner
 
 from shoes_vz.agent.host_key import probe_host_key
@@ -219,6 +220,7 @@ async def test_host_key_probe_reads_the_guest_key(tmp_path: Path) -> None:
 def test_edit_freeze_with_boot_then_rewarm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The maintenance path: slots of v1, edit → freeze --boot (v2) → old slots stale → warm again."""
     require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
+    require_namespaced()  # the scratch boot is seen in the DHCP server's log
     templates = tmp_path / "templates"
     init_sim(templates, "cycle")
     s = agent_settings(tmp_path, 1)
@@ -232,11 +234,12 @@ def test_edit_freeze_with_boot_then_rewarm(tmp_path: Path, monkeypatch: pytest.M
     copy = ["--copy"] if s.allow_copy else []  # no reflink on this filesystem: dev-only full copy
     result = cli.invoke(app, ["template", "edit", "cycle", *copy, *dirs])
     assert result.exit_code == 0, result.output
-    leases_before = s.lease_file.read_text().count("{")
+    acks_before = dhcp_log_count(s.lease_file, r"DHCPACK\(")
     result = cli.invoke(app, ["template", "freeze", "cycle", "--boot", "--runners-dir", str(s.runners_dir), *dirs])
     assert result.exit_code == 0, result.output
     assert "v2 frozen" in result.output and "warm slots of cycle v1 no longer fit" in result.output
-    assert s.lease_file.read_text().count("{") == leases_before + 1  # a scratch guest booted for the key
+    # a scratch guest booted for the key: the DHCP server gave it an address (its lease went with it)
+    assert dhcp_log_count(s.lease_file, r"DHCPACK\(") == acks_before + 1
     assert not list(s.runners_dir.glob("*.building"))
     v2 = TemplateStore(templates).get("cycle")
     assert v2.meta.version == "2" and v2.meta.ssh_host_key

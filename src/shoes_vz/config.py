@@ -167,6 +167,9 @@ class AgentSettings(_Base):
     driver: str = Field(
         default_factory=_default_driver, description="vz (Virtualization.framework) or sim (sshd stands in for a VM)"
     )
+    driver_options: dict[str, Any] = Field(
+        default_factory=dict, description="the driver's own options, passed to `vm run` as they are "
+        "([agent.driver_options]; sim: mode, subnet, pool_size, lease_seconds, dhcp_release, ...)")
     max_runners: int = Field(2, ge=1, le=64, description="VMs at once; Apple allows 2 macOS guests")
     host_vm_limit: int = Field(
         HOST_VM_LIMIT, ge=1, le=64,
@@ -224,11 +227,12 @@ class AgentSettings(_Base):
             return self.notify_url
         host, port = split_hostport(self.notify_listen)
         port = bound_port or port
-        # sim guests live on 127.100/16 and reach the host at 127.0.0.1; vz guests at the NAT gateway
-        if self.driver == "sim" or is_loopback(host):
+        if host in ("0.0.0.0", "::"):
+            # every interface: guests find the host as their default gateway (a Mac's 192.168.64.1, a
+            # namespaced sim guest's bridge; a loopback sim guest's driver makes it 127.0.0.1)
+            return f"auto:{port}"
+        if is_loopback(host):
             host = "127.0.0.1"
-        elif host in ("0.0.0.0", "::"):
-            host = "192.168.64.1"
         return f"http://{host}:{port}/notify-ip"
 
 

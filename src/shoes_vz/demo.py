@@ -30,10 +30,13 @@ from shoes_vz.stack import LocalStack, prerequisites
 from shoes_vz.wire import myshoes_pb2 as mpb
 
 # What myshoes' setup script ends in: config.sh writes .runner, run.sh keeps Runner.Listener up
-# and logs "Listening for Jobs". This imitation does the same visible things, in seconds.
+# and logs "Listening for Jobs". This imitation does the same visible things, in seconds, where
+# myshoes' script does them: $RUNNER_BASE_DIRECTORY/runner, /tmp/runner (a loopback sim guest,
+# which shares the host's /tmp, uses its own home instead).
 FAKE_RUNNER_SCRIPT = """#!/bin/sh
 set -e
-cd "${SHOESVZ_GUEST_HOME:-$HOME}"
+mkdir -p "${SHOESVZ_GUEST_HOME:-/tmp}/runner"
+cd "${SHOESVZ_GUEST_HOME:-/tmp}/runner"
 printf '{"agentId": %d, "agentName": "%s", "poolId": 1}\\n' "$$" "__NAME__" > .runner
 mkdir -p _diag
 log="_diag/Runner_$(date -u +%Y%m%d-%H%M%S)-utc.log"
@@ -179,6 +182,7 @@ async def run_demo(*, runners: int, concurrency: int, boot_delay: float, keep: b
         with console.status("starting server and sim agent…"):
             await stack.start()
         console.print(f"server {stack.server_addr}, one sim agent, state in {root}")
+        console.print(await stack.describe_driver(), markup=False)
         if not stack.reflink:
             console.print(f"[yellow]warning:[/] {root} cannot reflink: bundles are full (sparse) copies; "
                           "clone timings are not representative (use XFS reflink, btrfs or APFS)")
@@ -207,9 +211,9 @@ async def run_demo(*, runners: int, concurrency: int, boot_delay: float, keep: b
         if caller is not None:
             caller.kill_all()
         await stack.stop()
-        leftovers = stack.leftovers()
+        leftovers = await asyncio.to_thread(stack.leftovers)
         if signals:  # the bundles of runners cut short go with the state directory; processes must not stay
-            leftovers = [x for x in leftovers if x.startswith("pid ")]
+            leftovers = [x for x in leftovers if not x.startswith("/")]
         failed = failed or bool(leftovers) or any(r.error for r in results)
         if not keep and not failed:
             shutil.rmtree(root, ignore_errors=True)
@@ -222,7 +226,7 @@ async def run_demo(*, runners: int, concurrency: int, boot_delay: float, keep: b
     if leftovers:
         console.print(f"[red]left behind:[/] {leftovers}")
     else:
-        console.print("clean exit: no VM process or bundle left behind")
+        console.print("clean exit: no VM process, bundle or sim network link left behind")
     if keep or failed:
         console.print(f"state kept in {root} (logs, and each runner's evidence in {root / 'agent' / 'evidence'})")
     return 1 if failed else 0

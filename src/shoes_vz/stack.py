@@ -119,7 +119,7 @@ templates_dir = "{r / 'templates'}"
 runners_dir = "{self.runners_dir}"
 runner_state_file = "{self.state_file}"
 lease_file = "{r / 'dhcpd_leases'}"
-notify_listen = "127.0.0.1:{free_port()}"
+notify_listen = "0.0.0.0:{free_port()}"
 metrics_listen = "127.0.0.1:{free_port()}"
 max_runners = {self.max_runners}
 host_vm_limit = {self.max_runners}   # sim guests: no Apple limit to respect
@@ -149,6 +149,14 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
             if name == "server":
                 await self._wait_server()
         await self._wait_agent()
+
+    async def describe_driver(self) -> str:
+        """What a sim VM is on this host (namespaced, or the less faithful loopback mode), as it says."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shoes_vz.vm.process", "--describe", "--driver", "sim",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        return out.decode(errors="replace").strip()
 
     async def _wait_server(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -222,11 +230,17 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
         while _pids_mentioning(str(self.root)) and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def leftovers(self) -> list[str]:
-        """Bundles or live vm processes still here (after every runner was deleted: none)."""
-        left = [str(b.path) for b in Bundle.all_in(self.runners_dir)]
-        left += [f"pid {pid}" for pid in _pids_mentioning(str(self.root))]
-        return left
+    def leftovers(self, wait: float = 10.0) -> list[str]:
+        """Bundles, live vm processes or sim network links still here (after every runner was deleted:
+        none). A namespaced sim's bridge outlives its last VM by a couple of seconds: wait that long."""
+        deadline = time.monotonic() + wait
+        while True:
+            left = [str(b.path) for b in Bundle.all_in(self.runners_dir)]
+            left += [f"pid {pid}" for pid in _pids_mentioning(str(self.root))]
+            left += [f"link {name}" for name in sim_links(self.root / "dhcpd_leases")]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)
 
 
 def _agents_online(db: Path) -> int:
@@ -251,6 +265,19 @@ def _free_warm_slots(db: Path, template: str) -> int:
         return 0
     held = [t for (raw,) in rows for t in json.loads(raw)]
     return sum(int(t.get("free_warm_slots", 0)) for t in held if t.get("name") == template)
+
+
+def sim_links(lease_file: Path) -> list[str]:
+    """Network links a namespaced sim made for the network of `lease_file` (their alias names it)."""
+    mine = f"shoes-vz sim {lease_file.resolve()}"
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in sorted(os.listdir("/sys/class/net")):
+            with contextlib.suppress(OSError):
+                alias = Path(f"/sys/class/net/{name}/ifalias").read_text().strip()
+                if alias == mine or alias.startswith(mine + " "):
+                    found.append(name)
+    return found
 
 
 def _pids_mentioning(text: str) -> list[int]:

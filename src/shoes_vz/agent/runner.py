@@ -28,7 +28,7 @@ from shoes_vz.template import Template
 from shoes_vz.template.use_lock import UseLock
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.exit_status import describe, is_capacity
-from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases
+from shoes_vz.vm.leases import MACAddress, newest_lease_for, no_lease_reason, read_leases
 
 log = logging.getLogger(__name__)
 LEASE_POLL_INTERVAL = 0.01  # the lease appears before sshd: probe from the first instant
@@ -174,7 +174,7 @@ class Runner:
                         self.bundle, s.driver, lease_file=self.lease_file, boot_delay=s.sim_boot_delay,
                         restore_delay=s.sim_restore_delay, stop_grace=s.stop_grace, hold=self._use,
                         host_slots=supervisor.host_slots(s), restore_timeout=s.restore_timeout,
-                        live_timeout=s.restore_live_timeout,
+                        live_timeout=s.restore_live_timeout, driver_options=s.driver_options,
                     )
                 finally:
                     self._release_template()
@@ -183,8 +183,9 @@ class Runner:
                 try:
                     addr = await asyncio.wait_for(self._wait_address(), s.boot_to_ip_timeout)
                 except TimeoutError:  # this deadline, not create_timeout (that one cancels, it never lands here)
+                    why = await asyncio.to_thread(no_lease_reason, self.lease_file, self.mac)
                     raise RunnerFailed(f"no IP address within boot_to_ip_timeout ({s.boot_to_ip_timeout:g}s): "
-                                       f"no notify from the guest and no DHCP lease for {self.mac}") from None
+                                       f"no notify from the guest and {why}") from None
                 self.ip = addr.ip
                 meta = self.spec.template.meta
                 conn = await ssh.wait_ready(
@@ -208,7 +209,10 @@ class Runner:
                 )
                 self._on(Event.SETUP_STARTED)
         except TimeoutError:  # only asyncio.timeout above: the inner deadlines raise RunnerFailed
-            self.fail(f"not ready within create_timeout ({s.create_timeout:g}s) while {self.phase}",
+            no_ip = ""
+            if self.phase == Phase.BOOTING and not self.ip:
+                no_ip = ": " + await asyncio.to_thread(no_lease_reason, self.lease_file, self.mac)
+            self.fail(f"not ready within create_timeout ({s.create_timeout:g}s) while {self.phase}{no_ip}",
                       with_log=self.proc is not None)
             return
         except asyncio.CancelledError:

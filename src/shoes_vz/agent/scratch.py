@@ -93,7 +93,8 @@ async def scratch_vm(settings: AgentSettings, template: Template, label: str, *,
             cpu_count=meta.cpu_count, memory_bytes=meta.memory_bytes, created_at=time.time(), saveable=saveable,
         )
         vm.proc = await supervisor.spawn(bundle, s.driver, lease_file=s.lease_file, boot_delay=s.sim_boot_delay,
-                                         stop_grace=s.stop_grace, host_slots=supervisor.host_slots(s), hold=use)
+                                         stop_grace=s.stop_grace, host_slots=supervisor.host_slots(s), hold=use,
+                                         driver_options=s.driver_options)
         use.close()
         vm.ip = await _wait_lease(s, vm.proc, mac)
         yield vm

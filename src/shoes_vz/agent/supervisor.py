@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from shoes_vz.config import AgentSettings
 from shoes_vz.template.use_lock import UseLock
@@ -25,6 +27,7 @@ def host_slots(settings: AgentSettings) -> HostSlots:
 async def spawn(
     bundle: Bundle, driver: str, *, lease_file: Path, boot_delay: float, stop_grace: float, host_slots: HostSlots,
     restore_delay: float = 0.0, restore_timeout: float = 60.0, live_timeout: float = 30.0, hold: UseLock | None = None,
+    driver_options: dict[str, Any] | None = None,
 ) -> asyncio.subprocess.Process:
     """Start the bundle's VM process. It inherits `hold`, the template's use lock, and keeps it for
     its whole life (template/use_lock.py); the caller closes its own copy once this returns."""
@@ -36,6 +39,7 @@ async def spawn(
             "--boot-delay", str(boot_delay), "--restore-delay", str(restore_delay), "--stop-grace", str(stop_grace),
             "--host-slots", str(host_slots.directory), "--host-limit", str(host_slots.limit),
             "--restore-timeout", str(restore_timeout), "--live-timeout", str(live_timeout),
+            "--driver-options", json.dumps(driver_options or {}),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True,  # an agent crash must not take its VMs down
             pass_fds=(hold.fd,) if hold is not None else (),

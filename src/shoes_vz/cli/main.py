@@ -140,6 +140,8 @@ def vm_run(
         help="seconds from stop request to hard stop (default: agent.stop_grace)")] = None,
 ) -> None:
     """Own one VM until it stops (holds the bundle lock, serves BUNDLE/control.sock)."""
+    import json
+
     from shoes_vz.vm import process
 
     s = agent_settings(config, driver=driver, sim_boot_delay=boot_delay, lease_file=lease_file,
@@ -148,7 +150,7 @@ def vm_run(
         str(bundle), "--driver", s.driver, "--boot-delay", str(s.sim_boot_delay), "--stop-grace", str(s.stop_grace),
         "--lease-file", str(s.lease_file), "--host-slots", str(s.effective_vm_slots_dir()),
         "--host-limit", str(s.host_vm_limit), "--restore-timeout", str(s.restore_timeout),
-        "--live-timeout", str(s.restore_live_timeout)]))
+        "--live-timeout", str(s.restore_live_timeout), "--driver-options", json.dumps(s.driver_options)]))
 
 
 # --help goes to the runner-agent's own parser too (it lists the daemon's flags, `install --help` its own)

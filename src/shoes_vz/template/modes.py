@@ -1,8 +1,8 @@
 """Read-only and back: the modes (and, on macOS, the `uchg` flag) that make a template frozen.
 
-Frozen: files 0444, directories 0555, and `chflags uchg` where the platform has it (so even root's
-tools cannot change a template by accident). Drafts and retired versions are made writable again
-before they are changed or removed.
+Frozen: files 0444 (0555 when executable), directories 0555, and `chflags uchg` where the platform
+has it (so even root's tools cannot change a template by accident). Drafts and retired versions are
+made writable again before they are changed or removed.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ def _set_immutable(path: str, on: bool) -> None:
 
 
 def make_read_only(root: Path) -> None:
-    """Files 0444, directories 0555, then `uchg` on everything (children before parents)."""
+    """Files 0444 (0555 when executable), directories 0555, then `uchg` on everything (children first)."""
     for dirpath, dirs, files in os.walk(root, topdown=False):
         for f in files:
             p = os.path.join(dirpath, f)
             if not os.path.islink(p):
-                os.chmod(p, 0o444)
+                os.chmod(p, 0o555 if os.stat(p).st_mode & 0o111 else 0o444)
                 _set_immutable(p, True)
         for d in dirs:
             p = os.path.join(dirpath, d)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import asyncssh
@@ -28,12 +30,20 @@ def init_sim(
     cpu_count: int = 4,
     memory_bytes: int = 8 * 1024**3,
     ssh_port: int = 2222,
+    ssh_user: str | None = None,
+    guest_root: Path | None = None,
 ) -> Template:
     """Make a sim template with the seed's layout, frozen read-only.
 
     The guest's sshd host key and (unless `authorized_key` is given) a client key for the agent are
     generated into `sim/`; freeze pins the host key. The guest sshd listens on `ssh_port` (2222: a
-    host sshd on *:22 would shadow port 22 of 127.100/16).
+    host sshd on *:22 would shadow port 22 of a loopback guest's 127.100/16).
+
+    The login user (`ssh_user`) defaults to `runner` as root on Linux — the unprivileged user of a
+    namespaced guest — and to the current user elsewhere, since a loopback guest's sshd runs as that
+    user and can admit only it. `guest_root` is copied into `sim/root/`: files a namespaced guest sees
+    layered read-only over the host's (`sim/root/usr/local/bin/x` is the guest's /usr/local/bin/x),
+    as a macOS image carries its own tools.
     """
     check_name(name)
     types = check_resource_types(resource_types or list(RESOURCE_TYPES))
@@ -55,9 +65,11 @@ def init_sim(
             client.write_private_key(str(sim / "id_ed25519"))
             authorized_key = client.export_public_key().decode().strip()
         (sim / "authorized_keys").write_text(authorized_key.strip() + "\n")
+        if guest_root is not None:
+            shutil.copytree(guest_root, sim / "root", symlinks=False)
         write_metadata(tmp, TemplateMetadata(
             name=name, driver="sim", cpu_count=cpu_count, memory_bytes=memory_bytes, disk_bytes=disk_bytes,
-            resource_types=types, ssh_user=getpass.getuser(), ssh_port=ssh_port, source="sim",
+            resource_types=types, ssh_user=ssh_user or default_ssh_user(), ssh_port=ssh_port, source="sim",
         ))
         (tmp / "README.md").write_text(
             f"# {name}\n\nA shoes-vz **sim** template (simulated guest: OpenSSH sshd + runner-agent).\n"
@@ -66,4 +78,8 @@ def init_sim(
     return freeze(store, name, runners_dir=None)
 
 
-__all__ = ["init_sim"]
+def default_ssh_user() -> str:
+    return "runner" if sys.platform.startswith("linux") and os.geteuid() == 0 else getpass.getuser()
+
+
+__all__ = ["default_ssh_user", "init_sim"]

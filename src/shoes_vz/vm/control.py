@@ -56,7 +56,9 @@ class ControlServer:
         self._server.daemon_threads = False
         self._server.block_on_close = True
         os.chmod(path, 0o600)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="control", daemon=True)
+        # a short poll: `close` (every VM's exit) waits up to one interval for the loop to notice
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="control", daemon=True)
 
     def start(self) -> None:
         self._thread.start()

@@ -168,6 +168,20 @@ def newest_lease_for(
     return max(candidates, key=lambda le: le.expiry, default=None)
 
 
+def no_lease_reason(path: Path | str, mac: MACAddress, now: datetime | None = None) -> str:
+    """Why a guest may have no address, from the lease file alone (true on a Mac as in the sim)."""
+    now = now or datetime.now(UTC)
+    try:
+        leases = read_leases(path)
+    except ValueError as e:
+        return f"the lease file is unreadable ({e})"
+    live = [le for le in leases if not le.expired(now)]
+    if any(le.mac == mac for le in live):
+        return f"{path} has a lease for {mac}, but the guest never answered"
+    return (f"no DHCP lease for {mac} in {path} ({len(live)} unexpired lease(s) held by other clients): "
+            "the NAT pool may be spent, or the guest's DHCP client never ran")
+
+
 # -- writer (the sim driver plays bootpd) ----------------------------------------------------------
 
 

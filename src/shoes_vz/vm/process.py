@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -165,9 +166,19 @@ def _last_words(bundle: Bundle, reason: str) -> None:
         log.error("cannot record the exit reason in %s: %s", bundle.runtime_metadata, e)
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="shoes-vz vm run", description=__doc__)
-    p.add_argument("bundle", type=Path)
+    p.add_argument("bundle", type=Path, nargs="?")
     p.add_argument("--driver", choices=sorted(DRIVERS), default="sim")
     p.add_argument("--boot-delay", type=float, default=0.0)
     p.add_argument("--restore-delay", type=float, default=0.0)
@@ -180,12 +191,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host-slots", type=Path, default=vm_slots_dir(DEFAULTS.state_dir),
                    help="the host-wide VM slot locks (the agent's <state_dir>/vm-slots)")
     p.add_argument("--host-limit", type=int, default=HOST_VM_LIMIT, help="VMs this host may run at once")
+    p.add_argument("--driver-options", type=_json_object, default={},
+                   help="the driver's own options as a JSON object (the agent's driver_options)")
+    p.add_argument("--describe", action="store_true", help="say what a VM of this driver is here, and exit")
     a = p.parse_args(argv)
+    if a.describe:
+        try:
+            print(driver_class(a.driver).describe(DriverOptions(extra=a.driver_options)))
+        except DriverError as e:
+            print(f"{a.driver}: {e}", file=sys.stderr)
+            return int(VMExit.CONFIG_ERROR)
+        return 0
+    if a.bundle is None:
+        p.error("a bundle is required")
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s vm[%(process)d] %(levelname)s %(message)s"
     )
     opts = DriverOptions(boot_delay=a.boot_delay, restore_delay=a.restore_delay, lease_file=a.lease_file,
-                         stop_grace=a.stop_grace, restore_timeout=a.restore_timeout, live_timeout=a.live_timeout)
+                         stop_grace=a.stop_grace, restore_timeout=a.restore_timeout, live_timeout=a.live_timeout,
+                         extra=a.driver_options)
     try:
         return int(run(a.bundle, a.driver, opts, HostSlots(a.host_slots, a.host_limit)))
     except Exception:

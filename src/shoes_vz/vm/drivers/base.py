@@ -28,7 +28,7 @@ class DriverOptions:
     stop_grace: float = 10.0             # seconds between requestStop and a hard stop
     restore_timeout: float = 60.0        # vz: restore + resume must finish within this, else a cold boot
     live_timeout: float = 30.0           # vz: a restored guest must show life within this, else a cold boot
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the driver's own options (agent.driver_options)
 
 
 class DriverEvents(Protocol):
@@ -50,6 +50,11 @@ class Driver(ABC):
         """What stops this driver from running any VM on this host, each problem with its fix (none:
         []). The agent and `shoes-vz up` ask before they start, so it is said once, not per runner."""
         return []
+
+    @classmethod
+    def describe(cls, options: DriverOptions) -> str:
+        """One line on what a VM of this driver is on this host (`vm run --describe`)."""
+        return f"{cls.name} driver"
 
     @abstractmethod
     def run(self, events: DriverEvents) -> VMExit:

@@ -1,0 +1,312 @@
+"""The namespaced sim guest at the VM-process level: real `vm run` processes, namespaces, a bridge,
+dnsmasq and udhcpc — boundaries attacked from inside a guest, and nothing left behind.
+
+Every test here needs root on Linux with util-linux, iproute2, dnsmasq and udhcpc (it fails in CI
+without them). The guests are started by hand (`tests/simvm.py`), without server or agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+from simvm import SimVM, guest_processes, links_of, wait_until
+from stack_fixtures import have_sshd, require, require_namespaced
+
+from shoes_vz.template import Template, init_sim
+from shoes_vz.vm.leases import read_leases
+
+
+@pytest.fixture
+def template(tmp_path: Path) -> Template:
+    require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
+    require_namespaced()
+    return init_sim(tmp_path / "templates", "ns")
+
+
+@pytest.fixture
+def vms(template: Template, tmp_path: Path) -> Iterator[list[SimVM]]:
+    started: list[SimVM] = []
+    yield started
+    for vm in started:
+        vm.kill()
+
+
+def new_vm(vms: list[SimVM], template: Template, root: Path, name: str, **kw: object) -> SimVM:
+    vm = SimVM(template, root / "runners", root / "dhcpd_leases", name, **kw)  # type: ignore[arg-type]
+    vms.append(vm)
+    return vm.start()
+
+
+def guest_run(template: Template, ip: str, command: str) -> tuple[int, str]:
+    """Run `command` in the guest over SSH as its user, with the agent's key: (exit status, output)."""
+
+    async def go() -> tuple[int, str]:
+        key = asyncssh.read_private_key(str(template.sim_client_key))
+        host_key = asyncssh.import_public_key(template.meta.ssh_host_key)
+        async with asyncssh.connect(ip, template.meta.ssh_port, username=template.meta.ssh_user,
+                                    client_keys=[key], known_hosts=([host_key], [], []), agent_path=None,
+                                    config=None) as conn:
+            r = await conn.run(command, check=False)
+            return int(r.exit_status or 0), f"{r.stdout}{r.stderr}"
+
+    return asyncio.run(go())
+
+
+def ready(vm: SimVM) -> str:
+    ip = vm.wait_address()
+    vm.wait_listening()
+    return ip
+
+
+def test_a_guest_cannot_read_another_guests_files_or_signal_its_processes(template: Template, tmp_path: Path,
+                                                                         vms: list[SimVM]) -> None:
+    a, b = new_vm(vms, template, tmp_path, "guest-a"), new_vm(vms, template, tmp_path, "guest-b")
+    ip_a, ip_b = ready(a), ready(b)
+    rc, _ = guest_run(template, ip_b, "echo b-secret > ~/secret && chmod 644 ~/secret && "
+                                      "(setsid nohup sleep 3600 >/dev/null 2>&1 < /dev/null &)")
+    assert rc == 0
+    b_pids = wait_until(lambda: [p for p in b.status()["guest_pids"] if _comm(p) == "sleep"], 5)
+    assert b_pids, "guest b's sleep did not start"
+    b_home = b.bundle.guest_dir / "home"
+    assert (b_home / "secret").read_text() == "b-secret\n"  # it is there, on the host
+    attack = " ; ".join([
+        f"cat {b_home}/secret", "cat /home/*/secret", f"ls {b.bundle.path}", f"ls {a.runners}",
+        f"ls {template.path}", f"cat {tmp_path / 'dhcpd_leases'}",
+        *(f"kill -TERM {pid}" for pid in b_pids), *(f"kill -0 {pid}" for pid in b.status()["guest_pids"]),
+        "touch /template/owned", "touch /usr/owned", "touch /etc/owned", "cat /template/sim/id_ed25519",
+        "sudo -n true", "grep NoNewPrivs /proc/self/status", "id -u", "ps -e -o pid=,comm=",
+        "cat /sys/class/net/eth0/address",
+    ])
+    _, out = guest_run(template, ip_a, attack)
+    assert "b-secret" not in out
+    assert out.count("No such file or directory") >= 6, out
+    assert out.count("No such process") >= len(b_pids), out
+    assert out.count("Read-only file system") == 3, out
+    assert "NoNewPrivs:\t1" in out and "-----BEGIN" not in out, out
+    uid = int(next(line for line in out.splitlines() if line.strip().isdigit() and len(line.strip()) >= 6))
+    assert uid != 0 and uid == os.stat(a.bundle.guest_dir / "home").st_uid
+    assert str(a.mac) in out  # its one interface carries the runner's MAC
+    # its process list is its own: PID 1 is its init, and nothing of guest b's is there
+    pids = [int(line.split()[0]) for line in out.splitlines() if line.strip() and line.split()[0].isdigit()
+            and len(line.split()) == 2]
+    assert 1 in pids and max(pids) < min(b_pids)
+    # the attack changed nothing: b's sleep lives, its file is intact, the template unwritten
+    assert all(_alive(p) for p in b_pids)
+    assert (b_home / "secret").read_text() == "b-secret\n"
+    assert not (template.path / "owned").exists()
+    # and the guests do share a network, as on a Mac's NAT: a reaches b's sshd
+    rc, out = guest_run(template, ip_a, f"python3 -c 'import socket; socket.create_connection((\"{ip_b}\", "
+                                        f"{template.meta.ssh_port}), 3); print(\"reached\")'")
+    assert rc == 0 and "reached" in out
+
+
+def test_sigkill_of_the_vm_process_leaves_no_guest_process_and_no_namespace(template: Template, tmp_path: Path,
+                                                                           vms: list[SimVM]) -> None:
+    vm = new_vm(vms, template, tmp_path, "doomed")
+    ip = ready(vm)
+    # what a setup_script leaves running: a detached sleep, its own session, cwd in the guest's home
+    rc, _ = guest_run(template, ip, "cd ~ && (setsid nohup sleep 3600 >/dev/null 2>&1 < /dev/null &) && echo ok")
+    assert rc == 0
+    pids = wait_until(lambda: [p for p in vm.status()["guest_pids"] if _comm(p) == "sleep"] and
+                      vm.status()["guest_pids"], 5)
+    assert pids
+    init = min(pids)
+    netns = os.readlink(f"/proc/{init}/ns/net")
+    veths = vm.veths()
+    assert len(veths) == 1
+    assert vm.proc is not None
+    os.kill(vm.proc.pid, signal.SIGKILL)
+    vm.proc.wait(10)
+    gone = wait_until(lambda: not any(_alive(p) for p in pids), 10)
+    assert gone, [p for p in pids if _alive(p)]
+    assert not _holders_of_netns(netns)
+    assert wait_until(lambda: not any(os.path.exists(f"/sys/class/net/{v}") for v in veths), 10)
+    assert not [p for p in guest_processes() if str(vm.bundle.path).encode() in Path(f"/proc/{p}/cmdline")
+                .read_bytes()]
+
+
+def test_300_sequential_vms_leak_no_link_namespace_or_lease(template: Template, tmp_path: Path,
+                                                          vms: list[SimVM]) -> None:
+    """Every tenth VM is SIGKILLed, so its guest never releases its lease: those stay, unexpired, as
+    the pool's rules say; every other VM gives its address back when it shuts down. 300 fresh MACs
+    outnumber the /24 pool (253): without releases the last ones would get nothing."""
+    lease_file = tmp_path / "dhcpd_leases"
+    killed, addresses, logs = set(), [], {}
+    t0 = time.monotonic()
+    for i in range(300):
+        vm = new_vm(vms, template, tmp_path, f"seq-{i}")
+        addresses.append(vm.wait_address())
+        if i % 10 == 9:
+            vm.kill()
+            killed.add(vm.mac)
+        else:
+            assert vm.stop() == 0, vm.log()[-2000:]
+        logs[vm.mac] = vm.log()
+        vms.remove(vm)
+        shutil.rmtree(vm.bundle.path)
+        assert wait_until(lambda vm=vm: not vm.veths(), 5), vm.veths()
+    elapsed = time.monotonic() - t0
+    print(f"300 sequential sim VMs in {elapsed:.1f}s ({elapsed / 300 * 1000:.0f} ms each)")
+    leases = wait_until(lambda: (ls := read_leases(lease_file)) and {le.mac for le in ls} == killed and ls, 10)
+    extra = [le for le in read_leases(lease_file) if le.mac not in killed]
+    assert leases, "leases of cleanly stopped VMs remain:\n" + "\n".join(
+        f"{le.mac} {le.ip}:\n{logs.get(le.mac, '')[-1500:]}" for le in extra[:3])
+    assert len(leases) == 30 and all(not le.expired() for le in leases)
+    assert len({le.ip for le in leases}) == 30
+    assert len(set(addresses)) <= 31  # released addresses are handed out again, lowest first
+    assert wait_until(lambda: not links_of(lease_file), 15), links_of(lease_file)
+    assert not [p for p in guest_processes() if str(tmp_path).encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def test_a_mac_keeps_its_address_while_its_lease_lives(template: Template, tmp_path: Path,
+                                                       vms: list[SimVM]) -> None:
+    first = new_vm(vms, template, tmp_path, "sticky-1")
+    ip = first.wait_address()
+    first.kill()  # no release: the lease lives on
+    other = new_vm(vms, template, tmp_path, "other")
+    again = new_vm(vms, template, tmp_path, "sticky-2", mac=first.mac)
+    assert again.wait_address() == ip
+    assert other.wait_address() != ip
+    assert again.stop() == 0 and other.stop() == 0
+    assert wait_until(lambda: {le.mac for le in read_leases(tmp_path / "dhcpd_leases")} == set(), 10)
+
+
+def test_the_last_release_is_written_even_as_the_network_goes(template: Template, tmp_path: Path,
+                                                              vms: list[SimVM]) -> None:
+    """With no linger the bridge and dnsmasq go the moment the last VM is gone; the lease that VM gave
+    back must still leave the lease file (dnsmasq's script helper finishes before the holder ends)."""
+    lease_file = tmp_path / "dhcpd_leases"
+    for i in range(3):
+        vm = new_vm(vms, template, tmp_path, f"last-{i}", driver_options={"network_linger": 0})
+        vm.wait_address()
+        assert vm.stop() == 0
+        assert wait_until(lambda: not links_of(lease_file), 15)
+        assert read_leases(lease_file) == [], vm.log()[-1500:]
+
+
+def test_a_network_goes_even_when_its_directory_went_first(template: Template, tmp_path: Path,
+                                                           vms: list[SimVM]) -> None:
+    """A test's or a benchmark's temp dir is removed while the bridge lingers: the bridge still goes."""
+    root = tmp_path / "agent"
+    vm = new_vm(vms, template, root, "short-lived", driver_options={"network_linger": 1.0})
+    vm.wait_address()
+    lease_file = root / "dhcpd_leases"
+    links = links_of(lease_file)
+    assert vm.stop() == 0 and links
+    shutil.rmtree(root)  # runners, lease file, the network's runtime directory and its locks
+    assert wait_until(lambda: not any(os.path.exists(f"/sys/class/net/{n}") for n in links), 15)
+    assert wait_until(lambda: not _cmdline_pids(str(root)), 10), _cmdline_pids(str(root))  # holder, dnsmasq
+
+
+def test_two_agents_side_by_side_have_their_own_bridge_and_subnet(template: Template, tmp_path: Path,
+                                                                   vms: list[SimVM]) -> None:
+    one = new_vm(vms, template, tmp_path / "one", "vm")
+    two = new_vm(vms, template, tmp_path / "two", "vm")
+    ip1, ip2 = ready(one), ready(two)
+    assert ip1.rsplit(".", 1)[0] != ip2.rsplit(".", 1)[0]
+    l1, l2 = links_of(tmp_path / "one" / "dhcpd_leases"), links_of(tmp_path / "two" / "dhcpd_leases")
+    assert len(l1) == len(l2) == 2 and not set(l1) & set(l2)
+    assert all(len(name) <= 15 for name in l1 + l2)
+    # traffic stays on its own bridge: the host forwards nothing from it, not even to the other agent's
+    bridge = next(n for n in l1 if len(n) == 10)
+    assert Path(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding").read_text().strip() == "0"
+    probe = (f"python3 -c 'import socket; socket.create_connection((\"{ip2}\", {template.meta.ssh_port}), 2)' "
+             "&& echo crossed || echo stayed")
+    out = guest_run(template, ip1, probe)[1]
+    assert "stayed" in out and "crossed" not in out, out
+    # stopping one agent's VM leaves the other's network alone
+    assert one.stop() == 0
+    assert wait_until(lambda: not links_of(tmp_path / "one" / "dhcpd_leases"), 15)
+    assert links_of(tmp_path / "two" / "dhcpd_leases") == l2 and two.proc is not None and two.proc.poll() is None
+    # an explicit subnet that overlaps a network the host has (here: agent two's) is refused, clearly
+    clash = new_vm(vms, template, tmp_path / "one", "clash",
+                   driver_options={"subnet": ip2.rsplit(".", 1)[0] + ".0/24"})
+    assert clash.proc is not None and clash.proc.wait(20) != 0
+    assert "overlaps the host's" in clash.log()
+    assert two.stop() == 0
+
+
+def test_a_killed_network_holder_is_replaced_and_its_bridge_swept(template: Template, tmp_path: Path,
+                                                                  vms: list[SimVM]) -> None:
+    lease_file = tmp_path / "dhcpd_leases"
+    first = new_vm(vms, template, tmp_path, "first")
+    first.wait_address()
+    holder = _holder_pid(tmp_path)
+    os.kill(holder, signal.SIGKILL)  # its dnsmasq dies with it (the holder is PID 1 of their namespace)
+    assert wait_until(lambda: not _alive(holder) and not _dnsmasq_of(tmp_path), 10)
+    second = new_vm(vms, template, tmp_path, "second")  # joins, finds no holder, starts one
+    assert second.wait_address()
+    assert "its holder is gone; starting a new one" in second.log()
+    assert first.stop() == 0 and second.stop() == 0
+    assert wait_until(lambda: not links_of(lease_file), 15)
+    # a holder killed with no VM left: its bridge stays until the next VM of this agent sweeps it
+    third = new_vm(vms, template, tmp_path, "third")
+    third.wait_address()
+    bridge = [n for n in links_of(lease_file) if len(n) == 10]
+    assert third.stop() == 0
+    os.kill(_holder_pid(tmp_path), signal.SIGKILL)
+    (tmp_path / ".dhcpd_leases.simnet" / "state.json").unlink()  # and its state lost, as after a crash
+    time.sleep(0.5)
+    assert links_of(lease_file) == bridge
+    fourth = new_vm(vms, template, tmp_path, "fourth")
+    assert fourth.wait_address()
+    assert "swept a dead sim network" in fourth.log()
+    assert fourth.stop() == 0
+    assert wait_until(lambda: not links_of(lease_file), 15)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _holders_of_netns(netns: str) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if os.readlink(p / "ns" / "net") == netns:
+                    out.append(int(p.name))
+            except OSError:
+                continue
+    return out
+
+
+def _cmdline_pids(needle: str) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if needle.encode() in (p / "cmdline").read_bytes():
+                    out.append(int(p.name))
+            except OSError:
+                continue
+    return out
+
+
+def _holder_pid(root: Path) -> int:
+    pids = [p for p in _cmdline_pids(str(root / ".dhcpd_leases.simnet")) if b"sim_holder" in
+            Path(f"/proc/{p}/cmdline").read_bytes() and _comm(p).startswith("python")]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def _dnsmasq_of(root: Path) -> list[int]:
+    return [p for p in _cmdline_pids(str(root / ".dhcpd_leases.simnet")) if _comm(p) == "dnsmasq"]
