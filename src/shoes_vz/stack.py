@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import os
 import secrets
@@ -65,8 +66,10 @@ def prerequisites() -> list[str]:
 
 class LocalStack:
     def __init__(self, root: Path, *, max_runners: int = 2, boot_delay: float = 0.0, restore_delay: float = 0.0,
-                 guest_poll_interval: float = 0.25, keep_evidence: bool = False) -> None:
+                 guest_poll_interval: float = 0.25, keep_evidence: bool = False,
+                 driver_options: dict[str, str] | None = None) -> None:
         self.root = root
+        self.driver_options = dict(driver_options or {})
         self.keep_evidence = keep_evidence
         self.max_runners = max_runners
         self.boot_delay = boot_delay
@@ -129,13 +132,15 @@ guest_poll_interval = {self.guest_poll_interval}
 stop_grace = 2.0
 allow_copy = {'false' if self.reflink else 'true'}
 evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
-""")
+""" + "".join(f"driver_options.{k} = {json.dumps(v)}\n" for k, v in self.driver_options.items()))
         return cfg
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         cfg = self._write_config()
-        await asyncio.to_thread(init_sim, self.root / "templates", TEMPLATE)
+        # a loopback guest is this host: it logs in as a user of this host
+        user = getpass.getuser() if self.driver_options.get("mode") == "loopback" else None
+        await asyncio.to_thread(init_sim, self.root / "templates", TEMPLATE, ssh_user=user)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("SHOESVZ_CONFIG", None)
         for name in ("server", "agent"):

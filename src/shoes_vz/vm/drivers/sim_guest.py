@@ -188,9 +188,9 @@ class NamespacedGuest:
             if cancel.is_set():
                 return False
             if self._failed.is_set() or self._sshd_gone.is_set() or (self.proc and self.proc.poll() is not None):
-                raise DriverError(f"the sim guest {failure}: {self.error or 'it exited'} (see {self.bundle.log_file})")
+                raise DriverError(f"the sim guest {failure}: {self.error or 'it exited'}")
             if time.monotonic() > deadline:
-                raise DriverError(f"the sim guest {failure} within {START_TIMEOUT:.0f}s (see {self.bundle.log_file})")
+                raise DriverError(f"the sim guest {failure} within {START_TIMEOUT:.0f}s")
         return True
 
     def _events(self, stream: IO[bytes]) -> None:

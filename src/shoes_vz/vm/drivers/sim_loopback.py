@@ -112,8 +112,7 @@ class LoopbackGuest:
                 return False
             if sshd_proc.poll() is not None or time.monotonic() > deadline:
                 self.stop(0.0)
-                raise DriverError(f"sim sshd did not start on {self.ip}:{self.spec.ssh_port} "
-                                  f"(see {self.bundle.log_file})")
+                raise DriverError(f"sim sshd did not start on {self.ip}:{self.spec.ssh_port}")
         assert self.listening_at is not None
         self.on_reachable(self.listening_at)  # its address came first: it is reachable when sshd listens
         # a restored guest's runner-agent re-announces with a new token (DESIGN §12): a new process does
