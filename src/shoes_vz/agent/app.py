@@ -267,7 +267,10 @@ class Agent:
                 shutil.rmtree(p, ignore_errors=True)
         for b in Bundle.all_in(self.settings.runners_dir):
             if not b.is_running():
-                log.info("removing stale bundle %s", b.path)
+                # its VM died while no agent watched: what its guest started dies with it, before the
+                # bundle (which finds those processes) goes
+                killed = b.kill_strays()
+                log.info("removing stale bundle %s%s", b.path, f" (killed {killed} guest processes)" if killed else "")
                 shutil.rmtree(b.path, ignore_errors=True)
 
     async def _adopt_live_bundles(self) -> None:

@@ -63,6 +63,8 @@ class ServerApp:
         await asyncio.to_thread(self.lock.acquire, f"the database {s.db_path}",
                                 "Stop that server, or give this one another database (server.db_path, --db).")
         await self.store.aopen()
+        # every agent is offline until its Sync stream connects to this server (not until agent_offline_after)
+        await self.store.call(self.store.mark_all_agents_offline)
         interceptors = [BearerAuth(s.token)] if s.token else []
         self._grpc = server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),

@@ -231,6 +231,10 @@ class Store:
     def block_agent(self, agent_id: str, until: float) -> None:
         self.db.execute("UPDATE agents SET blocked_until=? WHERE agent_id=?", (until, agent_id))
 
+    def mark_all_agents_offline(self) -> int:
+        """At start: no agent is connected to a server that has just started (a crash left them online)."""
+        return self.db.execute("UPDATE agents SET online=0 WHERE online=1").rowcount
+
     def mark_stale_agents_offline(self, older_than: float) -> list[str]:
         rows = self.db.execute("SELECT agent_id FROM agents WHERE online=1 AND last_seen < ?",
                                (older_than,)).fetchall()
