@@ -192,6 +192,9 @@ class AgentSettings(_Base):
     sim_boot_delay: float = Field(0.0, ge=0, description="sim: seconds a guest takes to 'boot'")
     sim_restore_delay: float = Field(0.0, ge=0, description="sim: seconds a restore from State.save takes")
     use_warm_slots: bool = Field(True, description="restore runners from free warm slots when there are any")
+    mac_recycling: bool = Field(
+        True, description="cold runners reuse this host's MACs (<state_dir>/mac-pool.json) once their VMs are gone, "
+                          "so bootpd's leases stay few; off: a fresh MAC per runner (about 253 a lease time)")
     restore_timeout: float = Field(60.0, gt=0, description="vz: a restore + resume that takes longer boots cold")
     restore_live_timeout: float = Field(
         30.0, ge=0, description="vz: a restored guest that does not answer on vsock this long boots cold (0: no check)")

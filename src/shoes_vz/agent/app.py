@@ -20,6 +20,7 @@ from aiohttp import web
 
 from shoes_vz.agent import supervisor
 from shoes_vz.agent.evidence import Evidence
+from shoes_vz.agent.mac_pool import MacPool
 from shoes_vz.agent.metrics import AgentMetrics
 from shoes_vz.agent.notify import NotifyApp
 from shoes_vz.agent.runner import Runner, RunnerSpec
@@ -36,7 +37,6 @@ from shoes_vz.template import Template, TemplateStore, UsableTemplates
 from shoes_vz.template.metadata import FILE_NAME
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.clone import check_clone
-from shoes_vz.vm.identity import new_mac
 from shoes_vz.vm.leases import MACAddress
 from shoes_vz.vm.process import preflight
 
@@ -92,6 +92,7 @@ class Agent:
         self.evidence = Evidence(settings.state_dir / "evidence", keep=settings.evidence_keep,
                                  max_age=settings.evidence_max_age)
         self.conditions = HostConditions()
+        self.macs = MacPool(settings.state_dir, recycle=settings.mac_recycling)
         self.lock = PIDLock(settings.state_dir / "agent.lock", "agent")
 
         self.sync = SyncClient(self)
@@ -136,7 +137,9 @@ class Agent:
         await asyncio.to_thread(self._check_clones)
         await asyncio.to_thread(self.evidence.prune)
         await asyncio.to_thread(self._sweep_stale_bundles)
+        await asyncio.to_thread(self.macs.load)
         await self._adopt_live_bundles()
+        self.macs.reconcile({r.runner_id: r.mac for r in self.runners.values() if r.spec.warm_slot is None})
         notify = NotifyApp(lambda: list(self.runners.values()), self.lease_file)
         self.notify_port = await self._serve(notify.app, s.notify_listen)
         # guests are told the port actually bound (port 0 in tests)
@@ -236,6 +239,7 @@ class Agent:
             await site.cleanup()
         self._sites = []
         await self._state.drain()
+        await self.macs.drain()
         self.lock.release()
 
     async def __aenter__(self) -> Agent:
@@ -346,8 +350,10 @@ class Agent:
             return
         slot = self.warm.claim(template, runner_id) if self.settings.use_warm_slots else None
         spec = RunnerSpec(runner_id, runner_name, setup_script, template, resource_type, labels, slot)
-        # a slot's identity is its own (held by this runner alone); a cold runner avoids every slot's MAC
-        mac = slot.mac if slot is not None else new_mac({r.mac for r in self.runners.values()} | self.warm.macs())
+        # a slot's identity is its own (held by this runner alone); a cold runner takes a recycled MAC that
+        # no live VM and no slot has (agent/mac_pool.py)
+        mac = slot.mac if slot is not None else self.macs.acquire(
+            runner_id, {r.mac for r in self.runners.values()} | self.warm.macs())
         runner = Runner(spec, mac, self.settings, self.lease_file, key, self._runner_changed, self.evidence,
                         self.host_problem)
         self.runners[runner_id] = runner
@@ -385,6 +391,8 @@ class Agent:
                 self._failed_and_gone.append(runner)
             self.runners.pop(runner.runner_id, None)
             self.warm.release(runner.runner_id)
+            if runner.spec.warm_slot is None:
+                self.macs.release(runner.runner_id, vm_gone=runner.vm_gone)
             self._observed.discard(runner.runner_id)
             for rid in self._deletes.pop(runner.runner_id, []):
                 self._ack(Ack(rid, True))

@@ -96,6 +96,7 @@ class Runner:
         self._teardown: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._use: UseLock | None = None  # the template's use lock, until the VM process holds it
+        self.vm_gone = True  # at teardown: its VM process had exited (its MAC may go to another VM)
         self.gone = asyncio.Event()
 
     @property
@@ -371,6 +372,7 @@ class Runner:
         self._release_template()
         try:
             await supervisor.stop(self.bundle, self.proc, self.settings.stop_grace)
+            self.vm_gone = not await asyncio.to_thread(self.bundle.is_running)
             if self.evidence is not None and (self.error or self.settings.evidence_for_every_runner):
                 await asyncio.to_thread(self.evidence.keep_runner, self.bundle, self.record())
             await asyncio.to_thread(shutil.rmtree, self.bundle.path, True)
