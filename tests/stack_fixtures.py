@@ -143,10 +143,10 @@ def agent_settings(root: Path, server_port: int, **kw: Any) -> AgentSettings:
 
 @contextlib.asynccontextmanager
 async def make_stack(root: Path, *, max_runners: int = 2, template_kw: dict[str, Any] | None = None,
-                     **agent_kw: Any) -> AsyncIterator[SimStack]:
+                     server_kw: dict[str, Any] | None = None, **agent_kw: Any) -> AsyncIterator[SimStack]:
     require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
     template = await asyncio.to_thread(init_sim, root / "templates", "sim-test", **(template_kw or {}))
-    async with ServerApp(server_settings(root)) as server:
+    async with ServerApp(server_settings(root, **(server_kw or {}))) as server:
         agent = Agent(agent_settings(root, server.port, max_runners=max_runners, **agent_kw))
         async with agent:
             await eventually(lambda: agent.agent_id in server.hub.connections, timeout=10)

@@ -112,6 +112,10 @@ class ServerSettings(_Base):
     sync_interval: float = Field(5.0, gt=0, description="agent heartbeat period, seconds")
     agent_offline_after: float = Field(20.0, gt=0, description="no heartbeat for this long → offline")
     command_resend_after: float = Field(10.0, gt=0, description="re-send an unacked command after")
+    reap_after_agent_gone: float = Field(
+        3600.0, ge=0, description="an agent gone (no Sync stream) this long has its runners reaped: gone in the "
+        "database, so myshoes' deletes answer NOT_FOUND, and torn down if it comes back (server/reaper.py); longer "
+        "than an agent restart, upgrade or host reboot; counted from this server's start at the earliest; 0: never")
 
     _hostport = field_validator("listen")(_check_hostport)
 
@@ -192,6 +196,16 @@ class AgentSettings(_Base):
     sim_boot_delay: float = Field(0.0, ge=0, description="sim: seconds a guest takes to 'boot'")
     sim_restore_delay: float = Field(0.0, ge=0, description="sim: seconds a restore from State.save takes")
     use_warm_slots: bool = Field(True, description="restore runners from free warm slots when there are any")
+    # runners torn down without myshoes (agent/reaper.py); 0 turns a rule off
+    reap_finished_after: float = Field(
+        600.0, ge=0, description="seconds after the guest's runner FINISHED that the agent tears it down itself; "
+        "myshoes deletes a completed runner within its 1-minute loop, so its own delete normally wins")
+    registration_timeout: float = Field(
+        900.0, ge=0, description="seconds from creation within which the guest's runner must reach IDLE "
+        "(registered with GitHub), else it is torn down; above myshoes' strict-mode 5 minutes")
+    max_lifetime: float = Field(
+        5 * 86400.0 + 3600.0, ge=0, description="seconds a runner may live at all; GitHub lets a job on a "
+        "self-hosted runner run 5 days, so the default (5 days + 1 h) never ends a job GitHub would still run")
     mac_recycling: bool = Field(
         True, description="cold runners reuse this host's MACs (<state_dir>/mac-pool.json) once their VMs are gone, "
                           "so bootpd's leases stay few; off: a fresh MAC per runner (about 253 a lease time)")

@@ -67,9 +67,11 @@ def prerequisites() -> list[str]:
 class LocalStack:
     def __init__(self, root: Path, *, max_runners: int = 2, boot_delay: float = 0.0, restore_delay: float = 0.0,
                  guest_poll_interval: float = 0.25, keep_evidence: bool = False,
-                 driver_options: dict[str, str] | None = None) -> None:
+                 driver_options: dict[str, Any] | None = None, server_settings: dict[str, Any] | None = None,
+                 agent_settings: dict[str, Any] | None = None) -> None:
         self.root = root
         self.driver_options = dict(driver_options or {})
+        self.extra = {"server": dict(server_settings or {}), "agent": dict(agent_settings or {})}
         self.keep_evidence = keep_evidence
         self.max_runners = max_runners
         self.boot_delay = boot_delay
@@ -112,7 +114,7 @@ metrics_listen = "127.0.0.1:{free_port()}"
 db_path = "{r / 'server.db'}"
 token = "{self.token}"
 sync_interval = 2.0
-
+{self._extra("server")}
 [agent]
 server_addr = "{self.server_addr}"
 token = "{self.token}"
@@ -132,8 +134,12 @@ guest_poll_interval = {self.guest_poll_interval}
 stop_grace = 2.0
 allow_copy = {'false' if self.reflink else 'true'}
 evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
-""" + "".join(f"driver_options.{k} = {json.dumps(v)}\n" for k, v in self.driver_options.items()))
+{self._extra("agent")}""" + "".join(f"driver_options.{k} = {json.dumps(v)}\n" for k, v in self.driver_options.items()))
         return cfg
+
+    def _extra(self, table: str) -> str:
+        """Further settings of `table` as TOML lines (the values JSON-spelled, which TOML reads alike)."""
+        return "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.extra[table].items())
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.mac_pool import MacPool
 from shoes_vz.agent.metrics import AgentMetrics
 from shoes_vz.agent.notify import NotifyApp
+from shoes_vz.agent.reaper import ReapPolicy, keep_reaping
 from shoes_vz.agent.runner import Runner, RunnerSpec
 from shoes_vz.agent.state_file import StateFile
 from shoes_vz.agent.sync import SyncClient
@@ -99,6 +100,7 @@ class Agent:
         self._sites: list[web.AppRunner] = []
         self._sync_task: asyncio.Task[None] | None = None
         self._recheck_task: asyncio.Task[None] | None = None
+        self._reap_task: asyncio.Task[None] | None = None
 
     @property
     def capacity(self) -> int:
@@ -153,6 +155,8 @@ class Agent:
         self._publish()
         self._sync_task = asyncio.create_task(self.sync.run(), name="sync")
         self._recheck_task = asyncio.create_task(self._recheck_conditions(), name="host-conditions")
+        self._reap_task = asyncio.create_task(keep_reaping(
+            lambda: self.runners.values(), ReapPolicy.of(s), s.guest_poll_interval), name="reaper")
 
     def _check_clones(self) -> None:
         """Runners are clones: a runners directory that cannot clone the templates stops the agent
@@ -227,12 +231,12 @@ class Agent:
 
     async def stop(self, *, tear_down: bool = False) -> None:
         """Stop serving. VMs keep running unless `tear_down` (a restarted agent re-adopts them)."""
-        for task in (self._sync_task, self._recheck_task):
+        for task in (self._sync_task, self._recheck_task, self._reap_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._sync_task = self._recheck_task = None
+        self._sync_task = self._recheck_task = self._reap_task = None
         if tear_down:
             await asyncio.gather(*(r.delete() for r in list(self.runners.values())), return_exceptions=True)
         for site in reversed(self._sites):
@@ -389,6 +393,8 @@ class Agent:
         if runner.phase == Phase.GONE:
             if runner.error:
                 self._failed_and_gone.append(runner)
+            if runner.reaped is not None:
+                self.metrics.reaped.labels(reason=runner.reaped.value).inc()
             self.runners.pop(runner.runner_id, None)
             self.warm.release(runner.runner_id)
             if runner.spec.warm_slot is None:

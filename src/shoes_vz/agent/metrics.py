@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from shoes_vz.core.states import Phase
+from shoes_vz.core.states import Phase, ReapReason
 
 STARTUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
@@ -24,6 +24,11 @@ class AgentMetrics:
             "shoesvz_runner_startup_duration_seconds", "runner startup phases", ["phase"],
             buckets=STARTUP_BUCKETS, registry=self.registry,
         )
+        self.reaped = Counter("shoesvz_runners_reaped", "runners this agent tore down without myshoes, by reason "
+                              "(agent/reaper.py)", ["reason"], registry=self.registry)
+        for reason in ReapReason:
+            if reason is not ReapReason.AGENT_GONE:  # the server's
+                self.reaped.labels(reason=reason.value)
 
     def observe(self, clone: float | None, boot_to_ssh: float | None, total: float | None) -> None:
         for phase, value in (("clone", clone), ("boot_to_ssh", boot_to_ssh), ("total", total)):

@@ -301,6 +301,17 @@ class Store:
         self.db.execute("UPDATE runners SET state='gone', deleted_at=?, updated_at=? WHERE runner_id=? "
                         "AND deleted_at IS NULL", (time.time(), time.time(), runner_id))
 
+    def reap_runner(self, runner_id: str, error: str) -> bool:
+        """Gone without the agent (server/reaper.py): its row says why, and a create it was never sent
+        is withdrawn; True when it was live. A later DeleteInstance answers NOT_FOUND."""
+        now = time.time()
+        with self._tx():
+            done = self.db.execute("UPDATE runners SET state='gone', error=?, deleted_at=?, updated_at=? "
+                                   "WHERE runner_id=? AND deleted_at IS NULL", (error, now, now, runner_id)).rowcount
+            self.db.execute("UPDATE outbox SET acked_at=?, ok=0, error='reaped' WHERE runner_id=? AND kind='create' "
+                            "AND acked_at IS NULL AND sent_at IS NULL", (now, runner_id))
+        return bool(done)
+
     # -- outbox ---------------------------------------------------------------------------------
     def _insert_command(self, cmd: Command) -> None:
         self.db.execute(
