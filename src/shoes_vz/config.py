@@ -206,6 +206,9 @@ class AgentSettings(_Base):
     max_lifetime: float = Field(
         5 * 86400.0 + 3600.0, ge=0, description="seconds a runner may live at all; GitHub lets a job on a "
         "self-hosted runner run 5 days, so the default (5 days + 1 h) never ends a job GitHub would still run")
+    disk_reserve: int | None = Field(
+        None, ge=0, description="bytes the runners volume must have free before a clone (else the host is out of "
+        "placement until it has); default: the largest template's disk size, enough for one disk to fill")
     mac_recycling: bool = Field(
         True, description="cold runners reuse this host's MACs (<state_dir>/mac-pool.json) once their VMs are gone, "
                           "so bootpd's leases stay few; off: a fresh MAC per runner (about 253 a lease time)")

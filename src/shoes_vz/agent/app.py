@@ -19,6 +19,7 @@ import asyncssh
 from aiohttp import web
 
 from shoes_vz.agent import supervisor
+from shoes_vz.agent.disk import check_reserve, free_bytes, reserve_bytes
 from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.mac_pool import MacPool
 from shoes_vz.agent.metrics import AgentMetrics
@@ -30,7 +31,7 @@ from shoes_vz.agent.sync import SyncClient
 from shoes_vz.agent.warm import WarmPool, WarmSlot
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.conditions import HostConditions, Reason, reason_for
-from shoes_vz.core.errors import CloneError, ConfigError, TemplateError
+from shoes_vz.core.errors import CloneError, ConfigError, DiskBelowReserve, TemplateError
 from shoes_vz.core.net import split_hostport
 from shoes_vz.core.pidlock import PIDLock
 from shoes_vz.core.states import Phase
@@ -89,7 +90,8 @@ class Agent:
         self._observed: set[str] = set()
         self._state = StateFile(settings.runner_state_file)
         self.host_slots = supervisor.host_slots(settings)
-        self.metrics = AgentMetrics(lambda: (r.phase for r in self.runners.values()), self.capacity)
+        self.metrics = AgentMetrics(lambda: (r.phase for r in self.runners.values()), self.capacity,
+                                    lambda: free_bytes(self.settings.runners_dir))
         self.evidence = Evidence(settings.state_dir / "evidence", keep=settings.evidence_keep,
                                  max_age=settings.evidence_max_age)
         self.conditions = HostConditions()
@@ -137,6 +139,7 @@ class Agent:
         await asyncio.to_thread(self.warm.refresh, self.templates.list())
         s.runners_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._check_clones)
+        await self._check_disk_reserve()  # a host that starts below it is out of placement from its first Sync
         await asyncio.to_thread(self.evidence.prune)
         await asyncio.to_thread(self._sweep_stale_bundles)
         await asyncio.to_thread(self.macs.load)
@@ -176,16 +179,19 @@ class Agent:
         host out of placement until the re-check passes."""
         reason = reason_for(e)
         where = self.settings.runners_dir
-        fix = f"free space on the volume of {where}" if reason == Reason.DISK_FULL else f"make {where} clone again"
+        fix = (f"free space on the volume of {where}" if reason in (Reason.DISK_FULL, Reason.DISK_RESERVE)
+               else f"make {where} clone again")
         if reason is not None and self.conditions.set(reason, f"{e}; fix: {fix} (the agent re-checks by itself)"):
             log.error("host condition %s: %s; no new runners here until it clears", reason, e)
             self.changed.set()
 
     async def _recheck_conditions(self) -> None:
-        """Clear the clone and disk conditions once a probe clone into the runners directory works again."""
+        """The runners volume's free space against the reserve (either way); the clone and disk-full
+        conditions cleared once a probe clone into the runners directory works again."""
         while True:
             await asyncio.sleep(CONDITION_RECHECK_INTERVAL)
-            if not self.conditions:
+            await self._check_disk_reserve()
+            if not ({Reason.CLONE_FAILED, Reason.DISK_FULL} & {c.reason for c in self.conditions.list()}):
                 continue
             try:
                 await asyncio.to_thread(check_clone, self.templates.list()[0].path / FILE_NAME,
@@ -195,6 +201,19 @@ class Agent:
             if self.conditions.clear(Reason.CLONE_FAILED, Reason.DISK_FULL):
                 log.info("host conditions cleared: the runners directory clones again")
                 self.changed.set()
+
+    async def _check_disk_reserve(self) -> None:
+        reserve = reserve_bytes(self.settings.disk_reserve, self.templates.list())
+        try:
+            await asyncio.to_thread(check_reserve, self.settings.runners_dir, reserve)
+        except DiskBelowReserve as e:
+            self.host_problem(e)
+            return
+        except OSError:
+            return  # the runners directory itself: the clone check's to tell
+        if self.conditions.clear(Reason.DISK_RESERVE):
+            log.info("host condition cleared: the runners volume has its reserve free again")
+            self.changed.set()
 
     async def _verify_templates(self) -> None:
         """Fully verify every frozen template (off the loop; digests cached by stat in the state dir).

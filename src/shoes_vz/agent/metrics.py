@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 
 from aiohttp import web
@@ -13,9 +14,13 @@ STARTUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
 
 
 class AgentMetrics:
-    def __init__(self, phases: Callable[[], Iterable[Phase]], capacity: int) -> None:
+    def __init__(self, phases: Callable[[], Iterable[Phase]], capacity: int,
+                 free_bytes: Callable[[], int] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.phases = phases
+        self.free_bytes = free_bytes
+        self.volume_free = Gauge("shoesvz_runners_volume_free_bytes", "free bytes of the runners volume "
+                                 "(agent.disk_reserve must stay free)", registry=self.registry)
         self.runners = Gauge("shoesvz_runners_total", "runners on this agent by state", ["state"],
                              registry=self.registry)
         cap = Gauge("shoesvz_capacity_total_runners", "runner slots on this agent", registry=self.registry)
@@ -42,4 +47,9 @@ class AgentMetrics:
                 counts[p] += 1
         for p, n in counts.items():
             self.runners.labels(state=p.value).set(n)
+        if self.free_bytes is not None:
+            try:
+                self.volume_free.set(await asyncio.to_thread(self.free_bytes))
+            except OSError:  # the runners directory is gone: the agent's conditions say so
+                self.volume_free.set(float("nan"))
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -17,6 +17,7 @@ import aiohttp
 import asyncssh
 
 from shoes_vz.agent import ssh, supervisor
+from shoes_vz.agent.disk import check_reserve, reserve_bytes
 from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.lifecycle import Event, advance
 from shoes_vz.agent.reaper import GuestSeen, registered
@@ -257,6 +258,7 @@ class Runner:
         t.check()
         tmp = Bundle.temporary_for(self.settings.runners_dir, self.runner_id)
         self.settings.runners_dir.mkdir(parents=True, exist_ok=True)
+        check_reserve(self.settings.runners_dir, reserve_bytes(self.settings.disk_reserve, [t]))  # agent/disk.py
         shutil.rmtree(tmp.path, ignore_errors=True)
         tmp.path.mkdir()
         try:
