@@ -136,6 +136,7 @@ def agent_settings(root: Path, server_port: int, **kw: Any) -> AgentSettings:
         runner_state_file=root / "runner-state.json", lease_file=root / "dhcpd_leases",
         notify_listen="0.0.0.0:0", metrics_listen="127.0.0.1:0", stop_grace=2.0,
         guest_poll_interval=0.2, allow_copy=not can_reflink(root),
+        disk_reserve=1 << 30,  # a sim template's 64 GiB disk is sparse and never written: not the test's to need
     )
     base.update(kw)
     return AgentSettings(**base)

@@ -71,7 +71,9 @@ class LocalStack:
                  agent_settings: dict[str, Any] | None = None) -> None:
         self.root = root
         self.driver_options = dict(driver_options or {})
-        self.extra = {"server": dict(server_settings or {}), "agent": dict(agent_settings or {})}
+        # a sim template's 64 GiB disk is sparse and never written: 1 GiB free is reserve enough here
+        self.extra = {"server": dict(server_settings or {}),
+                      "agent": {"disk_reserve": 1 << 30, **(agent_settings or {})}}
         self.keep_evidence = keep_evidence
         self.max_runners = max_runners
         self.boot_delay = boot_delay
