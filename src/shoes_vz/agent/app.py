@@ -258,6 +258,10 @@ class Agent:
         self._sync_task = self._recheck_task = self._reap_task = None
         if tear_down:
             await asyncio.gather(*(r.delete() for r in list(self.runners.values())), return_exceptions=True)
+        # a teardown under way finishes (bounded): no half-removed bundle is left for the next start
+        started = [t for r in self.runners.values() if (t := r.teardown) is not None and not t.done()]
+        if started:
+            await asyncio.wait(started, timeout=self.settings.stop_grace + 10.0)
         for site in reversed(self._sites):
             await site.cleanup()
         self._sites = []

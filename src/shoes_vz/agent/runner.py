@@ -388,6 +388,11 @@ class Runner:
                 await asyncio.sleep(self.settings.guest_poll_interval)
 
     # -- teardown ---------------------------------------------------------------------------------
+    @property
+    def teardown(self) -> asyncio.Task[None] | None:
+        """The teardown under way (or done), if one started."""
+        return self._teardown
+
     def delete(self) -> asyncio.Task[None]:
         if self._teardown is None:
             self._teardown = asyncio.create_task(self._tear_down(), name=f"teardown-{self.runner_id}")
