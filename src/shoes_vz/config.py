@@ -206,6 +206,10 @@ class AgentSettings(_Base):
     max_lifetime: float = Field(
         5 * 86400.0 + 3600.0, ge=0, description="seconds a runner may live at all; GitHub lets a job on a "
         "self-hosted runner run 5 days, so the default (5 days + 1 h) never ends a job GitHub would still run")
+    degraded_probe_after: float = Field(
+        30.0, gt=0, description="a degraded host (the framework refused a VM below its limit) starts a probe VM "
+        "after this many seconds, then twice as long each time up to 10 minutes, and is back in service once one "
+        "starts (agent/degraded.py)")
     disk_reserve: int | None = Field(
         None, ge=0, description="bytes the runners volume must have free before a clone (else the host is out of "
         "placement until it has); default: the largest template's disk size, enough for one disk to fill")

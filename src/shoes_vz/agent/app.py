@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import asyncssh
 from aiohttp import web
 
 from shoes_vz.agent import supervisor
+from shoes_vz.agent.degraded import Degraded
 from shoes_vz.agent.disk import check_reserve, free_bytes, reserve_bytes
 from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.mac_pool import MacPool
@@ -39,6 +40,7 @@ from shoes_vz.template import Template, TemplateStore, UsableTemplates
 from shoes_vz.template.metadata import FILE_NAME
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.clone import check_clone
+from shoes_vz.vm.exit_status import VMExit
 from shoes_vz.vm.leases import MACAddress
 from shoes_vz.vm.process import preflight
 
@@ -90,11 +92,13 @@ class Agent:
         self._observed: set[str] = set()
         self._state = StateFile(settings.runner_state_file)
         self.host_slots = supervisor.host_slots(settings)
+        self.conditions = HostConditions()
         self.metrics = AgentMetrics(lambda: (r.phase for r in self.runners.values()), self.capacity,
-                                    lambda: free_bytes(self.settings.runners_dir))
+                                    lambda: free_bytes(self.settings.runners_dir),
+                                    lambda: [c.reason for c in self.conditions.list()])
         self.evidence = Evidence(settings.state_dir / "evidence", keep=settings.evidence_keep,
                                  max_age=settings.evidence_max_age)
-        self.conditions = HostConditions()
+        self.degraded = Degraded(self.conditions, self._publish, self._probe_vm, settings.degraded_probe_after)
         self.macs = MacPool(settings.state_dir, recycle=settings.mac_recycling)
         self.lock = PIDLock(settings.state_dir / "agent.lock", "agent")
 
@@ -183,7 +187,7 @@ class Agent:
                else f"make {where} clone again")
         if reason is not None and self.conditions.set(reason, f"{e}; fix: {fix} (the agent re-checks by itself)"):
             log.error("host condition %s: %s; no new runners here until it clears", reason, e)
-            self.changed.set()
+            self._publish()
 
     async def _recheck_conditions(self) -> None:
         """The runners volume's free space against the reserve (either way); the clone and disk-full
@@ -200,7 +204,7 @@ class Agent:
                 continue
             if self.conditions.clear(Reason.CLONE_FAILED, Reason.DISK_FULL):
                 log.info("host conditions cleared: the runners directory clones again")
-                self.changed.set()
+                self._publish()
 
     async def _check_disk_reserve(self) -> None:
         reserve = reserve_bytes(self.settings.disk_reserve, self.templates.list())
@@ -213,7 +217,7 @@ class Agent:
             return  # the runners directory itself: the clone check's to tell
         if self.conditions.clear(Reason.DISK_RESERVE):
             log.info("host condition cleared: the runners volume has its reserve free again")
-            self.changed.set()
+            self._publish()
 
     async def _verify_templates(self) -> None:
         """Fully verify every frozen template (off the loop; digests cached by stat in the state dir).
@@ -256,6 +260,7 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._sync_task = self._recheck_task = self._reap_task = None
+        await self.degraded.close()
         if tear_down:
             await asyncio.gather(*(r.delete() for r in list(self.runners.values())), return_exceptions=True)
         # a teardown under way finishes (bounded): no half-removed bundle is left for the next start
@@ -409,6 +414,8 @@ class Agent:
 
     # -- state fan-out ----------------------------------------------------------------------------
     def _runner_changed(self, runner: Runner) -> None:
+        if runner.phase == Phase.ERROR and runner.exit_code == VMExit.HOST_QUOTA:
+            self.degraded.enter(f"runner {runner.runner_id}: {runner.error}")
         if runner.phase == Phase.RUNNING and runner.runner_id not in self._observed:
             self._observed.add(runner.runner_id)
             t = runner.timings
@@ -437,7 +444,29 @@ class Agent:
             "driver": self.settings.driver,
             "max_runners": self.capacity,
             "runners": [r.record() for r in self.runners.values()],
+            "conditions": [asdict(c) for c in self.conditions.list()],  # why no runners are taken here now
         }
+
+    async def _probe_vm(self) -> tuple[bool, str]:
+        """Does a VM start here? One of the first template, booted to SSH, then torn down (agent/degraded.py).
+        It is no runner: the server never hears of it."""
+        probe_id = secrets.token_hex(8)
+        try:
+            template = self.templates.list()[0]
+            key = self._client_key(template)
+        except (IndexError, TemplateError, ConfigError, OSError, asyncssh.KeyImportError) as e:
+            return False, f"no probe possible: {e}"
+        mac = self.macs.acquire(probe_id, {r.mac for r in self.runners.values()} | self.warm.macs())
+        probe = Runner(RunnerSpec(probe_id, "degraded-probe", "true\n", template), mac, self.settings,
+                       self.lease_file, key, lambda _r: None)
+        probe.start()
+        try:
+            while probe.live and probe.phase not in (Phase.SSH_READY, Phase.RUNNING):
+                await asyncio.sleep(0.1)  # bounded by create_timeout
+            return probe.phase in (Phase.SSH_READY, Phase.RUNNING), probe.error
+        finally:
+            await probe.delete()
+            self.macs.release(probe_id, vm_gone=probe.vm_gone)
 
     def warm_slot_counts(self, template: Template) -> tuple[int, int]:
         """(warm slots, free warm slots) this host holds for `template`."""

@@ -15,10 +15,15 @@ STARTUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
 
 class AgentMetrics:
     def __init__(self, phases: Callable[[], Iterable[Phase]], capacity: int,
-                 free_bytes: Callable[[], int] | None = None) -> None:
+                 free_bytes: Callable[[], int] | None = None,
+                 conditions: Callable[[], Iterable[str]] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.phases = phases
         self.free_bytes = free_bytes
+        self.conditions = conditions
+        self.host_conditions = Gauge("shoesvz_host_conditions", "this host's conditions now (out of placement "
+                                     "while any), by reason: degraded, disk_below_reserve, …", ["reason"],
+                                     registry=self.registry)
         self.volume_free = Gauge("shoesvz_runners_volume_free_bytes", "free bytes of the runners volume "
                                  "(agent.disk_reserve must stay free)", registry=self.registry)
         self.runners = Gauge("shoesvz_runners_total", "runners on this agent by state", ["state"],
@@ -47,6 +52,10 @@ class AgentMetrics:
                 counts[p] += 1
         for p, n in counts.items():
             self.runners.labels(state=p.value).set(n)
+        if self.conditions is not None:
+            self.host_conditions.clear()
+            for reason in self.conditions():
+                self.host_conditions.labels(reason=reason).set(1)
         if self.free_bytes is not None:
             try:
                 self.volume_free.set(await asyncio.to_thread(self.free_bytes))

@@ -103,6 +103,7 @@ class Runner:
         self.polled = False  # the guest's /status was asked since this agent tracks the runner
         self.registered_at: float | None = None
         self.finished_at: float | None = None
+        self.exit_code: int | None = None  # the VM process's, once it exited by itself (vm/exit_status.py)
         self.vm_gone = True  # at teardown: its VM process had exited (its MAC may go to another VM)
         self.gone = asyncio.Event()
 
@@ -315,6 +316,7 @@ class Runner:
         code = await self.proc.wait()
         if not self.live:
             return
+        self.exit_code = code
         words = await asyncio.to_thread(self._last_words)
         if self.live:
             self.reaped = ReapReason.VM_DIED

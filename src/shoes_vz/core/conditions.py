@@ -22,6 +22,7 @@ class Reason(StrEnum):
     CLONE_FAILED = "clone_failed"  # the runners directory stopped cloning templates (volume, permissions)
     DISK_FULL = "disk_full"        # no space left on the runners volume
     DISK_RESERVE = "disk_below_reserve"  # the runners volume's free space is below agent.disk_reserve
+    DEGRADED = "degraded"          # the framework refuses VMs below its limit (agent/degraded.py)
 
 
 @dataclass(frozen=True)
