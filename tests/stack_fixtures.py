@@ -147,6 +147,7 @@ async def make_stack(root: Path, *, max_runners: int = 2, template_kw: dict[str,
     require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
     template = await asyncio.to_thread(init_sim, root / "templates", "sim-test", **(template_kw or {}))
     async with ServerApp(server_settings(root)) as server:
+        agent_kw.setdefault("host_vm_limit", max_runners)  # sim guests: no Apple limit of 2 to respect
         agent = Agent(agent_settings(root, server.port, max_runners=max_runners, **agent_kw))
         async with agent:
             await eventually(lambda: agent.agent_id in server.hub.connections, timeout=10)
