@@ -119,7 +119,8 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-async def enroll(channel: grpc.aio.Channel, agent_id: str, token: str = ENROLLMENT_TOKEN) -> tuple[tuple[str, str], ...]:
+async def enroll(channel: grpc.aio.Channel, agent_id: str, token: str = ENROLLMENT_TOKEN
+                 ) -> tuple[tuple[str, str], ...]:
     """Enrol `agent_id` as an agent does; the metadata its later calls carry."""
     reply = await agrpc.AgentServiceStub(channel).Enroll(apb.EnrollRequest(agent_id=agent_id, hostname="test"),
                                                          metadata=bearer(token), timeout=10)

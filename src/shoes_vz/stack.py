@@ -65,8 +65,9 @@ def prerequisites() -> list[str]:
 
 class LocalStack:
     def __init__(self, root: Path, *, max_runners: int = 2, boot_delay: float = 0.0, restore_delay: float = 0.0,
-                 guest_poll_interval: float = 0.25, keep_evidence: bool = False) -> None:
+                 guest_poll_interval: float = 0.25, keep_evidence: bool = False, verbose: bool = False) -> None:
         self.root = root
+        self.verbose = verbose  # debug logs from the server and the agent
         self.keep_evidence = keep_evidence
         self.max_runners = max_runners
         self.boot_delay = boot_delay
@@ -151,6 +152,7 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
             log = open(self.root / f"{name}.log", "ab")
             self.procs[name] = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "shoes_vz.cli.main", name, "--config", str(cfg),
+                *(["--verbose"] if self.verbose else []),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True,  # a Ctrl-C is for `up`, which stops them in order (stop())
             )

@@ -15,7 +15,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stack_fixtures import CLI, ENROLLMENT_TOKEN, TOKEN, bearer, cli_env, enroll
 
 from shoes_vz.stack import free_port
-
 from shoes_vz.wire import agent_pb2 as apb
 from shoes_vz.wire import shoes_pb2 as spb
 
@@ -58,39 +57,32 @@ async def unary_error(addr: str, method: str, request: bytes | object, md: Metad
 
 @dataclass
 class SyncResult:
-    code: grpc.StatusCode | None      # None: the stream was still open when we hung up
+    code: grpc.StatusCode
     details: str = ""
     received: list[apb.SyncResponse] = field(default_factory=list)
 
 
-async def sync(addr: str, md: Metadata, messages: Sequence[bytes | apb.SyncRequest], linger: float = 0.5,
-               timeout: float = 10) -> SyncResult:
-    """Open a Sync stream, send `messages`, listen `linger` seconds more, hang up; what came back."""
-    async with grpc.aio.insecure_channel(addr) as ch:
-        call = ch.stream_stream(SYNC)(metadata=md, timeout=timeout)
-        received: list[apb.SyncResponse] = []
-
-        async def read() -> None:
-            async for raw in call:
-                received.append(apb.SyncResponse.FromString(raw))
-
-        reader = asyncio.ensure_future(read())
+def _sync_blocking(addr: str, md: Metadata, frames: list[bytes], timeout: float) -> SyncResult:
+    received: list[apb.SyncResponse] = []
+    with grpc.insecure_channel(addr) as ch:
+        call = ch.stream_stream(SYNC)(iter(frames), metadata=md, timeout=timeout)
         try:
-            for m in messages:
-                await call.write(m if isinstance(m, bytes) else m.SerializeToString())
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reader), linger)
-        except grpc.aio.AioRpcError:
-            pass  # the server ended the call: its status is read below
-        if not reader.done():
-            call.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                await reader
-            return SyncResult(None, "", received)
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await reader
-        code = await call.code()
-        return SyncResult(code, await call.details() or "", received)
+            for raw in call:
+                received.append(apb.SyncResponse.FromString(raw))
+        except grpc.RpcError as e:
+            return SyncResult(e.code(), e.details() or "", received)  # type: ignore[attr-defined]
+        return SyncResult(call.code(), call.details() or "", received)
+
+
+async def sync(addr: str, md: Metadata, messages: Sequence[bytes | apb.SyncRequest], timeout: float = 20
+               ) -> SyncResult:
+    """A Sync stream that sends `messages` and half-closes; how the server ended it and what it sent.
+
+    The blocking client, not grpc.aio's: when the server ends a stream while a client still writes,
+    grpc.aio's client reports its own failed write as INTERNAL ("Internal error from Core") instead of
+    the status the server sent; the blocking client reports what came over the wire."""
+    frames = [m if isinstance(m, bytes) else m.SerializeToString() for m in messages]
+    return await asyncio.to_thread(_sync_blocking, addr, md, frames, timeout)
 
 
 class Agent:

@@ -114,8 +114,8 @@ async def test_undecodable_messages_are_invalid_argument_without_a_traceback(ser
 
 async def test_a_long_unknown_cloud_id_is_not_found_and_not_echoed(server: tuple[str, Path]) -> None:
     addr, _ = server
-    e = await unary_error(addr, SHOES + "DeleteInstance", spb.DeleteInstanceRequest(cloud_id="shoes-vz-" + "f" * 900_000),
-                          MYSHOES)
+    long_id = "shoes-vz-" + "f" * 900_000
+    e = await unary_error(addr, SHOES + "DeleteInstance", spb.DeleteInstanceRequest(cloud_id=long_id), MYSHOES)
     assert e is not None and e.code() == grpc.StatusCode.NOT_FOUND  # myshoes: done, not "retry 10 times"
     assert len(e.details() or "") < 300
     e = await unary_error(addr, SHOES + "AddInstance", spb.AddInstanceRequest(runner_name="n" * 900_000), MYSHOES)

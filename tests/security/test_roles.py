@@ -4,6 +4,7 @@ each credential opens its own door only, and no credential at all opens none."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -120,8 +121,9 @@ async def test_every_call_kind_without_valid_credentials_is_unauthenticated(serv
                         (SHOES + "DeleteInstance", spb.DeleteInstanceRequest(cloud_id="x")),
                         (AGENT + "RegisterAgent", b"\xff\xff\xff\x0f not protobuf")]:  # not decoded for a stranger
         assert await unary(a, method, req, md) == unauth, method
-    codes = await asyncio.gather(*(sync(a, md, [apb.SyncRequest(agent_id="agent-x")], linger=2) for _ in range(20)))
-    codes += [await sync(a, md, [b"\xff\xff\xff\x0f"], linger=2), await sync(a, md, [], linger=2)]
+    frames = [apb.SyncRequest(agent_id="agent-x")] * 5  # a client that keeps writing gets the status too
+    codes = await asyncio.gather(*(sync(a, md, frames[: 1 + i % 5]) for i in range(20)))
+    codes += [await sync(a, md, [b"\xff\xff\xff\x0f"]), await sync(a, md, [])]
     assert {c.code for c in codes} == {unauth}, [c.code for c in codes]
 
 
@@ -133,3 +135,26 @@ async def test_the_wrong_secret_of_a_real_agent_is_unauthenticated(server: Serve
         assert await unary(a, AGENT + "RegisterAgent", register("agent-a"), agent_md("agent-a", forged)) == \
             grpc.StatusCode.UNAUTHENTICATED
     assert await unary(a, AGENT + "RegisterAgent", register("agent-a"), agent.md) == grpc.StatusCode.OK
+
+
+async def test_the_plugin_with_another_roles_token_is_told_which_token(server: ServerApp, tmp_path: Path) -> None:
+    """The plugin configured with the agents' enrolment token: PERMISSION_DENIED (myshoes retries), and
+    the message names the setting that is wrong."""
+    from shoes_vz.plugin.host import PluginProcess, host_env
+    from shoes_vz.plugin.install import install_plugin
+    from shoes_vz.wire import myshoes_pb2 as mpb
+
+    plugin = await asyncio.to_thread(install_plugin, tmp_path / "shoes-vz-plugin")
+    env = host_env({"SHOESVZ_SERVER_ADDR": addr(server), "SHOESVZ_TOKEN": ENROLMENT[0][1].removeprefix("Bearer ")})
+
+    def call() -> grpc.RpcError:
+        with PluginProcess.launch(plugin, env, stderr=subprocess.DEVNULL) as proc:
+            try:
+                proc.shoes().DeleteInstance(mpb.DeleteInstanceRequest(cloud_id="shoes-vz-0000000000000000"), timeout=20)
+            except grpc.RpcError as e:
+                return e
+        raise AssertionError("the enrolment token opened ShoesService")
+
+    e = await asyncio.to_thread(call)
+    assert e.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    assert "shoes_token" in (e.details() or "")  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from stack_fixtures import CLI, cli_env, eventually, make_stack, one_error_line, require, server_settings
+from stack_fixtures import CLI, cli_env, eventually, have_sshd, make_stack, one_error_line, require, server_settings
 
 from shoes_vz.core.errors import ConfigError
 from shoes_vz.server.app import ServerApp
@@ -138,3 +138,42 @@ async def test_a_database_directory_of_another_user_is_refused(tmp_path: Path) -
     with pytest.raises(ConfigError, match="belongs to uid 65534"):
         async with ServerApp(server_settings(tmp_path, db_path=theirs / "server.db")):
             pass
+
+
+async def test_the_script_is_in_no_log_of_a_real_run(tmp_path: Path) -> None:
+    """Server, agent and plugin as processes, at their most verbose, through a runner's whole life: the
+    registration token in its script appears in none of their logs, nor in the database afterwards."""
+    from shoes_vz.plugin.host import PluginProcess, host_env
+    from shoes_vz.plugin.install import install_plugin
+    from shoes_vz.stack import LocalStack
+    from shoes_vz.wire import myshoes_pb2 as mpb
+
+    require(have_sshd(), "OpenSSH sshd")
+    token = marker()
+    stack = LocalStack(tmp_path / "stack", verbose=True)
+    plugin = await asyncio.to_thread(install_plugin, tmp_path / "shoes-vz-plugin")
+    plugin_log = tmp_path / "plugin.log"
+    env = host_env({"SHOESVZ_SERVER_ADDR": "", "SHOESVZ_TOKEN": stack.token, "SHOESVZ_PLUGIN_LOG_LEVEL": "trace"})
+
+    def call(method: str, request: object) -> object:
+        with open(plugin_log, "ab") as err, PluginProcess.launch(plugin, env, stderr=err.fileno()) as proc:
+            return getattr(proc.shoes(), method)(request, timeout=120)
+
+    try:
+        await stack.start()
+        env["SHOESVZ_SERVER_ADDR"] = stack.server_addr
+        reply = await asyncio.to_thread(call, "AddInstance", mpb.AddInstanceRequest(
+            runner_name="job-secret", setup_script=script_with(token), resource_type=mpb.Small))
+        await asyncio.to_thread(call, "DeleteInstance", mpb.DeleteInstanceRequest(cloud_id=reply.cloud_id))
+        runner_id = reply.cloud_id.removeprefix("shoes-vz-")
+        await eventually(lambda: not any(r.get("runner_id") == runner_id
+                                         for r in stack.runner_state().get("runners", [])), timeout=60)
+        assert holding(stack.db_path, token) == []  # the server is still running here
+    finally:
+        await stack.stop()
+    logs = {p.name: p.read_text(errors="replace") for p in (stack.root / "server.log", stack.root / "agent.log",
+                                                           plugin_log)}
+    assert all(logs.values()), {k: len(v) for k, v in logs.items()}  # they did log (debug, trace)
+    assert "DEBUG" in logs["server.log"] and "DEBUG" in logs["agent.log"]
+    assert [name for name, text in logs.items() if token in text] == []
+    assert holding(stack.db_path, token) == []

@@ -134,11 +134,11 @@ class ServerApp:
         s = self.settings
         tokens = {Role.MYSHOES: s.shoes_token, Role.ENROLLMENT: s.enrollment_token, Role.OPERATOR: s.operator_token,
                   Role.VIEWER: s.viewer_token}
-        open_methods = []
+        open_methods: dict[str, Role] = {}
         if not s.shoes_token:
-            open_methods += [f"/{SHOES_SERVICE}/AddInstance", f"/{SHOES_SERVICE}/DeleteInstance"]
+            open_methods |= {f"/{SHOES_SERVICE}/{m}": Role.MYSHOES for m in ("AddInstance", "DeleteInstance")}
         if not s.enrollment_token:
-            open_methods.append(f"/{AGENT_SERVICE}/Enroll")
+            open_methods[f"/{AGENT_SERVICE}/Enroll"] = Role.ENROLLMENT
         return Authenticator(tokens, self.agent_service.enrollment.verify, open_methods)
 
     @staticmethod

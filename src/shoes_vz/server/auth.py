@@ -8,8 +8,9 @@ Credentials ride in the `authorization` header:
 
 Resolved once per call, the principal is bound for the servicer (`principal.current()`), which
 states the roles it serves. Here, before any servicer runs:
-- missing credentials → UNAUTHENTICATED, unless the method is open (a role with no token
-  configured, which the server allows on loopback only); wrong or malformed credentials →
+- missing credentials → UNAUTHENTICATED, unless the method is open (its role has no token
+  configured, which the server allows on loopback only: the caller then has that role); wrong or
+  malformed credentials →
   UNAUTHENTICATED always. The same for every call kind, streams included, and without decoding the
   caller's request.
 - an undecodable request message → INVALID_ARGUMENT, without a traceback (gRPC itself would answer
@@ -25,7 +26,7 @@ import hmac
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,11 +102,11 @@ def parse_agent_credential(value: str) -> tuple[str, str] | None:
 
 
 class Authenticator(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: dict[Role, str | None], verify_agent: Verify, open_methods: Collection[str] = (),
-                 refusals: RefusalLog | None = None) -> None:
+    def __init__(self, tokens: dict[Role, str | None], verify_agent: Verify,
+                 open_methods: Mapping[str, Role] | None = None, refusals: RefusalLog | None = None) -> None:
         self.tokens = [(role, f"Bearer {t}".encode()) for role, t in tokens.items() if t]
         self.verify_agent = verify_agent
-        self.open_methods = frozenset(open_methods)
+        self.open_methods = dict(open_methods or {})  # method → the role a caller without credentials gets
         self.refusals = refusals or RefusalLog()
 
     async def resolve(self, values: list[str]) -> Principal | str:
@@ -144,8 +145,10 @@ class Authenticator(grpc.aio.ServerInterceptor):
         found = await self.resolve(values)
         if isinstance(found, str):
             return self._refuse(handler, method, found)
-        if found.role is Role.NONE and method not in self.open_methods:
-            return self._refuse(handler, method, "no credentials")
+        if found.role is Role.NONE:
+            if method not in self.open_methods:
+                return self._refuse(handler, method, "no credentials")
+            found = Principal(self.open_methods[method])
         return bound(handler, found)
 
     def _refuse(self, handler: grpc.RpcMethodHandler, method: str, why: str) -> grpc.RpcMethodHandler:

@@ -13,6 +13,8 @@ import math
 import re
 from collections.abc import Iterable
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from shoes_vz.core import ids
 from shoes_vz.core.errors import InvalidInput
 from shoes_vz.core.logsafe import shown
@@ -31,6 +33,7 @@ MAX_MEMORY_BYTES = 1 << 50
 MAX_SECONDS = 86400.0           # a phase timing longer than a day is not a measurement
 MAX_ERROR_CHARS = 4096          # kept of a runner's error or an ack's error
 MAX_CONDITION_CHARS = 2048      # kept of a host condition's message
+MAX_TIMESTAMP = 253402300799    # 9999-12-31, the last second protobuf's Timestamp can hold
 
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9._-]{0,253}")
 VERSION_RE = re.compile(r"[A-Za-z0-9._+:~-]{0,64}")
@@ -56,6 +59,11 @@ def _count(items: Iterable[object], limit: int, field: str) -> None:
 def _range(value: float, low: float, high: float, field: str) -> None:
     if not (low <= value <= high):  # NaN fails both
         raise InvalidInput(f"{field} {value!r} is out of range {low:g}..{high:g}")
+
+
+def _timestamp(ts: Timestamp, field: str) -> None:
+    if not (0 <= ts.seconds <= MAX_TIMESTAMP and 0 <= ts.nanos < 1_000_000_000):
+        raise InvalidInput(f"{field} is not a time ({ts.seconds}s {ts.nanos}ns)")
 
 
 def _fact(value: str, field: str) -> None:
@@ -124,6 +132,7 @@ def check_runner(r: pb.Runner) -> None:
         _match(MAC_RE, r.mac_address, f"runner {r.runner_id} mac_address", "six ':'-separated hex octets")
     if r.template:
         ids.validate_template_name(r.template)
+    _timestamp(r.created_at, f"runner {r.runner_id} created_at")
     if r.resource_type:
         _match(RESOURCE_TYPE_RE, r.resource_type, f"runner {r.runner_id} resource_type", "1..32 of A-Z a-z 0-9 _ -")
     for name in ("clone_seconds", "boot_to_ssh_seconds", "total_seconds"):
@@ -151,6 +160,7 @@ def check_sync(req: pb.SyncRequest) -> None:
         for c in req.conditions.conditions:
             if c.reason:
                 _match(REASON_RE, c.reason, "host condition reason", "1..64 of a-z 0-9 _")
+            _timestamp(c.since, f"host condition {c.reason} since")
 
 
 __all__ = [
