@@ -107,10 +107,12 @@ class Inputs:
         self.types = [t.request for t in targets()]
         self.valid = plausible(rng)
         self.careful = False  # while set, fields take plausible values (most of one message, or none)
+        self.budget = 0       # characters a message's strings may still take (a huge one now and then)
 
     def text(self) -> str:
         r = self.rng
         kind = r.random()
+        self.budget -= 60
         if kind < 0.35:
             return r.choice(INTERESTING)
         if kind < 0.6:
@@ -118,9 +120,11 @@ class Inputs:
         if kind < 0.8:
             return "".join(chr(r.choice([r.randint(0, 0x1F), r.randint(0x20, 0x7E), r.randint(0xA0, 0x2FFF),
                                          r.randint(0xE000, 0xFFFD)])) for _ in range(r.randint(1, 60)))
-        if kind < 0.99:
-            return r.choice(INTERESTING) * r.randint(2, 200)
-        return "z" * r.choice([20_000, 300_000, MAX_MESSAGE + 10])
+        if kind < 0.99 or self.budget < 20_000:
+            return (r.choice(INTERESTING) * r.randint(2, 200))[: max(1, self.budget)]
+        size = min(self.budget, r.choice([20_000, 300_000, MAX_MESSAGE + 10]))
+        self.budget -= size
+        return "z" * size
 
     def number(self, f: d.FieldDescriptor) -> int | float | bool:
         r = self.rng
@@ -175,6 +179,7 @@ class Inputs:
     def frame(self, desc: d.Descriptor) -> bytes:
         r = self.rng
         self.careful = r.random() < 0.5
+        self.budget = MAX_MESSAGE + 100_000  # one message stays near the server's limit at most
         valid = self.message(desc).SerializeToString()
         self.careful = False
         kind = r.random()
@@ -306,27 +311,29 @@ def one(ch: grpc.Channel, target: Target, md: tuple[tuple[str, str], ...], frame
 
 
 async def fuzz(count: int, seed: int, time_limit: float, root: Path, concurrency: int = 16) -> Report:
-    rng = random.Random(seed)
-    gen = Inputs(rng)
     report = Report()
     server = Server(root)
     started = time.monotonic()
     await server.start()
     try:
         creds = credentials(await enrolled(server.addr))
-        cases = []
-        for _ in range(count):  # all drawn first: the same seed, the same inputs, whatever the timing
-            target = rng.choice(targets())
-            frames = [gen.frame(target.request) for _ in range(rng.randint(1, 4) if target.streaming else 1)]
+        def case(i: int) -> tuple[Target, str, list[bytes]]:
+            """Input i of this seed: the same whatever ran before it or how long it took."""
+            r = random.Random(f"{seed}:{i}")
+            gen = Inputs(r)
+            target = r.choice(targets())
+            frames = [gen.frame(target.request) for _ in range(r.randint(1, 4) if target.streaming else 1)]
             method = target.path.rsplit("/", 1)[1]
-            cases.append((target, rng.choice(RIGHT[method] if rng.random() < 0.5 else list(creds)), frames))
+            return target, r.choice(RIGHT[method] if r.random() < 0.5 else list(creds)), frames
+
         deadline = started + time_limit
         opts = [("grpc.max_send_message_length", 4 * MAX_MESSAGE), ("grpc.max_receive_message_length", 4 * MAX_MESSAGE)]
         lock = threading.Lock()
 
-        def run(ch: grpc.Channel, target: Target, cred: str, frames: list[bytes]) -> None:
+        def run(ch: grpc.Channel, i: int) -> None:
             if time.monotonic() > deadline:
                 return
+            target, cred, frames = case(i)  # made here, in the worker: only the inputs in flight are in memory
             code, details = one(ch, target, creds[cred], frames)
             with lock:
                 report.done += 1
@@ -334,12 +341,12 @@ async def fuzz(count: int, seed: int, time_limit: float, root: Path, concurrency
                 report.by_method[(target.path, code)] += 1
                 if code in BAD:
                     report.failures.append(f"{code} ({details[:200]}) from {target.path} with {cred} "
-                                           f"credentials (frames: {[f[:40] for f in frames]})")
+                                           f"credentials (input {i}, frames: {[f[:40] for f in frames]})")
 
         def run_all() -> None:
             with grpc.insecure_channel(server.addr, options=opts) as ch, \
                     ThreadPoolExecutor(concurrency, thread_name_prefix="fuzz") as pool:
-                for f in [pool.submit(run, ch, *c) for c in cases]:
+                for f in [pool.submit(run, ch, i) for i in range(count)]:
                     f.result()
 
         await asyncio.to_thread(run_all)

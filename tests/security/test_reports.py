@@ -141,3 +141,21 @@ async def test_forged_orphan_reports_do_not_grow_the_outbox(server: ServerApp) -
     agent.send([apb.Runner(runner_id=secrets.token_hex(8)) for _ in range(MAX_RUNNERS_PER_REPORT + 1)])
     assert await agent.ended() == grpc.StatusCode.INVALID_ARGUMENT
     await agent.close()
+
+
+async def test_the_store_takes_an_ack_only_from_the_commands_agent(tmp_path: Path) -> None:
+    """The second lock behind the binding: the outbox itself acknowledges a command for its own agent only."""
+    from shoes_vz.server.scheduler import Scheduler
+    from shoes_vz.server.store import HeldTemplate, Store
+
+    store = Store(tmp_path / "db" / "server.db")
+    await store.aopen()
+    try:
+        await store.call(store.upsert_agent, "agent-a", "a", 2, [HeldTemplate("t", resource_types=("small",))], {})
+        await store.call(store.set_agent_online, "agent-a", True)
+        _, cmd = await Scheduler(store).reserve("job", "small", "echo secret", [])
+        assert await store.call(store.ack, cmd.request_id, "agent-b", True, "") is None
+        assert [c.request_id for c in await store.call(store.pending_commands, "agent-a")] == [cmd.request_id]
+        assert await store.call(store.ack, cmd.request_id, "agent-a", True, "") is not None
+    finally:
+        await store.aclose()
