@@ -45,6 +45,8 @@ MUTATIONS = [
       "            if await self.verify_agent(*cred):", "            if True:"),
     M("more than one authorization header is taken", "server/auth.py",
       "        if len(values) > 1:\n            return \"more than one authorization header\"", ""),
+    M("a refused stream is not drained first", "server/auth.py",
+      "        await asyncio.wait_for(take(), DRAIN_SECONDS)", "        pass"),
     M("allow() lets every role through", "server/principal.py",
       "    if p.role in roles:\n        return p", "    if True:\n        return p"),
     M("AddInstance does not check the role", "server/shoes_service.py",

@@ -4,6 +4,7 @@ each credential opens its own door only, and no credential at all opens none."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -158,3 +159,37 @@ async def test_the_plugin_with_another_roles_token_is_told_which_token(server: S
     e = await asyncio.to_thread(call)
     assert e.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
     assert "shoes_token" in (e.details() or "")  # type: ignore[attr-defined]
+
+
+async def aio_sync_status(addr: str, md: tuple[tuple[str, str], ...], frames: list[bytes]) -> grpc.StatusCode:
+    """A Sync the way the agent's grpc.aio client writes it: messages, half-close, then the status."""
+    async with grpc.aio.insecure_channel(addr) as ch:
+        call = ch.stream_stream(AGENT + "Sync")(metadata=md, timeout=10)
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            for f in frames:
+                await call.write(f)
+            await call.done_writing()
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as e:
+            return e.code()
+        return await call.code()
+
+
+async def test_a_refused_stream_tells_a_client_still_writing_why(server: ServerApp) -> None:
+    """grpc.aio's client (the agent's) reported INTERNAL for its own failed write when the server ended a
+    stream it was still writing to — most of the time with five messages. The server now takes what the
+    client sent (bounded) before it refuses, so the client reads the refusal itself."""
+    a = addr(server)
+    agent = await Agent(a, "agent-a").enroll()
+    hello = apb.SyncRequest(agent_id="agent-a").SerializeToString()
+    out_of_bounds = apb.SyncRequest(agent_id="agent-a", runners=[apb.Runner(runner_id="not-hex")]).SerializeToString()
+    wrong = BAD_CREDENTIALS["a wrong bearer token"]
+    for md, frames, expected in ((wrong, [hello] * 5, grpc.StatusCode.UNAUTHENTICATED),
+                                 (MYSHOES, [hello] * 5, grpc.StatusCode.PERMISSION_DENIED)):
+        codes = await asyncio.gather(*(aio_sync_status(a, md, frames) for _ in range(30)))
+        assert set(codes) == {expected}, (expected, codes)
+    for frames in ([out_of_bounds] * 5, [hello, b"\xff\xff\xff\x0f", hello, hello]):
+        codes = [await aio_sync_status(a, agent.md, frames) for _ in range(10)]  # one agent: one stream at a time
+        assert set(codes) == {grpc.StatusCode.INVALID_ARGUMENT}, codes

@@ -23,11 +23,11 @@ from shoes_vz.core.logsafe import shown
 from shoes_vz.core.resources import canonical_resource_type
 from shoes_vz.core.states import Phase
 from shoes_vz.server import limits
-from shoes_vz.server.auth import RefusalLog
+from shoes_vz.server.auth import RefusalLog, drain
 from shoes_vz.server.binding import Refused, check_agent_id, check_report
 from shoes_vz.server.enrollment import Enrollment
 from shoes_vz.server.orphans import OrphanDeletes
-from shoes_vz.server.principal import Role, allow, deny
+from shoes_vz.server.principal import Role, allow, current, deny
 from shoes_vz.server.store import HeldTemplate
 from shoes_vz.wire import agent_pb2 as pb
 from shoes_vz.wire import agent_pb2_grpc as pbg
@@ -131,14 +131,17 @@ class AgentService(pbg.AgentServiceServicer):
 
     async def Sync(self, request_iterator: AsyncIterator[pb.SyncRequest], context: grpc.aio.ServicerContext
                    ) -> AsyncIterator[pb.SyncResponse]:
-        agent_id = (await allow(context, Role.AGENT)).agent_id
         it = request_iterator.__aiter__()
+        if current().role is not Role.AGENT:
+            await drain(it)  # each refusal of a stream first takes what the client sent (auth.drain)
+        agent_id = (await allow(context, Role.AGENT)).agent_id
         try:
             first = await it.__anext__()
         except StopAsyncIteration:
             return
         refused = await self._check(agent_id, first)  # before the stream is attached: it displaces nothing
         if refused is not None:
+            await drain(it)
             await self._refuse_call(context, agent_id, *refused)
         conn = self.hub.attach(agent_id, context.peer())
         await self.store.call(self.store.set_agent_online, agent_id, True)
@@ -176,6 +179,7 @@ class AgentService(pbg.AgentServiceServicer):
                 await self.store.call(self.store.set_agent_online, agent_id, False)
                 log.info("agent %s disconnected", agent_id)
         if ended:
+            await drain(it)
             await self._refuse_call(context, agent_id, *ended[0])
         if conn.replaced_by:  # the agent at the other end learns why its stream ended
             await context.abort(grpc.StatusCode.ABORTED,

@@ -22,6 +22,8 @@ Refusals are logged at most once per peer host (or subject) per interval, with a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 LOG_INTERVAL = 60.0
 MAX_REMEMBERED = 1024  # subjects the refusal log keeps apart; the oldest go first
 MAX_SECRET_CHARS = 128
+DRAIN_MESSAGES = 8      # read (and drop) before a stream's refusal, so that a client still writing
+DRAIN_SECONDS = 0.25    # gets the refusal's status, not its own failed write (grpc.aio reports INTERNAL)
 HEALTH = "/grpc.health.v1.Health/"
 FIX = ("the plugin sends SHOESVZ_TOKEN (= server.shoes_token); an agent enrols with agent.enrollment_token "
        "(= server.enrollment_token), then sends its own secret (<agent.state_dir>/agent-secret)")
@@ -91,6 +95,20 @@ def peer_host(peer: str) -> str:
     if kind == "ipv4":
         return rest.rsplit(":", 1)[0] or peer
     return peer
+
+
+async def drain(requests: AsyncIterator[Any]) -> None:
+    """Before ending a client-streaming call with a refusal: take what the client already sent, up to
+    DRAIN_MESSAGES within DRAIN_SECONDS (never decoded when raw, never applied)."""
+    async def take() -> None:
+        n = 0
+        async for _ in requests:
+            n += 1
+            if n >= DRAIN_MESSAGES:
+                return
+
+    with contextlib.suppress(Exception):  # a stream that broke or ended meanwhile: nothing to drain
+        await asyncio.wait_for(take(), DRAIN_SECONDS)
 
 
 def parse_agent_credential(value: str) -> tuple[str, str] | None:
@@ -152,26 +170,28 @@ class Authenticator(grpc.aio.ServerInterceptor):
         return bound(handler, found)
 
     def _refuse(self, handler: grpc.RpcMethodHandler, method: str, why: str) -> grpc.RpcMethodHandler:
-        async def refuse(ctx: grpc.aio.ServicerContext) -> None:
+        async def refuse(request: Any, ctx: grpc.aio.ServicerContext) -> None:
             self.refusals.rejected(ctx.peer(), method, why)  # the peer is known only here
+            if handler.request_streaming:
+                await drain(request)
             await ctx.abort(grpc.StatusCode.UNAUTHENTICATED, f"{why}: {FIX}")
 
         return _handler_like(handler, refuse)
 
 
-def _handler_like(handler: grpc.RpcMethodHandler, body: Callable[[grpc.aio.ServicerContext], Awaitable[None]]
-                  ) -> grpc.RpcMethodHandler:
-    """A handler of `handler`'s kind that reads no request and runs `body` (which aborts)."""
+def _handler_like(handler: grpc.RpcMethodHandler,
+                  body: Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]) -> grpc.RpcMethodHandler:
+    """A handler of `handler`'s kind that decodes no request and runs `body` (which aborts)."""
     if handler.response_streaming:
-        async def stream(_request: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await body(ctx)
+        async def stream(request: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await body(request, ctx)
             return
             yield  # an async generator, as a streaming response must be
 
         behaviour: Any = stream
     else:
-        async def unary(_request: Any, ctx: grpc.aio.ServicerContext) -> None:
-            await body(ctx)
+        async def unary(request: Any, ctx: grpc.aio.ServicerContext) -> None:
+            await body(request, ctx)
 
         behaviour = unary
     return _make(handler, behaviour)
@@ -201,8 +221,9 @@ def bound(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMetho
                     return  # to the servicer, the stream ends here; the call then ends INVALID_ARGUMENT
         return gen()
 
-    async def fail_if(bad: list[str], ctx: grpc.aio.ServicerContext) -> None:
+    async def fail_if(bad: list[str], raws: AsyncIterator[bytes], ctx: grpc.aio.ServicerContext) -> None:
         if bad:
+            await drain(raws)  # the frames after the bad one
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, bad[0])
 
     if kind == "unary_unary":
@@ -219,7 +240,7 @@ def bound(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMetho
             bind(principal)
             bad: list[str] = []
             result = await inner(many(raws, ctx, bad), ctx)
-            await fail_if(bad, ctx)
+            await fail_if(bad, raws, ctx)
             return result
     else:
         async def behaviour(raws: AsyncIterator[bytes], ctx: grpc.aio.ServicerContext  # type: ignore[misc]
@@ -228,7 +249,7 @@ def bound(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMetho
             bad: list[str] = []
             async for m in inner(many(raws, ctx, bad), ctx):
                 yield m
-            await fail_if(bad, ctx)
+            await fail_if(bad, raws, ctx)
     return _make(handler, behaviour)
 
 
@@ -240,4 +261,4 @@ def _make(handler: grpc.RpcMethodHandler, behaviour: Any) -> grpc.RpcMethodHandl
     return make(behaviour, request_deserializer=None, response_serializer=handler.response_serializer)
 
 
-__all__ = ["Authenticator", "RefusalLog", "bound", "parse_agent_credential", "peer_host"]
+__all__ = ["Authenticator", "RefusalLog", "bound", "drain", "parse_agent_credential", "peer_host"]
