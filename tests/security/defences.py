@@ -62,8 +62,8 @@ MUTATIONS = [
       "        agent_id = (await allow(context, Role.AGENT, Role.MYSHOES)).agent_id or request.agent_id\n"
       "        try:\n            limits.check_register"),
     M("Sync takes the myshoes role", "server/agent_service.py",
-      "        agent_id = (await allow(context, Role.AGENT)).agent_id\n        it = request_iterator",
-      "        agent_id = (await allow(context, Role.AGENT, Role.MYSHOES)).agent_id\n        it = request_iterator"),
+      "        agent_id = (await allow(context, Role.AGENT)).agent_id\n        try:\n            first",
+      "        agent_id = (await allow(context, Role.AGENT, Role.MYSHOES)).agent_id or 'agent-x'\n        try:\n            first"),
     # -- agent identity (server/enrollment.py, server/store.py) ---------------------------------------
     M("an enrolled id can be enrolled again", "server/store.py",
       '"INSERT OR IGNORE INTO agent_credentials', '"INSERT OR REPLACE INTO agent_credentials'),
@@ -83,7 +83,7 @@ MUTATIONS = [
       'row = self.db.execute("SELECT * FROM outbox WHERE request_id=? AND acked_at IS NULL",\n'
       '                              (request_id,)).fetchone()'),
     M("a refused first message still attaches the stream", "server/agent_service.py",
-      "        if refused is not None:\n            await self._refuse_call(context, agent_id, *refused)\n        conn",
+      "        if refused is not None:\n            await drain(it)\n            await self._refuse_call(context, agent_id, *refused)\n        conn",
       "        conn"),
     M("a refused later message is applied anyway", "server/agent_service.py",
       "                    if refused is not None:\n                        ended.append(refused)\n                        return",
@@ -156,6 +156,8 @@ MUTATIONS = [
       "    cut = len(text) - limit\n", "    cut = 0\n"),
     M("refusals logged every time", "server/auth.py",
       "        if seen is not None and now - seen.logged_at < self.interval:", "        if False:"),
+    M("refusals counted per refused value", "server/agent_service.py",
+      '        self.refusals.note(f"{agent_id}:{subject}", f"refused', '        self.refusals.note(f"{agent_id}:{message}", f"refused'),
     M("every template named in the log", "server/agent_service.py",
       "def describe_templates(templates: list[HeldTemplate], shown_at_most: int = 8) -> str:",
       "def describe_templates(templates: list[HeldTemplate], shown_at_most: int = 10**6) -> str:"),

@@ -71,6 +71,24 @@ async def test_log_amplification_is_bounded(server: tuple[str, Path]) -> None:
     assert ratio < 0.005, log.read_text()[-3000:]
 
 
+async def test_varied_junk_from_one_agent_is_one_line_a_minute(server: tuple[str, Path]) -> None:
+    """Refusals are counted per agent and kind, not per refused value: an agent sending a different bad
+    value every time (and the enrolment token's holder trying ids that are taken) cannot fill the log."""
+    addr, log = server
+    agent = await Agent(addr, "agent-a").enroll()
+    before = log_size(log)
+    for i in range(100):
+        bad_register = apb.RegisterAgentRequest(agent_id="agent-a", templates=[apb.Template(name=f"../t{i}")])
+        assert await unary(addr, AGENT + "RegisterAgent", bad_register, agent.md) == grpc.StatusCode.INVALID_ARGUMENT
+        bad_sync = apb.SyncRequest(agent_id="agent-a", runners=[apb.Runner(runner_id=f"bad-{i}")])
+        assert (await sync(addr, agent.md, [bad_sync])).code == grpc.StatusCode.INVALID_ARGUMENT
+        assert await unary(addr, AGENT + "Enroll", apb.EnrollRequest(agent_id="agent-a"), ENROLMENT) == \
+            grpc.StatusCode.PERMISSION_DENIED
+    await asyncio.sleep(0.3)
+    grown = log.read_bytes()[before:].decode(errors="replace")
+    assert len(grown.splitlines()) <= 3, grown  # register, sync, enroll: one line each
+
+
 async def test_newlines_in_fields_cannot_forge_log_lines(server: tuple[str, Path]) -> None:
     addr, log = server
     agent = await Agent(addr, "agent-a").enroll()

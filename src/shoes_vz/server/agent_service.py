@@ -23,7 +23,7 @@ from shoes_vz.core.logsafe import shown
 from shoes_vz.core.resources import canonical_resource_type
 from shoes_vz.core.states import Phase
 from shoes_vz.server import limits
-from shoes_vz.server.auth import RefusalLog, drain
+from shoes_vz.server.auth import RefusalLog, drain, peer_host
 from shoes_vz.server.binding import Refused, check_agent_id, check_report
 from shoes_vz.server.enrollment import Enrollment
 from shoes_vz.server.orphans import OrphanDeletes
@@ -93,8 +93,8 @@ class AgentService(pbg.AgentServiceServicer):
         except InvalidInput as e:
             await deny(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except Forbidden as e:
-            self.refusals.note(f"enroll:{request.agent_id}", f"refused to enrol agent {shown(request.agent_id)} "
-                               f"again (from {context.peer()}): it is enrolled already")
+            self.refusals.note(f"enroll:{peer_host(context.peer())}", f"refused to enrol agent "
+                               f"{shown(request.agent_id)} again (from {context.peer()}): it is enrolled already")
             await deny(context, grpc.StatusCode.PERMISSION_DENIED, str(e))
         return pb.EnrollResponse(agent_id=request.agent_id, agent_secret=secret)
 
@@ -105,7 +105,7 @@ class AgentService(pbg.AgentServiceServicer):
             limits.check_register(request)
             check_agent_id(agent_id, request.agent_id, "RegisterAgent")
         except InvalidInput as e:
-            await self._refuse_call(context, agent_id, grpc.StatusCode.INVALID_ARGUMENT, str(e), f"register:{e}")
+            await self._refuse_call(context, agent_id, grpc.StatusCode.INVALID_ARGUMENT, str(e), "register")
         except Refused as e:
             await self._refuse_call(context, agent_id, grpc.StatusCode.PERMISSION_DENIED, str(e), e.subject, e.detail)
         templates, unknown = held_templates(list(request.templates))
@@ -125,7 +125,8 @@ class AgentService(pbg.AgentServiceServicer):
 
     async def _refuse_call(self, context: grpc.aio.ServicerContext, agent_id: str, code: grpc.StatusCode,
                            message: str, subject: str, detail: str = "") -> None:
-        self.refusals.note(f"{agent_id}:{subject[:200]}", f"refused a call of agent {agent_id} ({code.name}): "
+        # keyed by agent and kind, never by the refused value: varied junk is still one line a minute
+        self.refusals.note(f"{agent_id}:{subject}", f"refused a call of agent {agent_id} ({code.name}): "
                            f"{detail or message}")
         await deny(context, code, message)
 
@@ -193,7 +194,7 @@ class AgentService(pbg.AgentServiceServicer):
             limits.check_sync(req)
             await check_report(self.store, agent_id, req)
         except InvalidInput as e:
-            return grpc.StatusCode.INVALID_ARGUMENT, str(e), f"sync:{e}", ""
+            return grpc.StatusCode.INVALID_ARGUMENT, str(e), "sync", ""
         except Refused as e:
             return grpc.StatusCode.PERMISSION_DENIED, str(e), e.subject, e.detail
         return None

@@ -20,14 +20,14 @@ class Refused(Forbidden):
     def __init__(self, message: str, detail: str, subject: str) -> None:
         super().__init__(message)
         self.detail = detail
-        self.subject = subject  # one log line per subject per interval
+        self.subject = subject  # what is refused ("runner", "ack", "id"): one log line per agent and kind a minute
 
 
 def check_agent_id(agent_id: str, claimed: str, what: str) -> None:
     """`claimed` (empty: the sender's own) must be the authenticated `agent_id`."""
     if claimed and claimed != agent_id:
         raise Refused(f"{what} names agent {shown(claimed)}, but this caller is agent {agent_id}",
-                      f"agent {agent_id} sent {what} naming agent {shown(claimed)}", f"{agent_id}:id:{claimed[:64]}")
+                      f"agent {agent_id} sent {what} naming agent {shown(claimed)}", "id")
 
 
 async def check_report(store: Store, agent_id: str, req: pb.SyncRequest) -> None:
@@ -40,13 +40,13 @@ async def check_report(store: Store, agent_id: str, req: pb.SyncRequest) -> None
         if owner != agent_id:
             raise Refused(f"runner {runner_id} is not agent {agent_id}'s",
                           f"agent {agent_id} reported runner {runner_id}, which runs on agent {owner}",
-                          f"{agent_id}:runner:{runner_id}")
+                          "runner")
     addressed = await store.call(store.command_agents, [a.request_id for a in req.acks])
     for request_id, owner in addressed.items():
         if owner != agent_id:
             raise Refused(f"command {request_id} was not sent to agent {agent_id}",
                           f"agent {agent_id} acknowledged command {request_id}, which is agent {owner}'s",
-                          f"{agent_id}:ack:{request_id}")
+                          "ack")
 
 
 __all__ = ["Refused", "check_agent_id", "check_report"]
