@@ -23,8 +23,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from stack_fixtures import TOKEN, SimStack, eventually, make_stack, require_namespaced, server_settings
-from test_server_grpc import MD, ScriptedAgent, connected_agent
+from stack_fixtures import (
+    ENROLLMENT_TOKEN,
+    TOKEN,
+    SimStack,
+    eventually,
+    make_stack,
+    require_namespaced,
+    server_settings,
+)
+from test_server_grpc import MD, ScriptedAgent
 
 from shoes_vz.agent.app import Agent
 from shoes_vz.server.app import ServerApp
@@ -117,7 +125,7 @@ def _server_process(root: Path) -> tuple[subprocess.Popen[bytes], int]:
         port = s.getsockname()[1]
     cfg = root / "server.toml"
     cfg.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = ""\ndb_path = "{root / "server.db"}"\n'
-                   f'token = "{TOKEN}"\nsync_interval = 1.0\n')
+                   f'shoes_token = "{TOKEN}"\nenrollment_token = "{ENROLLMENT_TOKEN}"\nsync_interval = 1.0\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}
     proc = subprocess.Popen([sys.executable, "-m", "shoes_vz.cli.main", "server", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -154,9 +162,12 @@ async def test_after_a_server_crash_no_agent_is_online_until_it_connects(tmp_pat
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value.details()
         assert "0 of 1 agents holding it online" in (e.value.details() or "")
         assert await app.store.call(app.store.live_runners) == []  # nothing placed on the absent agent
-        back = await connected_agent(app, agent_id="agent-crash")  # it connects: online again
+        agent.addr = f"127.0.0.1:{app.port}"  # it connects, with the credential it enrolled for: online again
+        agent.outgoing = asyncio.Queue()  # (the closed stream's queue ends with its sentinel)
+        await agent.connect()
+        await eventually(lambda: "agent-crash" in app.hub.connections)
         assert [a.online for a in await app.store.call(app.store.agents)] == [True]
-        await back.close()
+        await agent.close()
 
 
 async def test_one_runner_name_is_decided_by_one_call_at_a_time_under_any_interleaving(

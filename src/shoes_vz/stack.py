@@ -68,9 +68,10 @@ class LocalStack:
     def __init__(self, root: Path, *, max_runners: int = 2, boot_delay: float = 0.0, restore_delay: float = 0.0,
                  guest_poll_interval: float = 0.25, keep_evidence: bool = False,
                  driver_options: dict[str, Any] | None = None, server_settings: dict[str, Any] | None = None,
-                 agent_settings: dict[str, Any] | None = None) -> None:
+                 agent_settings: dict[str, Any] | None = None, verbose: bool = False) -> None:
         self.root = root
         self.driver_options = dict(driver_options or {})
+        self.verbose = verbose  # debug logs from the server and the agent
         # a sim template's 64 GiB disk is sparse and never written: 1 GiB free is reserve enough here
         self.extra = {"server": dict(server_settings or {}),
                       "agent": {"disk_reserve": 1 << 30, **(agent_settings or {})}}
@@ -79,7 +80,8 @@ class LocalStack:
         self.boot_delay = boot_delay
         self.restore_delay = restore_delay
         self.guest_poll_interval = guest_poll_interval
-        self.token = secrets.token_urlsafe(16)
+        self.token = secrets.token_urlsafe(24)  # the myshoes side's: the plugin sends it (SHOESVZ_TOKEN)
+        self.enrollment_token = secrets.token_urlsafe(24)
         self.server_addr = ""
         self.reflink = False
         self.procs: dict[str, asyncio.subprocess.Process] = {}
@@ -100,6 +102,11 @@ class LocalStack:
             return {}
 
     @property
+    def db_path(self) -> Path:
+        """The server's database, in a directory of its own (the server keeps it 0700)."""
+        return self.root / "server" / "server.db"
+
+    @property
     def config_file(self) -> Path:
         return self.root / "shoes-vz.toml"
 
@@ -109,17 +116,20 @@ class LocalStack:
         self.reflink = can_reflink(self.root)
         r = self.root
         cfg = self.config_file
+        cfg.unlink(missing_ok=True)
+        os.close(os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # it holds the tokens
         cfg.write_text(f"""
 [server]
 listen = "{self.server_addr}"
 metrics_listen = "127.0.0.1:{free_port()}"
-db_path = "{r / 'server.db'}"
-token = "{self.token}"
+db_path = "{self.db_path}"
+shoes_token = "{self.token}"
+enrollment_token = "{self.enrollment_token}"
 sync_interval = 2.0
 {self._extra("server")}
 [agent]
 server_addr = "{self.server_addr}"
-token = "{self.token}"
+enrollment_token = "{self.enrollment_token}"
 driver = "sim"
 state_dir = "{r / 'agent'}"
 templates_dir = "{r / 'templates'}"
@@ -155,6 +165,7 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
             log = open(self.root / f"{name}.log", "ab")
             self.procs[name] = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "shoes_vz.cli.main", name, "--config", str(cfg),
+                *(["--verbose"] if self.verbose else []),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True,  # a Ctrl-C is for `up`, which stops them in order (stop())
             )
@@ -190,7 +201,7 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
 
     async def _wait_agent(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
-        db = self.root / "server.db"
+        db = self.db_path
         while time.monotonic() < deadline:
             self._check_alive("agent")
             online = await asyncio.to_thread(_agents_online, db)
@@ -202,7 +213,7 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
     async def wait_free_warm_slots(self, template: str, count: int, timeout: float = 20.0) -> None:
         """Until the server has heard (with an agent's Sync) that `count` warm slots of `template` are free."""
         deadline = time.monotonic() + timeout
-        while await asyncio.to_thread(_free_warm_slots, self.root / "server.db", template) != count:
+        while await asyncio.to_thread(_free_warm_slots, self.db_path, template) != count:
             self._check_alive("agent")
             if time.monotonic() > deadline:
                 raise ShoesVzError(f"the server never saw {count} free warm slots of {template} within {timeout:.0f}s")

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,8 @@ from shoes_vz.agent.sync import SyncClient
 from shoes_vz.agent.warm import WarmPool, WarmSlot
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.conditions import HostConditions, Reason, reason_for
-from shoes_vz.core.errors import CloneError, ConfigError, DiskBelowReserve, TemplateError
+from shoes_vz.core.errors import CloneError, ConfigError, DiskBelowReserve, InvalidInput, TemplateError
+from shoes_vz.core.ids import new_agent_id, new_runner_id, validate_agent_id
 from shoes_vz.core.net import split_hostport
 from shoes_vz.core.pidlock import PIDLock
 from shoes_vz.core.states import Phase
@@ -61,9 +61,13 @@ def load_agent_id(state_dir: Path) -> str:
     with contextlib.suppress(FileNotFoundError):
         value = path.read_text().strip()
         if value:
+            try:
+                validate_agent_id(value)
+            except InvalidInput as e:
+                raise ConfigError(f"{path}: {e} (remove the file: the agent makes a new id and enrols)") from None
             return value
     state_dir.mkdir(parents=True, exist_ok=True)
-    value = "agent-" + secrets.token_hex(8)
+    value = new_agent_id()
     tmp = path.with_suffix(".tmp")
     tmp.write_text(value + "\n")
     os.replace(tmp, path)
@@ -450,7 +454,7 @@ class Agent:
     async def _probe_vm(self) -> tuple[bool, str]:
         """Does a VM start here? One of the first template, booted to SSH, then torn down (agent/degraded.py).
         It is no runner: the server never hears of it."""
-        probe_id = secrets.token_hex(8)
+        probe_id = new_runner_id()
         try:
             template = self.templates.list()[0]
             key = self._client_key(template)
