@@ -247,7 +247,9 @@ class Agent:
         """`shoes-vz doctor` at start: warnings are logged, a fatal check stops the agent."""
         from shoes_vz.macos.doctor import Level, Probes, run_checks
 
-        checks = run_checks(Probes(), self.settings.templates_dir, self.settings.runners_dir)
+        s = self.settings
+        checks = run_checks(Probes(), s.templates_dir, s.runners_dir, lease_file=s.lease_file,
+                            mac_recycling=s.mac_recycling)
         for c in checks:
             if c.level is Level.WARN:
                 log.warning("doctor: %s: %s (fix: %s)", c.name, c.message, c.fix)
