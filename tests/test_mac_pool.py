@@ -59,7 +59,7 @@ async def test_runners_that_outnumber_a_spent_pool_all_get_an_address(tmp_path: 
     Runners overlap as myshoes makes them (the next is asked for while the last is torn down), so two
     MACs are in turn."""
     require_namespaced()
-    async with make_stack(tmp_path, driver_options={**BOOTPD, "pool_size": 3}, boot_to_ip_timeout=4.0,
+    async with make_stack(tmp_path, driver_options={**BOOTPD, "pool_size": 3}, boot_to_ip_timeout=15.0,
                           mac_recycling=recycle) as stack:
         async with stack.channel() as ch:
             stub = sgrpc.ShoesServiceStub(ch)
