@@ -258,14 +258,13 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
 
     def _sweep_network(self) -> None:
         """A dead holder's bridge waits for the agent's next VM, which a stopped stack never starts."""
-        from shoes_vz.vm.drivers.sim_net import SimNetwork
-        from shoes_vz.vm.drivers.sim_options import SimOptions
+        from shoes_vz.vm.process import sweep_sim_network
 
         def log(line: str) -> None:
             with open(self.root / "agent.log", "a") as f:
                 f.write(f"stack: {line}\n")
 
-        SimNetwork(self.root / "dhcpd_leases", SimOptions()).sweep_if_dead(log)
+        sweep_sim_network(self.root / "dhcpd_leases", log)
 
     def leftovers(self, wait: float = 10.0) -> list[str]:
         """Bundles, live vm processes or sim network links still here (after every runner was deleted:
