@@ -134,6 +134,17 @@ class Bundle(VMFiles):
         """Scratch space of a simulated guest (its "disk" as seen from inside)."""
         return self.path / "guest"
 
+    @property
+    def vsock_dir(self) -> Path:
+        """A sim guest's vsock device: the directory of its runner channel's socket (vm/channel.py),
+        seen by that guest alone."""
+        return self.guest_dir / "vsock"
+
+    @property
+    def guest_state_dir(self) -> Path:
+        """A sim guest's runner-agent state (per-boot host key, trusted CA, principals): its /run/shoes-vz."""
+        return self.guest_dir / "state"
+
     # metadata
     def read_metadata(self) -> dict[str, Any]:
         try:
@@ -194,7 +205,8 @@ class Bundle(VMFiles):
         return self.lock_holder() is not None
 
     def stray_pids(self, exclude: frozenset[int] = frozenset()) -> list[int]:
-        """Processes running from inside the bundle (cwd or command line under it).
+        """Processes running from inside the bundle (cwd or command line under it), or as the bundle's
+        own guest user (`guest_uid` in its metadata).
 
         A sim guest's processes live there; once the VM is gone they are garbage, as a real VM's
         would be. Linux only (/proc); elsewhere nothing is found.
@@ -204,15 +216,20 @@ class Bundle(VMFiles):
         proc = Path("/proc")
         if not proc.is_dir():
             return []
+        try:  # a loopback sim guest of a root agent runs as a user of its own: its processes are the VM's
+            guest_uid = int(self.read_metadata().get("guest_uid") or -1)
+        except (BundleError, ValueError, TypeError):
+            guest_uid = -1
         for p in proc.iterdir():
             if not p.name.isdigit() or int(p.name) in exclude or int(p.name) == os.getpid():
                 continue
             try:
                 cwd = os.readlink(p / "cwd")
                 cmdline = (p / "cmdline").read_bytes().decode(errors="replace")
+                uid = p.stat().st_uid if guest_uid >= 0 else -2
             except OSError:
                 continue
-            if cwd == root or cwd.startswith(root + "/") or root + "/" in cmdline:
+            if cwd == root or cwd.startswith(root + "/") or root + "/" in cmdline or uid == guest_uid:
                 found.append(int(p.name))
         return found
 

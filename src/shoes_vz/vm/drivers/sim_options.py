@@ -40,6 +40,9 @@ class SimOptions:
     dhcp_release: bool = True                       # the guest releases its lease on a clean shutdown
     network_linger: float = 2.0                     # seconds the bridge outlives the last VM
     dhcp_timeout: float = 3.0                       # seconds per round of the guest's DHCP client
+    # models a restored guest that runs no code (VZ restores into a mismatched device set and resumes a
+    # guest that never runs: tailscale PR #19331): its processes stop right after a restore
+    restore_stalls: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -52,8 +55,9 @@ class SimOptions:
         if type(self.lease_seconds) is not int or self.lease_seconds < MIN_LEASE_SECONDS:
             problems.append(f"lease_seconds: a whole number >= {MIN_LEASE_SECONDS} (dnsmasq's minimum), "
                             f"not {self.lease_seconds!r}")
-        if type(self.dhcp_release) is not bool:
-            problems.append(f"dhcp_release: true or false, not {self.dhcp_release!r}")
+        for flag in ("dhcp_release", "restore_stalls"):
+            if type(getattr(self, flag)) is not bool:
+                problems.append(f"{flag}: true or false, not {getattr(self, flag)!r}")
         for name, low in (("network_linger", 0.0), ("dhcp_timeout", 0.1)):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= 600:
