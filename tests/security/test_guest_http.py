@@ -10,6 +10,8 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from test_runner_agent import GUEST_IP, AgentProc, agent, receiver  # noqa: F401
 
 from shoes_vz.agent import notify
 from shoes_vz.guest import runner_agent
+from shoes_vz.vm.leases import Lease, MACAddress, add_lease
 
 # -- the agent's notify server -------------------------------------------------------------------
 
@@ -187,3 +190,42 @@ def test_idle_connections_hold_no_thread_for_long(agent: AgentProc) -> None:  # 
             s.close()
     status, res = agent.request("GET", "/health")
     assert status == 200 and res["status"] == "ok"
+
+
+# -- what a well-formed notify may do ---------------------------------------------------------------
+
+
+@dataclass
+class FakeRunner:
+    """What the notify server reads of a runner (agent/runner.py): a real one needs a VM."""
+
+    runner_id: str
+    mac: MACAddress
+    live: bool = True
+    hints: list[str] = field(default_factory=list)
+
+    def notified(self, ip: str) -> None:
+        self.hints.append(ip)
+
+
+@pytest.mark.parametrize("source, body, status", [
+    # B's MAC from an address the host leased to nobody: B's lease names another address
+    ("10.0.0.9", {"mac_address": "02:00:00:00:00:0b"}, 403),
+    # B's MAC from A's leased address (A claims B before or after B's lease appears)
+    ("10.0.0.1", {"mac_address": "02:00:00:00:00:0b"}, 403),
+    ("10.0.0.1", {"mac_address": "02:00:00:00:00:0c"}, 403),  # C boots: no lease for C yet, but 10.0.0.1 is A's
+    ("10.0.0.1", {}, 200),  # upstream's body: matched to A by A's lease
+    ("10.0.0.2", {"mac_address": "02:00:00:00:00:0b"}, 200),
+])
+async def test_a_notify_counts_only_for_the_runner_the_leases_name(tmp_path: Path, source: str,
+                                                                   body: dict[str, str], status: int) -> None:
+    leases = tmp_path / "dhcpd_leases"
+    soon = datetime.now(UTC) + timedelta(minutes=10)
+    for ip, mac in (("10.0.0.1", "02:00:00:00:00:0a"), ("10.0.0.2", "02:00:00:00:00:0b")):
+        add_lease(leases, Lease(ip, MACAddress.parse(mac), soon))
+    runners = [FakeRunner(n, MACAddress.parse(f"02:00:00:00:00:0{n}")) for n in "abc"]
+    server = notify.NotifyServer(lambda: runners, leases)
+    got, answer = await server.decide(source, {"runner_id": "x", "ip_address": source, **body})
+    assert got == status, answer
+    hinted = {r.runner_id for r in runners if r.hints}
+    assert hinted == ({answer["runner_id"]} if status == 200 else set())
