@@ -229,3 +229,25 @@ async def test_a_notify_counts_only_for_the_runner_the_leases_name(tmp_path: Pat
     assert got == status, answer
     hinted = {r.runner_id for r in runners if r.hints}
     assert hinted == ({answer["runner_id"]} if status == 200 else set())
+
+
+def test_a_slow_drip_sender_is_cut_off_at_the_request_deadline(agent: AgentProc) -> None:  # noqa: F811
+    """One header byte every 0.5 s: no single read waits long, but the request never completes."""
+    with socket.create_connection((GUEST_IP, agent.port), timeout=5) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nX-Drip: ")
+        t0 = time.monotonic()
+        closed = False
+        while time.monotonic() - t0 < runner_agent.REQUEST_TIMEOUT + 5:
+            try:
+                s.sendall(b"a")
+                s.settimeout(0.5)
+                if s.recv(100) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed, "a slow drip held its connection (and thread) past the request deadline"
+        assert time.monotonic() - t0 < runner_agent.REQUEST_TIMEOUT + 2
