@@ -6,7 +6,7 @@ SETUP := scripts/setup
 export PY
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench lint proto proto-check docs clean
+.PHONY: help run test bench fuzz lint proto proto-check docs clean
 
 ## help: list these targets
 help:
@@ -30,6 +30,11 @@ bench:
 	$(BIN)/python benchmarks/bench_warm.py
 	$(BIN)/python benchmarks/bench_sim.py
 	$(BIN)/python benchmarks/bench_setup.py
+
+## fuzz: 10,000 seeded inputs against the server's gRPC surface, with and without credentials; counts by status
+fuzz:
+	@$(SETUP) venv
+	$(BIN)/python tests/security/fuzz_grpc.py --count $${FUZZ_COUNT:-10000} --seed $${FUZZ_SEED:-1} --time-limit 900
 
 ## lint: ruff + mypy
 lint:

@@ -25,11 +25,14 @@ from shoes_vz.config import AgentSettings, ServerSettings
 from shoes_vz.server.app import ServerApp
 from shoes_vz.template import Template, init_sim
 from shoes_vz.vm.clone import can_reflink
+from shoes_vz.wire import agent_pb2 as apb
+from shoes_vz.wire import agent_pb2_grpc as agrpc
 from shoes_vz.wire import shoes_pb2 as spb
 from shoes_vz.wire import shoes_pb2_grpc as sgrpc
 
 IN_CI = bool(os.environ.get("CI"))
-TOKEN = "test-token"
+TOKEN = "test-shoes-token-0123456789"          # the myshoes side's (server.shoes_token, SHOESVZ_TOKEN)
+ENROLLMENT_TOKEN = "test-enrollment-token-0123"  # an agent's first contact (server/agent enrollment_token)
 CLI = [sys.executable, "-m", "shoes_vz.cli.main"]  # `shoes-vz` as a person runs it
 
 
@@ -124,14 +127,28 @@ class SimStack:
                                       metadata=self.metadata, timeout=timeout)
 
 
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def enroll(channel: grpc.aio.Channel, agent_id: str, token: str = ENROLLMENT_TOKEN
+                 ) -> tuple[tuple[str, str], ...]:
+    """Enrol `agent_id` as an agent does; the metadata its later calls carry."""
+    reply = await agrpc.AgentServiceStub(channel).Enroll(apb.EnrollRequest(agent_id=agent_id, hostname="test"),
+                                                         metadata=bearer(token), timeout=10)
+    return (("authorization", f"Agent {agent_id}:{reply.agent_secret}"),)
+
+
 def server_settings(root: Path, **kw: Any) -> ServerSettings:
-    return ServerSettings(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", db_path=root / "server.db",
-                          token=TOKEN, sync_interval=1.0, **kw)
+    base: dict[str, Any] = dict(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", db_path=root / "server.db",
+                                shoes_token=TOKEN, enrollment_token=ENROLLMENT_TOKEN, sync_interval=1.0)
+    return ServerSettings(**{**base, **kw})
 
 
 def agent_settings(root: Path, server_port: int, **kw: Any) -> AgentSettings:
     base: dict[str, Any] = dict(
-        server_addr=f"127.0.0.1:{server_port}", token=TOKEN, driver="sim", state_dir=root / "agent",
+        server_addr=f"127.0.0.1:{server_port}", enrollment_token=ENROLLMENT_TOKEN, driver="sim",
+        state_dir=root / "agent",
         templates_dir=root / "templates", runners_dir=root / "runners",
         runner_state_file=root / "runner-state.json", lease_file=root / "dhcpd_leases",
         notify_listen="0.0.0.0:0", metrics_listen="127.0.0.1:0", stop_grace=2.0,
@@ -147,6 +164,7 @@ async def make_stack(root: Path, *, max_runners: int = 2, template_kw: dict[str,
     require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
     template = await asyncio.to_thread(init_sim, root / "templates", "sim-test", **(template_kw or {}))
     async with ServerApp(server_settings(root)) as server:
+        agent_kw.setdefault("host_vm_limit", max_runners)  # sim guests: no Apple limit of 2 to respect
         agent = Agent(agent_settings(root, server.port, max_runners=max_runners, **agent_kw))
         async with agent:
             await eventually(lambda: agent.agent_id in server.hub.connections, timeout=10)

@@ -76,9 +76,10 @@ def test_bad_values_name_the_field(tmp_path: Path) -> None:
 
 
 def test_plaintext_refused_off_loopback() -> None:
+    auth = dict(shoes_token="s" * 20, enrollment_token="e" * 20)  # without them: tests/security/test_safe_defaults.py
     with pytest.raises(ConfigError, match="plaintext"):
-        config.ServerSettings(listen="0.0.0.0:50051").check_transport()
-    config.ServerSettings(listen="0.0.0.0:50051", allow_plaintext=True).check_transport()
+        config.ServerSettings(listen="0.0.0.0:50051", **auth).check_transport()
+    config.ServerSettings(listen="0.0.0.0:50051", allow_plaintext=True, **auth).check_transport()
     config.ServerSettings(listen="127.0.0.1:50051").check_transport()
 
 

@@ -127,14 +127,14 @@ async def test_rejected_calls_are_logged_once_per_peer_per_interval(
     lines = [r.getMessage() for r in caplog.records if r.name == "shoes_vz.server.auth"]
     assert len(lines) == 1, lines
     assert "rejected a call from 127.0.0.1" in lines[0] and "RegisterAgent" in lines[0]
-    assert "agent.token" in lines[0]
+    assert "agent.enrollment_token" in lines[0] and "SHOESVZ_TOKEN" in lines[0]
 
 
 def test_the_rejection_log_counts_what_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
-    from shoes_vz.server.auth import RejectionLog
+    from shoes_vz.server.auth import RefusalLog
 
     now = [1000.0]
-    rejections = RejectionLog(interval=60, clock=lambda: now[0])
+    rejections = RefusalLog(interval=60, clock=lambda: now[0])
     caplog.set_level(logging.WARNING)
     for _ in range(5):
         rejections.rejected("ipv4:10.0.0.7:5000", "/m", "a wrong bearer token")
@@ -146,13 +146,14 @@ def test_the_rejection_log_counts_what_it_held_back(caplog: pytest.LogCaptureFix
     assert "(5 since the last report)" in lines[2]
 
 
-async def test_an_agent_with_a_wrong_token_says_which_setting_once(tmp_path: Path) -> None:
+async def test_an_agent_with_a_wrong_enrollment_token_says_which_setting_once(tmp_path: Path) -> None:
     """It used to retry forever at WARNING without naming the setting to fix."""
     await asyncio.to_thread(init_sim, tmp_path / "templates", "sim-test", disk_bytes=1 << 20)
     async with ServerApp(server_settings(tmp_path)) as server:
         s = agent_settings(tmp_path, server.port)
         cfg = tmp_path / "agent.toml"
-        cfg.write_text(f'[agent]\nserver_addr = "127.0.0.1:{server.port}"\ntoken = "not-the-token"\n'
+        cfg.write_text(f'[agent]\nserver_addr = "127.0.0.1:{server.port}"\n'
+                       'enrollment_token = "not-the-enrollment-token"\n'
                        f'driver = "sim"\nstate_dir = "{s.state_dir}"\ntemplates_dir = "{s.templates_dir}"\n'
                        f'runners_dir = "{s.runners_dir}"\nrunner_state_file = "{s.runner_state_file}"\n'
                        f'notify_listen = "127.0.0.1:0"\nmetrics_listen = ""\nallow_copy = true\n')
@@ -169,5 +170,6 @@ async def test_an_agent_with_a_wrong_token_says_which_setting_once(tmp_path: Pat
         await proc.wait()
     errors = [ln for ln in lines if " ERROR " in ln]
     assert len(errors) == 1, lines  # said once; the retries behind it are debug lines
-    assert "agent.token" in errors[0] and "SHOESVZ_AGENT_TOKEN" in errors[0] and "retrying" in errors[0]
+    assert "agent.enrollment_token" in errors[0] and "SHOESVZ_AGENT_ENROLLMENT_TOKEN" in errors[0]
+    assert "retrying" in errors[0]
     assert not [ln for ln in lines if "WARNING" in ln and "UNAUTHENTICATED" in ln]

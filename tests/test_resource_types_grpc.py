@@ -115,6 +115,7 @@ async def test_templates_follow_reregistration_and_sync_reports(mapped_server: S
     await agent.close()
 
     again = ScriptedAgent(f"127.0.0.1:{mapped_server.port}", templates=[apb.Template(name="macos-15")])
+    again.md = agent.md
     await again.connect(runners=[running(cmd, again.agent_id)])  # re-registration replaces the list
     await eventually(lambda: _holds(mapped_server, "macos-15-big", False))
     await again.close()

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from stack_fixtures import TOKEN, eventually, server_settings
+from stack_fixtures import TOKEN, enroll, eventually, server_settings
 
 from shoes_vz.server.app import ServerApp
 from shoes_vz.wire import agent_pb2 as apb
@@ -32,20 +32,23 @@ class ScriptedAgent:
         self.commands: asyncio.Queue[apb.SyncResponse] = asyncio.Queue()
         self.outgoing: asyncio.Queue[apb.SyncRequest | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self.md: tuple[tuple[str, str], ...] = ()  # the agent's credential, from Enroll on the first connect
 
     async def connect(self, runners: list[apb.Runner] | None = None) -> None:
         self.channel = grpc.aio.insecure_channel(self.addr)
         stub = agrpc.AgentServiceStub(self.channel)
+        if not self.md:
+            self.md = await enroll(self.channel, self.agent_id)
         await stub.RegisterAgent(apb.RegisterAgentRequest(
             agent_id=self.agent_id, hostname="test", capacity=apb.AgentCapacity(max_runners=self.slots),
-            templates=self.templates), metadata=MD)
+            templates=self.templates), metadata=self.md)
         self.outgoing.put_nowait(apb.SyncRequest(agent_id=self.agent_id, runners=runners or []))
 
         async def requests() -> AsyncIterator[apb.SyncRequest]:
             while (msg := await self.outgoing.get()) is not None:
                 yield msg
 
-        call = stub.Sync(requests(), metadata=MD)
+        call = stub.Sync(requests(), metadata=self.md)
 
         async def pump() -> None:
             async for msg in call:
@@ -136,6 +139,7 @@ async def test_commands_resent_until_acked_and_after_reconnect(server: ServerApp
         assert again.request_id == first.request_id
         await agent.close()  # the agent drops; the command waits in the outbox
         agent2 = ScriptedAgent(f"127.0.0.1:{server.port}")
+        agent2.md = agent.md  # the same agent, reconnecting with its secret
         await agent2.connect()
         resent = (await agent2.next_command()).create_runner
         assert resent.request_id == first.request_id
@@ -202,6 +206,7 @@ async def test_delete_for_offline_agent_is_carried_out_on_reconnect(server: Serv
         await eventually(lambda: agent.agent_id not in server.hub.connections)
         await stub.DeleteInstance(spb.DeleteInstanceRequest(cloud_id=reply.cloud_id), metadata=MD, timeout=5)
         agent2 = ScriptedAgent(f"127.0.0.1:{server.port}")
+        agent2.md = agent.md
         await agent2.connect(runners=[running(cmd, agent2.agent_id)])
         while (msg := await agent2.next_command()).WhichOneof("command") != "delete_runner":
             pass

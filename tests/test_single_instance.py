@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stack_fixtures import CLI, agent_settings, cli_env, eventually, one_error_line, server_settings
 
 from shoes_vz.agent.app import Agent
+from shoes_vz.agent.credential import SECRET_FILE
 from shoes_vz.server.app import ServerApp
 from shoes_vz.stack import free_port
 from shoes_vz.template import init_sim
@@ -126,22 +127,49 @@ async def test_an_agent_object_refuses_a_held_state_directory(tmp_path: Path) ->
 
 async def test_the_server_names_two_agents_sharing_one_agent_id(tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    """A copied state directory (the same agent-id file on two hosts) is the other way to get there:
-    the server log says so instead of showing agents flapping without a cause."""
+    """A copied state directory (the agent-id and agent-secret files on two hosts) is the other way to
+    get there: the server log says so instead of showing agents flapping without a cause."""
     await asyncio.to_thread(init_sim, tmp_path / "templates", "sim-test")
-    for d in ("a", "b"):
-        (tmp_path / d).mkdir()
-        (tmp_path / d / "agent-id").write_text("agent-twin\n")
     caplog.set_level(logging.INFO)
     async with ServerApp(server_settings(tmp_path)) as server:
         a = Agent(agent_settings(tmp_path, server.port, state_dir=tmp_path / "a", runners_dir=tmp_path / "ra"))
         b = Agent(agent_settings(tmp_path, server.port, state_dir=tmp_path / "b", runners_dir=tmp_path / "rb",
                                  runner_state_file=tmp_path / "b.json"))
-        async with a, b:
-            await eventually(lambda: [r for r in caplog.records if r.name == "shoes_vz.server.hub"], timeout=30)
+        async with a:
+            await eventually(lambda: a.agent_id in server.hub.connections, timeout=20)
+            (tmp_path / "b").mkdir()
+            for name in ("agent-id", SECRET_FILE):  # the whole identity copied, as a copied state directory does
+                (tmp_path / "b" / name).write_text((tmp_path / "a" / name).read_text())
+            async with b:
+                await eventually(lambda: [r for r in caplog.records if r.name == "shoes_vz.server.hub"], timeout=30)
     twins = [r for r in caplog.records if r.name == "shoes_vz.server.hub"]
     assert "two agents share one agent id" in twins[0].getMessage()
-    assert twins[0].levelno == logging.ERROR and "agent-twin" in twins[0].getMessage()
+    assert twins[0].levelno == logging.ERROR and a.agent_id in twins[0].getMessage()
     assert len(twins) == 1  # once per interval, not once per flap
     aborted = [r for r in caplog.records if r.name == "shoes_vz.agent.sync" and "replaced this one" in r.getMessage()]
     assert aborted  # and the agent that was cut off is told why
+
+
+async def test_a_copied_agent_id_without_its_secret_is_refused_and_told_why(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Only the agent-id file copied: the second host cannot enrol that id, says so once, and the first
+    agent's stream is never displaced."""
+    await asyncio.to_thread(init_sim, tmp_path / "templates", "sim-test")
+    caplog.set_level(logging.INFO)
+    async with ServerApp(server_settings(tmp_path)) as server:
+        a = Agent(agent_settings(tmp_path, server.port, state_dir=tmp_path / "a", runners_dir=tmp_path / "ra"))
+        async with a:
+            await eventually(lambda: a.agent_id in server.hub.connections, timeout=20)
+            live = server.hub.connections[a.agent_id]
+            (tmp_path / "b").mkdir()
+            (tmp_path / "b" / "agent-id").write_text((tmp_path / "a" / "agent-id").read_text())
+            b = Agent(agent_settings(tmp_path, server.port, state_dir=tmp_path / "b", runners_dir=tmp_path / "rb",
+                                     runner_state_file=tmp_path / "b.json"))
+            async with b:
+                said = await eventually(lambda: [r for r in caplog.records if r.name == "shoes_vz.agent.sync"
+                                                 and r.levelno == logging.ERROR], timeout=30)
+                await asyncio.sleep(1.5)  # its retries meanwhile
+            assert server.hub.connections[a.agent_id] is live
+    assert "enrolled already" in said[0].getMessage() and "agent.state_dir" in said[0].getMessage()
+    errors = [r for r in caplog.records if r.name == "shoes_vz.agent.sync" and r.levelno == logging.ERROR]
+    assert len(errors) == 1  # once, not once per retry

@@ -37,9 +37,9 @@ async def test_store_persists_in_wal_mode(tmp_path: Path) -> None:
     assert [c.request_id for c in await store.call(store.pending_commands, "a1")] == [cmd.request_id]
     await store.call(store.mark_sent, [cmd.request_id])
     assert await store.call(store.pending_commands, "a1", time.time() - 60) == []
-    acked = await store.call(store.ack, cmd.request_id, True, "")
+    acked = await store.call(store.ack, cmd.request_id, "a1", True, "")
     assert acked is not None and acked.runner_id == row.runner_id
-    assert await store.call(store.ack, cmd.request_id, True, "") is None  # acks are idempotent
+    assert await store.call(store.ack, cmd.request_id, "a1", True, "") is None  # acks are idempotent
     assert await store.call(store.create_acked, row.runner_id)
     await store.aclose()
 
@@ -58,12 +58,15 @@ async def test_delete_intent_is_durable_before_sending(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     await add_agent(store, "a1", online=False)
     await store.call(store.set_agent_online, "a1", True)
-    row, _ = await Scheduler(store).reserve("job", "small", "", [])
+    row, _ = await Scheduler(store).reserve("job", "small", "echo secret-in-the-script", [])
     await store.call(store.set_agent_online, "a1", False)
     cmd = Command("del-1", "a1", row.runner_id, "delete", {})
     await store.call(store.request_delete, row.runner_id, cmd)
+    # the create never reached the agent: the delete cancels it (never sent, its script dropped)
     kinds = [c.kind for c in await store.call(store.pending_commands, "a1")]
-    assert kinds == ["create", "delete"]
+    assert kinds == ["delete"]
+    payloads = [r[0] for r in store.db.execute("SELECT payload FROM outbox WHERE kind='create'")]
+    assert len(payloads) == 1 and "secret-in-the-script" not in payloads[0]
     await store.aclose()
 
 

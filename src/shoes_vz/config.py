@@ -70,6 +70,37 @@ def _resource_type_map(value: Any) -> dict[str, str]:
     return mapping
 
 
+TOKEN_MIN_CHARS = 16
+SERVER_TOKENS = ("shoes_token", "enrollment_token", "operator_token", "viewer_token")
+REMOVED = {  # (table, key) → what replaced it: a config that still has it is refused, naming the new keys
+    ("server", "token"): "server.token is gone: the myshoes side's token is now server.shoes_token (the plugin "
+                         "keeps sending it as SHOESVZ_TOKEN) and agents enrol with server.enrollment_token "
+                         "(docs/security.md)",
+    ("agent", "token"): "agent.token is gone: set agent.enrollment_token to the server's enrollment_token; the agent "
+                        "then enrols once and keeps its own secret in <agent.state_dir>/agent-secret",
+    ("agent", "ssh_key"): "agent.ssh_key is gone: every runner now gets its own short-lived SSH certificate from the "
+                          "agent's user CA (<agent.state_dir>/ssh-user-ca); templates trust it through the "
+                          "runner-agent (docs/building-templates.md)",
+}
+
+
+def _refuse_removed(table: str, env_prefix: str, data: Any) -> Any:
+    """Refuse a key that was removed (from the file or the environment), without echoing its value."""
+    for (t, key), message in REMOVED.items():
+        if t == table and ((isinstance(data, dict) and key in data) or os.environ.get(env_prefix + key.upper())):
+            raise ValueError(message)
+    return data
+
+
+def _check_token(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) < TOKEN_MIN_CHARS or not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError(f"a token must be at least {TOKEN_MIN_CHARS} printable ASCII characters without spaces "
+                         "(make one with: openssl rand -hex 24)")
+    return value
+
+
 class _Base(BaseSettings):
     _table: ClassVar[str] = ""
     _config_file: ClassVar[Path | None] = None
@@ -97,7 +128,15 @@ class ServerSettings(_Base):
     listen: str = Field("127.0.0.1:50051", description="gRPC address (ShoesService, AgentService, health)")
     metrics_listen: str = Field("127.0.0.1:9090", description="HTTP address of /metrics; empty disables")
     db_path: Path = Field(DEFAULT_STATE_DIR / "server.db", description="SQLite database (WAL)")
-    token: str | None = Field(None, description="bearer token agents and the plugin must send")
+    shoes_token: str | None = Field(
+        None, description="bearer token of the myshoes side, good for ShoesService only (the plugin sends it as "
+                          "SHOESVZ_TOKEN); unset: ShoesService is open (loopback only)")
+    enrollment_token: str | None = Field(
+        None, description="bearer token an agent sends once to enrol (agent.enrollment_token); it buys that agent "
+                          "its own secret, and can never take over an enrolled agent id; unset: anyone may enrol "
+                          "(loopback only)")
+    operator_token: str | None = Field(None, description="bearer token of operators (the admin surface); unset: none")
+    viewer_token: str | None = Field(None, description="bearer token of read-only viewers; unset: none")
     tls_cert: Path | None = Field(None, description="PEM certificate chain for gRPC TLS (with tls_key)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     allow_plaintext: bool = Field(False, description="allow plaintext gRPC on a non-loopback address")
@@ -114,6 +153,21 @@ class ServerSettings(_Base):
     command_resend_after: float = Field(10.0, gt=0, description="re-send an unacked command after")
 
     _hostport = field_validator("listen")(_check_hostport)
+    _tokens = field_validator(*SERVER_TOKENS)(_check_token)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        return _refuse_removed("server", "SHOESVZ_SERVER_", data)
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> ServerSettings:
+        given = [name for name in SERVER_TOKENS if getattr(self, name)]
+        for i, a in enumerate(given):
+            for b in given[i + 1:]:
+                if getattr(self, a) == getattr(self, b):
+                    raise ValueError(f"{a} and {b} are the same token: each role needs its own")
+        return self
 
     @field_validator("metrics_listen")
     @classmethod
@@ -132,11 +186,22 @@ class ServerSettings(_Base):
     def _rt_map(cls, v: Any) -> dict[str, str]:
         return _resource_type_map(v)
 
+    def open_roles(self) -> list[str]:
+        """The tokens left unset that leave a door open to anyone who can connect."""
+        return [name for name in ("shoes_token", "enrollment_token") if not getattr(self, name)]
+
     def check_transport(self) -> None:
+        """Never unauthenticated off loopback; plaintext there only when asked for (docs/security.md §6)."""
         host, _ = split_hostport(self.listen)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("server: tls_cert and tls_key must be given together")
-        if not self.tls_cert and not is_loopback(host) and not self.allow_plaintext:
+        if is_loopback(host):
+            return
+        if self.open_roles():
+            raise ConfigError(
+                f"server: refusing to listen on {self.listen} without authentication: set "
+                f"{' and '.join('server.' + r for r in self.open_roles())} (or bind to loopback)")
+        if not self.tls_cert and not self.allow_plaintext:
             raise ConfigError(
                 f"server: refusing plaintext gRPC on {self.listen}: set tls_cert/tls_key, bind to "
                 "loopback, or set allow_plaintext = true"
@@ -153,9 +218,11 @@ class AgentSettings(_Base):
     _table: ClassVar[str] = "agent"
 
     server_addr: str = Field("127.0.0.1:50051", description="the server's gRPC address")
-    token: str | None = Field(None, description="bearer token the server expects (server.token)")
+    enrollment_token: str | None = Field(
+        None, description="the server's enrollment_token: sent once, to enrol this host; the agent then keeps its "
+                          "own secret in <state_dir>/agent-secret (0600) and sends that")
     tls_ca: Path | None = Field(None, description="CA bundle to verify the server; enables TLS")
-    state_dir: Path = Field(DEFAULT_STATE_DIR, description="agent id and SSH user CA live here (0700)")
+    state_dir: Path = Field(DEFAULT_STATE_DIR, description="agent id and secret, SSH user CA live here (0700)")
     templates_dir: Path = Field(DEFAULT_TEMPLATES_DIR, description="frozen templates, with .drafts/ and .warm/")
     runners_dir: Path = Field(
         DEFAULT_RUNNERS_DIR, description="one clone per runner; on the same clone-capable volume as templates_dir"
@@ -207,14 +274,12 @@ class AgentSettings(_Base):
     evidence_for_every_runner: bool = Field(
         False, description="keep evidence for runners that did not fail too (`shoes-vz up --keep` does)")
 
+    _token = field_validator("enrollment_token")(_check_token)
+
     @model_validator(mode="before")
     @classmethod
-    def _no_ssh_key(cls, data: Any) -> Any:
-        if (isinstance(data, dict) and "ssh_key" in data) or os.environ.get("SHOESVZ_AGENT_SSH_KEY"):
-            raise ValueError("agent.ssh_key is gone: every runner now gets its own short-lived SSH certificate from "
-                             "the agent's user CA (<state_dir>/ssh-user-ca); templates trust it through the "
-                             "runner-agent (docs/building-templates.md)")
-        return data
+    def _removed(cls, data: Any) -> Any:
+        return _refuse_removed("agent", "SHOESVZ_AGENT_", data)
 
     @field_validator("server_addr", "notify_listen")
     @classmethod
@@ -265,8 +330,12 @@ def load(cls: type[S], config_file: Path | None = None, **overrides: Any) -> S:
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "?"
-            lines.append(f"{cls._table}.{where}: {err['msg']} (got {err.get('input')!r})")
+            if not err["loc"]:  # the whole table's: its input is every value, tokens too — never echoed
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
+            where = ".".join(str(p) for p in err["loc"])
+            secret = where.endswith("token")
+            lines.append(f"{cls._table}.{where}: {err['msg']}" + ("" if secret else f" (got {err.get('input')!r})"))
         sep = " " if len(lines) == 1 else "\n  "  # one problem, one line
         raise ConfigError(f"invalid {cls._table} configuration:{sep}" + sep.join(lines)) from None
     except Exception as e:  # a TOML syntax error, or an environment value pydantic-settings cannot parse

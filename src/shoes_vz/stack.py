@@ -1,7 +1,8 @@
 """`LocalStack`: the server and one sim agent as real processes on loopback, in one directory.
 
 Used by `shoes-vz up` (`make run`) and the benchmarks. Nothing is left behind: `stop()` ends both
-processes, and the agent tears its runners down first.
+processes, and the agent tears its runners down first; it kills the VM processes left and sweeps
+the bridge of a namespaced sim network whose holder died (no VM of this agent will come to).
 """
 
 from __future__ import annotations
@@ -66,15 +67,17 @@ def prerequisites() -> list[str]:
 class LocalStack:
     def __init__(self, root: Path, *, max_runners: int = 2, boot_delay: float = 0.0, restore_delay: float = 0.0,
                  guest_poll_interval: float = 0.25, keep_evidence: bool = False,
-                 driver_options: dict[str, str] | None = None) -> None:
+                 driver_options: dict[str, str] | None = None, verbose: bool = False) -> None:
         self.root = root
         self.driver_options = dict(driver_options or {})
+        self.verbose = verbose  # debug logs from the server and the agent
         self.keep_evidence = keep_evidence
         self.max_runners = max_runners
         self.boot_delay = boot_delay
         self.restore_delay = restore_delay
         self.guest_poll_interval = guest_poll_interval
-        self.token = secrets.token_urlsafe(16)
+        self.token = secrets.token_urlsafe(24)  # the myshoes side's: the plugin sends it (SHOESVZ_TOKEN)
+        self.enrollment_token = secrets.token_urlsafe(24)
         self.server_addr = ""
         self.reflink = False
         self.procs: dict[str, asyncio.subprocess.Process] = {}
@@ -95,6 +98,11 @@ class LocalStack:
             return {}
 
     @property
+    def db_path(self) -> Path:
+        """The server's database, in a directory of its own (the server keeps it 0700)."""
+        return self.root / "server" / "server.db"
+
+    @property
     def config_file(self) -> Path:
         return self.root / "shoes-vz.toml"
 
@@ -104,17 +112,20 @@ class LocalStack:
         self.reflink = can_reflink(self.root)
         r = self.root
         cfg = self.config_file
+        cfg.unlink(missing_ok=True)
+        os.close(os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # it holds the tokens
         cfg.write_text(f"""
 [server]
 listen = "{self.server_addr}"
 metrics_listen = "127.0.0.1:{free_port()}"
-db_path = "{r / 'server.db'}"
-token = "{self.token}"
+db_path = "{self.db_path}"
+shoes_token = "{self.token}"
+enrollment_token = "{self.enrollment_token}"
 sync_interval = 2.0
 
 [agent]
 server_addr = "{self.server_addr}"
-token = "{self.token}"
+enrollment_token = "{self.enrollment_token}"
 driver = "sim"
 state_dir = "{r / 'agent'}"
 templates_dir = "{r / 'templates'}"
@@ -146,6 +157,7 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
             log = open(self.root / f"{name}.log", "ab")
             self.procs[name] = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "shoes_vz.cli.main", name, "--config", str(cfg),
+                *(["--verbose"] if self.verbose else []),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True,  # a Ctrl-C is for `up`, which stops them in order (stop())
             )
@@ -181,7 +193,7 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
 
     async def _wait_agent(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
-        db = self.root / "server.db"
+        db = self.db_path
         while time.monotonic() < deadline:
             self._check_alive("agent")
             online = await asyncio.to_thread(_agents_online, db)
@@ -193,7 +205,7 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
     async def wait_free_warm_slots(self, template: str, count: int, timeout: float = 20.0) -> None:
         """Until the server has heard (with an agent's Sync) that `count` warm slots of `template` are free."""
         deadline = time.monotonic() + timeout
-        while await asyncio.to_thread(_free_warm_slots, self.root / "server.db", template) != count:
+        while await asyncio.to_thread(_free_warm_slots, self.db_path, template) != count:
             self._check_alive("agent")
             if time.monotonic() > deadline:
                 raise ShoesVzError(f"the server never saw {count} free warm slots of {template} within {timeout:.0f}s")
@@ -220,6 +232,7 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
                 p.kill()
                 await p.wait()
         await asyncio.to_thread(self._reap_vms)
+        await asyncio.to_thread(self._sweep_network)
 
     def _reap_vms(self, settle: float = 5.0) -> None:
         """Kill the VM processes the agent left running, then give their guests (which die with
@@ -233,6 +246,17 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
         deadline = time.monotonic() + settle
         while _pids_mentioning(str(self.root)) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def _sweep_network(self) -> None:
+        """A dead holder's bridge waits for the agent's next VM, which a stopped stack never starts."""
+        from shoes_vz.vm.drivers.sim_net import SimNetwork
+        from shoes_vz.vm.drivers.sim_options import SimOptions
+
+        def log(line: str) -> None:
+            with open(self.root / "agent.log", "a") as f:
+                f.write(f"stack: {line}\n")
+
+        SimNetwork(self.root / "dhcpd_leases", SimOptions()).sweep_if_dead(log)
 
     def leftovers(self, wait: float = 10.0) -> list[str]:
         """Bundles, live vm processes or sim network links still here (after every runner was deleted:

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ from shoes_vz.agent.sync import SyncClient
 from shoes_vz.agent.warm import WarmPool, WarmSlot
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.conditions import HostConditions, Reason, reason_for
-from shoes_vz.core.errors import CloneError, ConfigError, TemplateError
+from shoes_vz.core.errors import CloneError, ConfigError, InvalidInput, TemplateError
+from shoes_vz.core.ids import new_agent_id, validate_agent_id
 from shoes_vz.core.net import split_hostport
 from shoes_vz.core.pidlock import PIDLock
 from shoes_vz.core.states import Phase
@@ -57,9 +57,13 @@ def load_agent_id(state_dir: Path) -> str:
     with contextlib.suppress(FileNotFoundError):
         value = path.read_text().strip()
         if value:
+            try:
+                validate_agent_id(value)
+            except InvalidInput as e:
+                raise ConfigError(f"{path}: {e} (remove the file: the agent makes a new id and enrols)") from None
             return value
     state_dir.mkdir(parents=True, exist_ok=True)
-    value = "agent-" + secrets.token_hex(8)
+    value = new_agent_id()
     tmp = path.with_suffix(".tmp")
     tmp.write_text(value + "\n")
     os.replace(tmp, path)

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import platform
 import random
-import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -15,6 +14,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from shoes_vz import __version__
+from shoes_vz.agent.credential import AgentCredential, hostname
 from shoes_vz.core.errors import TemplateError
 from shoes_vz.wire import agent_pb2 as pb
 from shoes_vz.wire import agent_pb2_grpc as pbg
@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE = 0.2
 BACKOFF_CAP = 15.0
 HEALTHY_AFTER = 10.0
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # the server's limit both ways (server/limits.py)
+
+
+class EnrolmentFailed(Exception):
+    """The server would not enrol this agent; the message is the operator's line."""
 
 
 def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
@@ -78,12 +83,14 @@ class SyncClient:
         self.agent = agent
         self.s = agent.settings
         self.connected = asyncio.Event()
-        self._metadata = (("authorization", f"Bearer {self.s.token}"),) if self.s.token else ()
+        self.credential = AgentCredential(self.s.state_dir, self.s.enrollment_token)
         self._template_error = ""
         self._problem = ""
 
     def _channel(self) -> grpc.aio.Channel:
-        opts = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_permit_without_calls", 1)]
+        opts = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
         if self.s.tls_ca:
             creds = grpc.ssl_channel_credentials(root_certificates=self.s.tls_ca.read_bytes())
             return grpc.aio.secure_channel(self.s.server_addr, creds, options=opts)
@@ -92,7 +99,7 @@ class SyncClient:
     def _register_request(self) -> pb.RegisterAgentRequest:
         a = self.agent
         return pb.RegisterAgentRequest(
-            agent_id=a.agent_id, hostname=socket.gethostname(),
+            agent_id=a.agent_id, hostname=hostname(),
             capacity=pb.AgentCapacity(max_runners=a.capacity, cpu_cores=a.cpu_cores,
                                       memory_bytes=a.memory_bytes),
             templates=template_messages(a),
@@ -107,8 +114,9 @@ class SyncClient:
             try:
                 async with self._channel() as channel:
                     stub = pbg.AgentServiceStub(channel)
+                    await self._identify(stub)
                     request = await asyncio.to_thread(self._register_request)  # reads template files
-                    reply = await stub.RegisterAgent(request, metadata=self._metadata, timeout=10)
+                    reply = await stub.RegisterAgent(request, metadata=self.credential.metadata, timeout=10)
                     interval = reply.sync_interval_seconds or 5
                     log.info("registered as agent %s with %s%s", self.agent.agent_id, self.s.server_addr,
                              " (the earlier problem is gone)" if self._problem else "")
@@ -121,8 +129,13 @@ class SyncClient:
                             attempt = 0  # a stream that lived a while resets the backoff
             except asyncio.CancelledError:
                 raise
+            except EnrolmentFailed as e:
+                self._report(logging.ERROR, str(e))
             except grpc.aio.AioRpcError as e:
-                self._report(*self._describe(e))
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED and self.credential.secret:
+                    self._forgotten(e)  # the next attempt enrols again
+                else:
+                    self._report(*self._describe(e))
             except Exception as e:
                 self._report(logging.WARNING, f"sync with {self.s.server_addr} failed: {e!r}")
             finally:
@@ -131,12 +144,33 @@ class SyncClient:
             attempt += 1
             await asyncio.sleep(delay)
 
+    async def _identify(self, stub: pbg.AgentServiceStub) -> None:
+        """This agent's secret: the one kept in the state directory, or a new one from Enroll."""
+        if self.credential.agent_id != self.agent.agent_id:
+            await asyncio.to_thread(self.credential.load, self.agent.agent_id)
+        if self.credential.secret:
+            return
+        try:
+            await self.credential.enroll(stub)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise EnrolmentFailed(self.credential.describe_refusal(e, self.s.server_addr)) from None
+            raise
+        log.info("enrolled as agent %s with %s (secret kept in %s)", self.agent.agent_id, self.s.server_addr,
+                 self.credential.path)
+
+    def _forgotten(self, e: grpc.aio.AioRpcError) -> None:
+        """The server rejects the secret this agent kept: enrol again (the server says no to an id it
+        still has enrolled with another secret, and the agent then says what to do)."""
+        self._report(logging.WARNING, f"the server at {self.s.server_addr} does not accept this agent's secret "
+                     f"({e.details()}): enrolling again")
+        self.credential.secret = ""
+
     def _describe(self, e: grpc.aio.AioRpcError) -> tuple[int, str]:
-        if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-            given = "the token this agent sends" if self.s.token else "no token (this agent sends none)"
-            return logging.ERROR, (
-                f"the server at {self.s.server_addr} rejects {given}: set agent.token in the config file, or "
-                f"SHOESVZ_AGENT_TOKEN, to the server's token (server.token); retrying ({e.details()})")
+        if e.code() == grpc.StatusCode.PERMISSION_DENIED:
+            return logging.ERROR, f"the server at {self.s.server_addr} refused this agent: {e.details()}; retrying"
+        if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            return logging.ERROR, f"the server at {self.s.server_addr} refused a message: {e.details()}; retrying"
         return logging.WARNING, f"sync with {self.s.server_addr} lost: {e.code().name} {e.details()}"
 
     def _report(self, level: int, problem: str) -> None:
@@ -160,7 +194,7 @@ class SyncClient:
         return templates
 
     async def _stream(self, stub: pbg.AgentServiceStub, interval: float) -> None:
-        call = stub.Sync(metadata=self._metadata)
+        call = stub.Sync(metadata=self.credential.metadata)
         self.connected.set()
         sender = asyncio.create_task(self._send_loop(call, interval))
         try:

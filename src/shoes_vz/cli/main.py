@@ -25,6 +25,8 @@ app = typer.Typer(help="Ephemeral macOS VMs on Apple Silicon as GitHub Actions r
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 vm_app = typer.Typer(help="The per-VM process (started by the agent).", no_args_is_help=True)
 template_app = typer.Typer(help="Golden templates.", no_args_is_help=True)
+server_app = typer.Typer(help="Run the server; `forget-agent` releases an agent id for enrolment.")
+app.add_typer(server_app, name="server")
 app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
 for _part in (template_cli, template_create, template_warm):
@@ -68,8 +70,9 @@ def version() -> None:
     out.print(__version__)
 
 
-@app.command()
+@server_app.callback(invoke_without_command=True)
 def server(
+    ctx: typer.Context,
     config: ConfigOpt = None,
     listen: Annotated[str | None, typer.Option(help="gRPC HOST:PORT (server.listen)")] = None,
     metrics_listen: Annotated[str | None, typer.Option(
@@ -81,10 +84,33 @@ def server(
     from shoes_vz import config as cfg
     from shoes_vz.server.app import ServerApp
 
+    if ctx.invoked_subcommand is not None:
+        return
     _logging(verbose)
     try:
         settings = cfg.load(cfg.ServerSettings, config, listen=listen, metrics_listen=metrics_listen, db_path=db)
         asyncio.run(_serve_until_signal(ServerApp(settings)))
+    except ShoesVzError as e:
+        raise fail(e) from None
+
+
+@server_app.command("forget-agent")
+def forget_agent(
+    agent_id: Annotated[str, typer.Argument(help="the agent id to release (the server's log and /metrics name it)")],
+    config: ConfigOpt = None,
+    db: Annotated[Path | None, typer.Option(help="SQLite database path (server.db_path)")] = None,
+) -> None:
+    """Drop an agent's enrolment so that its id may enrol again (with the server stopped).
+
+    For a host that lost its secret (<agent.state_dir>/agent-secret) or was rebuilt under the same
+    id: its next connection enrols anew. Its runners and history stay in the database.
+    """
+    from shoes_vz import config as cfg
+    from shoes_vz.server.enrollment import forget_offline
+
+    try:
+        settings = cfg.load(cfg.ServerSettings, config, db_path=db)
+        out.print(forget_offline(settings.db_path, agent_id), markup=False, highlight=False)
     except ShoesVzError as e:
         raise fail(e) from None
 

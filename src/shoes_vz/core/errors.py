@@ -3,6 +3,7 @@
     ShoesVzError
     ├── ConfigError            bad configuration (file, env, flags)
     ├── InvalidInput           input that can never succeed (gRPC INVALID_ARGUMENT)
+    ├── Forbidden              a known caller asks for what its role may not do (gRPC PERMISSION_DENIED)
     ├── NotFound               unknown runner / cloud_id (gRPC NOT_FOUND)
     ├── CapacityExhausted      no free slot now; retry later (gRPC RESOURCE_EXHAUSTED)
     ├── CloneError             the volume cannot clone (EXDEV, ENOTSUP, ...)
@@ -27,6 +28,11 @@ class ConfigError(ShoesVzError):
 
 class InvalidInput(ShoesVzError):
     pass
+
+
+class Forbidden(ShoesVzError):
+    """A caller that proved who it is asks for something that is not its own (another agent's
+    stream, runner or command; an enrolled id; a service of another role)."""
 
 
 class NotFound(ShoesVzError):

@@ -6,13 +6,16 @@ import re
 import secrets
 
 from shoes_vz.core.errors import InvalidInput
+from shoes_vz.core.logsafe import shown
 
 SHOES_TYPE = "shoes-vz"
 CLOUD_ID_PREFIX = "shoes-vz-"
 RUNNER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RUNNER_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+# an agent's id names it in logs, metrics and the server's store: short, printable, no separators
+AGENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # a template's name is its directory under templates_dir: no path separators, never hidden
-TEMPLATE_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+TEMPLATE_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 MAX_SETUP_SCRIPT_BYTES = 1024 * 1024
 MAX_LABELS = 64
 MAX_LABEL_CHARS = 256
@@ -38,15 +41,28 @@ def runner_id_from_cloud_id(value: str) -> str | None:
 def validate_runner_name(name: str) -> None:
     if not RUNNER_NAME_RE.fullmatch(name):  # `$` alone would accept a trailing newline
         raise InvalidInput(
-            f"runner_name {name[:140]!r} is invalid: it must match {RUNNER_NAME_RE.pattern}"
+            f"runner_name {shown(name, 140)} is invalid: it must match {RUNNER_NAME_RE.pattern}"
+        )
+
+
+def new_agent_id() -> str:
+    """An agent's id, made once per host and kept in its state directory."""
+    return "agent-" + secrets.token_hex(8)
+
+
+def validate_agent_id(agent_id: str) -> None:
+    if not AGENT_ID_RE.fullmatch(agent_id):
+        raise InvalidInput(
+            f"agent_id {shown(agent_id)} is invalid: 1..64 letters, digits, '.', '_', '-', starting with a letter "
+            "or digit"
         )
 
 
 def validate_template_name(name: str) -> None:
     if not TEMPLATE_NAME_RE.fullmatch(name):
         raise InvalidInput(
-            f"template name {name[:140]!r} is invalid: use letters, digits, '.', '_', '-' and do not "
-            "start with '.'"
+            f"template name {shown(name, 140)} is invalid: use 1..128 letters, digits, '.', '_', '-' and do "
+            "not start with '.'"
         )
 
 
@@ -64,5 +80,5 @@ def validate_labels(labels: list[str]) -> None:
     for label in labels:
         if not label or len(label) > MAX_LABEL_CHARS or any(c in label for c in "\x00\n\r"):
             raise InvalidInput(
-                f"label {label[:40]!r} is invalid: 1..{MAX_LABEL_CHARS} characters, no control characters"
+                f"label {shown(label, 40)} is invalid: 1..{MAX_LABEL_CHARS} characters, no control characters"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shoes_vz.core.errors import InvalidInput
+from shoes_vz.core.logsafe import shown
 
 RESOURCE_TYPES: tuple[str, ...] = (
     "nano", "micro", "small", "medium", "large", "xlarge", "2xlarge", "3xlarge", "4xlarge",
@@ -17,7 +18,7 @@ def canonical_resource_type(value: str) -> str:
     name = ALIASES.get(name, name)
     if name not in RESOURCE_TYPES:
         raise InvalidInput(
-            f"resource_type {value[:40]!r} is unknown; expected one of {', '.join(RESOURCE_TYPES)}"
+            f"resource_type {shown(value, 40)} is unknown; expected one of {', '.join(RESOURCE_TYPES)}"
         )
     return name
 

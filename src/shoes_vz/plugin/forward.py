@@ -150,6 +150,9 @@ def map_error(code: grpc.StatusCode, details: str, server_addr: str) -> tuple[gr
         return code, f"shoes-vz server {server_addr} unavailable: {details}"
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return code, f"shoes-vz server {server_addr} refused the token (check SHOESVZ_TOKEN): {details}"
+    if code == grpc.StatusCode.PERMISSION_DENIED:  # another role's token, e.g. the agents' enrollment_token
+        return code, (f"shoes-vz server {server_addr} does not take this token for ShoesService (SHOESVZ_TOKEN "
+                      f"must be the server's shoes_token): {details}")
     if code == grpc.StatusCode.UNIMPLEMENTED:
         # e.g. SHOESVZ_SERVER_ADDR names something that is not a shoes-vz server: retryable, loud
         return code, f"{server_addr} does not serve shoes.vz.shoes.v1.ShoesService: {details}"

@@ -6,7 +6,7 @@ these go next to myshoes' own variables, e.g. in `/etc/default/myshoes`:
 | variable | meaning |
 |---|---|
 | `SHOESVZ_SERVER_ADDR` | **required**: the shoes-vz server's gRPC address, `HOST:PORT` |
-| `SHOESVZ_TOKEN` | bearer token the server expects (`authorization: Bearer …`) |
+| `SHOESVZ_TOKEN` | the server's `shoes_token` (sent as `authorization: Bearer …`); it opens ShoesService only |
 | `SHOESVZ_TLS_CA` | PEM CA bundle to verify the server; enables TLS |
 | `SHOESVZ_TLS` | `1`: TLS with the system's CA roots (implied by `SHOESVZ_TLS_CA`) |
 | `SHOESVZ_TLS_SERVER_NAME` | name to verify in the server's certificate (default: the host part) |

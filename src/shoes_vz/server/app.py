@@ -20,17 +20,22 @@ from shoes_vz.core.errors import ConfigError, InUse, ShoesVzError
 from shoes_vz.core.listeners import cannot_bind
 from shoes_vz.core.net import split_hostport
 from shoes_vz.core.pidlock import PIDLock
+from shoes_vz.server import limits
 from shoes_vz.server.agent_service import AgentService
-from shoes_vz.server.auth import BearerAuth
+from shoes_vz.server.auth import Authenticator
+from shoes_vz.server.db_files import secure_directory
 from shoes_vz.server.hub import Hub
 from shoes_vz.server.metrics import ServerMetrics
+from shoes_vz.server.principal import Role
 from shoes_vz.server.scheduler import Scheduler, describe_mapping
 from shoes_vz.server.shoes_service import ShoesService
 from shoes_vz.server.store import Store
 from shoes_vz.wire import agent_pb2_grpc, shoes_pb2_grpc
 
 log = logging.getLogger(__name__)
-SERVICES = ("shoes.vz.shoes.v1.ShoesService", "shoes.vz.agent.v1.AgentService")
+SHOES_SERVICE = "shoes.vz.shoes.v1.ShoesService"
+AGENT_SERVICE = "shoes.vz.agent.v1.AgentService"
+SERVICES = (SHOES_SERVICE, AGENT_SERVICE)
 
 
 class ServerApp:
@@ -41,6 +46,7 @@ class ServerApp:
         self.hub = Hub(self.store)
         self.scheduler = Scheduler(self.store, settings.resource_types)
         self.metrics = ServerMetrics(self.store)
+        self.agent_service = AgentService(self)
         self.port = 0
         self.metrics_port = 0
         self.lock = PIDLock(settings.db_path.with_name(settings.db_path.name + ".lock"), "server")
@@ -60,18 +66,19 @@ class ServerApp:
     async def _start(self) -> None:
         s = self.settings
         # one server per database: a second one would split the fleet's state (and its agents) in two
+        await asyncio.to_thread(secure_directory, s.db_path.parent)  # before the lock file goes into it
         await asyncio.to_thread(self.lock.acquire, f"the database {s.db_path}",
                                 "Stop that server, or give this one another database (server.db_path, --db).")
         await self.store.aopen()
-        interceptors = [BearerAuth(s.token)] if s.token else []
-        self._grpc = server = grpc.aio.server(interceptors=interceptors, options=[
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        self._grpc = server = grpc.aio.server(interceptors=[self._authenticator()], options=[
+            ("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", limits.MAX_MESSAGE_BYTES),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10000),
             ("grpc.so_reuseport", 0),  # gRPC shares a port with a second server by default: refuse instead
         ])
         shoes_pb2_grpc.add_ShoesServiceServicer_to_server(ShoesService(self), server)
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self), server)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent_service, server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         host, port = split_hostport(s.listen)
@@ -108,6 +115,11 @@ class ServerApp:
         await asyncio.to_thread(self.lock.update, address=f"{host}:{self.port}")
         self._monitor = asyncio.create_task(self._watch_agents(), name="agent-monitor")
         log.info("server listening on %s (gRPC port %d)", s.listen, self.port)
+        if s.open_roles():
+            doors = {"shoes_token": "call ShoesService", "enrollment_token": "enrol an agent"}
+            log.warning("server: no %s: anyone who can reach %s may %s (allowed on loopback only; set them for "
+                        "anything but a local trial)", " and no ".join(s.open_roles()), s.listen,
+                        " and ".join(doors[r] for r in s.open_roles()))
         if s.resource_types:
             log.info("resource types: %s", describe_mapping(s.resource_types))
             if s.default_resource_type not in s.resource_types:
@@ -115,6 +127,19 @@ class ServerApp:
                             "be refused (INVALID_ARGUMENT)", s.default_resource_type)
         else:
             log.info("resource types: no mapping configured; each template's own resource_types decide")
+
+    def _authenticator(self) -> Authenticator:
+        """Every call's principal (server/auth.py); a role left without a token is open to anyone, which
+        check_transport allows on loopback only (said once at start)."""
+        s = self.settings
+        tokens = {Role.MYSHOES: s.shoes_token, Role.ENROLLMENT: s.enrollment_token, Role.OPERATOR: s.operator_token,
+                  Role.VIEWER: s.viewer_token}
+        open_methods: dict[str, Role] = {}
+        if not s.shoes_token:
+            open_methods |= {f"/{SHOES_SERVICE}/{m}": Role.MYSHOES for m in ("AddInstance", "DeleteInstance")}
+        if not s.enrollment_token:
+            open_methods[f"/{AGENT_SERVICE}/Enroll"] = Role.ENROLLMENT
+        return Authenticator(tokens, self.agent_service.enrollment.verify, open_methods)
 
     @staticmethod
     def _cannot_listen(listen: str, setting: str) -> ShoesVzError:

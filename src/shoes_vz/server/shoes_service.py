@@ -1,7 +1,8 @@
 """ShoesService: what myshoes calls (through the plugin), with myshoes' semantics (DESIGN §3.1).
 
 INVALID_ARGUMENT drops the job forever, so it is used only for input that can never succeed.
-No capacity → RESOURCE_EXHAUSTED, not ready → UNAVAILABLE: myshoes retries both.
+No capacity → RESOURCE_EXHAUSTED, not ready → UNAVAILABLE: myshoes retries both. Only the myshoes
+side (shoes_token) may call it (docs/security.md §2).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import grpc
 
 from shoes_vz.core import ids
 from shoes_vz.core.errors import CapacityExhausted, InvalidInput
+from shoes_vz.core.logsafe import shown
 from shoes_vz.core.resources import normalize_resource_type
 from shoes_vz.core.states import Phase
+from shoes_vz.server.principal import Role, allow
 from shoes_vz.server.scheduler import NoAgents, new_request_id
 from shoes_vz.server.store import Command, RunnerRow
 from shoes_vz.wire import shoes_pb2 as pb
@@ -44,6 +47,7 @@ class ShoesService(pbg.ShoesServiceServicer):
 
     async def AddInstance(self, request: pb.AddInstanceRequest, context: grpc.aio.ServicerContext
                           ) -> pb.AddInstanceResponse:
+        await allow(context, Role.MYSHOES)
         try:
             ids.validate_runner_name(request.runner_name)
             ids.validate_setup_script(request.setup_script)
@@ -125,10 +129,11 @@ class ShoesService(pbg.ShoesServiceServicer):
 
     async def DeleteInstance(self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
                              ) -> pb.DeleteInstanceResponse:
+        await allow(context, Role.MYSHOES)
         runner_id = ids.runner_id_from_cloud_id(request.cloud_id)
         row = await self.store.call(self.store.runner, runner_id) if runner_id else None
         if row is None or row.deleted_at is not None or row.delete_requested:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no runner {request.cloud_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no runner {shown(request.cloud_id)}")
         assert row is not None
         log.info("DeleteInstance %s (%s)", request.cloud_id, row.runner_name)
         await self._delete(row)

@@ -1,7 +1,12 @@
-"""The server's durable state in SQLite (WAL): agents, runners and the command outbox.
+"""The server's durable state in SQLite (WAL): agents, their enrolments, runners and the command outbox.
 
 Every method is synchronous and runs on the store's single worker thread (`Store.call`), so the
 event loop never blocks on disk and SQLite sees one writer.
+
+A create command's setup_script (it holds a registration token) lives here only until the agent
+acknowledges the create, or the runner is deleted or gone first: then it is blanked, with
+`secure_delete` zeroing the old bytes and a truncating checkpoint taking them out of the WAL
+(docs/security.md §4). The files are 0600 in a 0700 directory (db_files.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shoes_vz.core.conditions import HostCondition
+from shoes_vz.server.db_files import secure_files
 
 T = TypeVar("T")
 
@@ -67,7 +73,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     error TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (agent_id) WHERE acked_at IS NULL;
+CREATE TABLE IF NOT EXISTS agent_credentials (
+    agent_id TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL,            -- of the secret Enroll handed out; the secret itself is never kept
+    hostname TEXT NOT NULL DEFAULT '',
+    enrolled_at REAL NOT NULL
+);
 """
+SCRUBBED = ""  # what a create's setup_script becomes once it is no longer needed
 # columns added after a table was first made: (table, column, definition); added when missing
 ADDED_COLUMNS = (("agents", "conditions", "TEXT NOT NULL DEFAULT '[]'"),)
 
@@ -169,10 +182,11 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        secure_files(self.path)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA secure_delete=ON")  # overwritten or deleted bytes are zeroed, not left in free space
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
@@ -180,6 +194,7 @@ class Store:
             if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self._db = db
+        secure_files(self.path)  # the -wal and -shm SQLite just made (or an older server left)
 
     def close(self) -> None:
         if self._db is not None:
@@ -276,11 +291,15 @@ class Store:
             self._insert_command(cmd)
 
     def request_delete(self, runner_id: str, cmd: Command | None) -> None:
+        """The delete intent; a create the agent has not acknowledged yet is cancelled with it (never
+        sent again, its script dropped)."""
         with self._tx():
             self.db.execute("UPDATE runners SET delete_requested=1, updated_at=? WHERE runner_id=?",
                             (time.time(), runner_id))
+            self._cancel_create(runner_id, "deleted")
             if cmd is not None:
                 self._insert_command(cmd)
+        self._scrub(runner_id)
 
     def update_runner(self, runner_id: str, **fields: Any) -> None:
         for k in ("labels", "timings"):
@@ -296,6 +315,16 @@ class Store:
     def mark_gone(self, runner_id: str) -> None:
         self.db.execute("UPDATE runners SET state='gone', deleted_at=?, updated_at=? WHERE runner_id=? "
                         "AND deleted_at IS NULL", (time.time(), time.time(), runner_id))
+        self._cancel_create(runner_id, "gone")
+        self._scrub(runner_id)
+
+    def runner_agents(self, runner_ids: list[str]) -> dict[str, str]:
+        """runner id → the agent it was placed on, for those of `runner_ids` the store knows."""
+        if not runner_ids:
+            return {}
+        marks = ",".join("?" * len(runner_ids))
+        rows = self.db.execute(f"SELECT runner_id, agent_id FROM runners WHERE runner_id IN ({marks})", runner_ids)
+        return {r[0]: r[1] for r in rows}
 
     # -- outbox ---------------------------------------------------------------------------------
     def _insert_command(self, cmd: Command) -> None:
@@ -318,15 +347,63 @@ class Store:
         now = time.time()
         self.db.executemany("UPDATE outbox SET sent_at=? WHERE request_id=?", [(now, i) for i in request_ids])
 
-    def ack(self, request_id: str, ok: bool, error: str) -> Command | None:
-        row = self.db.execute("SELECT * FROM outbox WHERE request_id=? AND acked_at IS NULL",
-                              (request_id,)).fetchone()
+    def command_agents(self, request_ids: list[str]) -> dict[str, str]:
+        """request id → the agent the command is addressed to, for those of `request_ids` in the outbox."""
+        if not request_ids:
+            return {}
+        marks = ",".join("?" * len(request_ids))
+        rows = self.db.execute(f"SELECT request_id, agent_id FROM outbox WHERE request_id IN ({marks})", request_ids)
+        return {r[0]: r[1] for r in rows}
+
+    def ack(self, request_id: str, agent_id: str, ok: bool, error: str) -> Command | None:
+        """The agent's ack of one of its own commands; an acknowledged create's script is dropped."""
+        row = self.db.execute("SELECT * FROM outbox WHERE request_id=? AND agent_id=? AND acked_at IS NULL",
+                              (request_id, agent_id)).fetchone()
         if row is None:
             return None
         self.db.execute("UPDATE outbox SET acked_at=?, ok=?, error=? WHERE request_id=?",
                         (time.time(), int(ok), error, request_id))
+        if row["kind"] == "create":
+            self._scrub(row["runner_id"])
         return Command(row["request_id"], row["agent_id"], row["runner_id"], row["kind"],
                        json.loads(row["payload"]))
+
+    def _cancel_create(self, runner_id: str, why: str) -> None:
+        self.db.execute("UPDATE outbox SET acked_at=?, ok=0, error=? WHERE runner_id=? AND kind='create' AND "
+                        "acked_at IS NULL", (time.time(), f"cancelled: the runner was {why} before the agent "
+                                             "acknowledged its create", runner_id))
+
+    def _scrub(self, runner_id: str) -> None:
+        """Drop the setup_script of `runner_id`'s acknowledged or cancelled creates, from the WAL too."""
+        cur = self.db.execute(
+            "UPDATE outbox SET payload=json_set(payload, '$.setup_script', ?) WHERE runner_id=? AND kind='create' "
+            "AND acked_at IS NOT NULL AND json_extract(payload, '$.setup_script') != ?",
+            (SCRUBBED, runner_id, SCRUBBED))
+        if cur.rowcount:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- enrolments -----------------------------------------------------------------------------
+    def enroll_agent(self, agent_id: str, hostname: str, secret_sha256: str) -> bool:
+        """Record the agent's secret hash; False (nothing changed) when the id is enrolled already."""
+        cur = self.db.execute("INSERT OR IGNORE INTO agent_credentials (agent_id, secret_sha256, hostname, "
+                              "enrolled_at) VALUES (?, ?, ?, ?)", (agent_id, secret_sha256, hostname, time.time()))
+        return cur.rowcount == 1
+
+    def agent_secret_sha256(self, agent_id: str) -> str | None:
+        row = self.db.execute("SELECT secret_sha256 FROM agent_credentials WHERE agent_id=?", (agent_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def enrolled_agents(self) -> list[tuple[str, str, float]]:
+        """(agent id, hostname at enrolment, enrolled at) of every enrolled agent."""
+        rows = self.db.execute("SELECT agent_id, hostname, enrolled_at FROM agent_credentials ORDER BY agent_id")
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def forget_agent(self, agent_id: str) -> bool:
+        """Drop the agent's enrolment (its id may enrol again); its runners and history stay."""
+        with self._tx():
+            cur = self.db.execute("DELETE FROM agent_credentials WHERE agent_id=?", (agent_id,))
+            self.db.execute("UPDATE agents SET online=0 WHERE agent_id=?", (agent_id,))
+        return cur.rowcount == 1
 
     def create_acked(self, runner_id: str) -> bool:
         row = self.db.execute("SELECT 1 FROM outbox WHERE runner_id=? AND kind='create' AND acked_at IS NOT NULL",

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shoes_vz/wire/agent.proto\x12\x11shoes.vz.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n\rAgentCapacity\x12\x13\n\x0bmax_runners\x18\x01 \x01(\x05\x12\x11\n\tcpu_cores\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\"\xa7\x01\n\x08Template\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0eresource_types\x18\x03 \x03(\t\x12\x11\n\tcpu_cores\x18\x04 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\x12\x12\n\nwarm_slots\x18\x07 \x01(\x05\x12\x17\n\x0f\x66ree_warm_slots\x18\x08 \x01(\x05\"@\n\x0eTemplateReport\x12.\n\ttemplates\x18\x01 \x03(\x0b\x32\x1b.shoes.vz.agent.v1.Template\"L\n\tHostFacts\x12\n\n\x02os\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x0e\n\x06\x64river\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\"\xfa\x01\n\x05\x41gent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x32\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32 .shoes.vz.agent.v1.AgentCapacity\x12\x0e\n\x06status\x18\x04 \x01(\t\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ttemplates\x18\n \x03(\x0b\x32\x1b.shoes.vz.agent.v1.Template\x12*\n\x04host\x18\x0b \x01(\x0b\x32\x1c.shoes.vz.agent.v1.HostFacts\"\xca\x01\n\x14RegisterAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x32\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32 .shoes.vz.agent.v1.AgentCapacity\x12.\n\ttemplates\x18\n \x03(\x0b\x32\x1b.shoes.vz.agent.v1.Template\x12*\n\x04host\x18\x0b \x01(\x0b\x32\x1c.shoes.vz.agent.v1.HostFacts\"H\n\x15RegisterAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1d\n\x15sync_interval_seconds\x18\n \x01(\x05\"Y\n\x0cPhaseTimings\x12\x15\n\rclone_seconds\x18\x01 \x01(\x01\x12\x1b\n\x13\x62oot_to_ssh_seconds\x18\x02 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x03 \x01(\x01\"\x95\x03\n\x06Runner\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x13\n\x0brunner_name\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.shoes.vz.agent.v1.RunnerState\x12\x12\n\nip_address\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12?\n\x12guest_runner_state\x18\x08 \x01(\x0e\x32#.shoes.vz.agent.v1.GuestRunnerState\x12\x30\n\x07timings\x18\n \x01(\x0b\x32\x1f.shoes.vz.agent.v1.PhaseTimings\x12\x13\n\x0bmac_address\x18\x0b \x01(\t\x12\x10\n\x08template\x18\x0c \x01(\t\x12\x15\n\rresource_type\x18\r \x01(\t\x12\x16\n\x0e\x63\x61pacity_error\x18\x0e \x01(\x08\"[\n\rHostCondition\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x13HostConditionReport\x12\x34\n\nconditions\x18\x01 \x03(\x0b\x32 .shoes.vz.agent.v1.HostCondition\";\n\nCommandAck\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x82\x02\n\x0bSyncRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63tive_runners\x18\x02 \x01(\x05\x12*\n\x07runners\x18\x03 \x03(\x0b\x32\x19.shoes.vz.agent.v1.Runner\x12+\n\x04\x61\x63ks\x18\n \x03(\x0b\x32\x1d.shoes.vz.agent.v1.CommandAck\x12\x34\n\ttemplates\x18\x0b \x01(\x0b\x32!.shoes.vz.agent.v1.TemplateReport\x12:\n\nconditions\x18\x0c \x01(\x0b\x32&.shoes.vz.agent.v1.HostConditionReport\"\xa0\x01\n\x13\x43reateRunnerCommand\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x13\n\x0brunner_name\x18\x02 \x01(\t\x12\x14\n\x0csetup_script\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x15\n\rresource_type\x18\n \x01(\t\x12\x10\n\x08template\x18\x0b \x01(\t\x12\x0e\n\x06labels\x18\x0c \x03(\t\"<\n\x13\x44\x65leteRunnerCommand\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\r\n\x0bNoopCommand\"\xcb\x01\n\x0cSyncResponse\x12?\n\rcreate_runner\x18\x01 \x01(\x0b\x32&.shoes.vz.agent.v1.CreateRunnerCommandH\x00\x12?\n\rdelete_runner\x18\x02 \x01(\x0b\x32&.shoes.vz.agent.v1.DeleteRunnerCommandH\x00\x12.\n\x04noop\x18\x03 \x01(\x0b\x32\x1e.shoes.vz.agent.v1.NoopCommandH\x00\x42\t\n\x07\x63ommand*\xcd\x01\n\x0bRunnerState\x12\x1c\n\x18RUNNER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15RUNNER_STATE_CREATING\x10\x01\x12\x18\n\x14RUNNER_STATE_BOOTING\x10\x02\x12\x1a\n\x16RUNNER_STATE_SSH_READY\x10\x03\x12\x18\n\x14RUNNER_STATE_RUNNING\x10\x04\x12\x1d\n\x19RUNNER_STATE_TEARING_DOWN\x10\x05\x12\x16\n\x12RUNNER_STATE_ERROR\x10\x06*\xd6\x01\n\x10GuestRunnerState\x12\"\n\x1eGUEST_RUNNER_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aGUEST_RUNNER_STATE_OFFLINE\x10\x01\x12\x1b\n\x17GUEST_RUNNER_STATE_IDLE\x10\x02\x12 \n\x1cGUEST_RUNNER_STATE_PREPARING\x10\x03\x12\x1e\n\x1aGUEST_RUNNER_STATE_RUNNING\x10\x04\x12\x1f\n\x1bGUEST_RUNNER_STATE_FINISHED\x10\x05\x32\xbf\x01\n\x0c\x41gentService\x12\x62\n\rRegisterAgent\x12\'.shoes.vz.agent.v1.RegisterAgentRequest\x1a(.shoes.vz.agent.v1.RegisterAgentResponse\x12K\n\x04Sync\x12\x1e.shoes.vz.agent.v1.SyncRequest\x1a\x1f.shoes.vz.agent.v1.SyncResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shoes_vz/wire/agent.proto\x12\x11shoes.vz.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n\rAgentCapacity\x12\x13\n\x0bmax_runners\x18\x01 \x01(\x05\x12\x11\n\tcpu_cores\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\"\xa7\x01\n\x08Template\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0eresource_types\x18\x03 \x03(\t\x12\x11\n\tcpu_cores\x18\x04 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\x12\x12\n\nwarm_slots\x18\x07 \x01(\x05\x12\x17\n\x0f\x66ree_warm_slots\x18\x08 \x01(\x05\"@\n\x0eTemplateReport\x12.\n\ttemplates\x18\x01 \x03(\x0b\x32\x1b.shoes.vz.agent.v1.Template\"L\n\tHostFacts\x12\n\n\x02os\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x0e\n\x06\x64river\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\"\xfa\x01\n\x05\x41gent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x32\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32 .shoes.vz.agent.v1.AgentCapacity\x12\x0e\n\x06status\x18\x04 \x01(\t\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ttemplates\x18\n \x03(\x0b\x32\x1b.shoes.vz.agent.v1.Template\x12*\n\x04host\x18\x0b \x01(\x0b\x32\x1c.shoes.vz.agent.v1.HostFacts\"3\n\rEnrollRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\"8\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61gent_secret\x18\x02 \x01(\t\"\xca\x01\n\x14RegisterAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x32\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32 .shoes.vz.agent.v1.AgentCapacity\x12.\n\ttemplates\x18\n \x03(\x0b\x32\x1b.shoes.vz.agent.v1.Template\x12*\n\x04host\x18\x0b \x01(\x0b\x32\x1c.shoes.vz.agent.v1.HostFacts\"H\n\x15RegisterAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1d\n\x15sync_interval_seconds\x18\n \x01(\x05\"Y\n\x0cPhaseTimings\x12\x15\n\rclone_seconds\x18\x01 \x01(\x01\x12\x1b\n\x13\x62oot_to_ssh_seconds\x18\x02 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x03 \x01(\x01\"\x95\x03\n\x06Runner\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x13\n\x0brunner_name\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.shoes.vz.agent.v1.RunnerState\x12\x12\n\nip_address\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12?\n\x12guest_runner_state\x18\x08 \x01(\x0e\x32#.shoes.vz.agent.v1.GuestRunnerState\x12\x30\n\x07timings\x18\n \x01(\x0b\x32\x1f.shoes.vz.agent.v1.PhaseTimings\x12\x13\n\x0bmac_address\x18\x0b \x01(\t\x12\x10\n\x08template\x18\x0c \x01(\t\x12\x15\n\rresource_type\x18\r \x01(\t\x12\x16\n\x0e\x63\x61pacity_error\x18\x0e \x01(\x08\"[\n\rHostCondition\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x13HostConditionReport\x12\x34\n\nconditions\x18\x01 \x03(\x0b\x32 .shoes.vz.agent.v1.HostCondition\";\n\nCommandAck\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x82\x02\n\x0bSyncRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63tive_runners\x18\x02 \x01(\x05\x12*\n\x07runners\x18\x03 \x03(\x0b\x32\x19.shoes.vz.agent.v1.Runner\x12+\n\x04\x61\x63ks\x18\n \x03(\x0b\x32\x1d.shoes.vz.agent.v1.CommandAck\x12\x34\n\ttemplates\x18\x0b \x01(\x0b\x32!.shoes.vz.agent.v1.TemplateReport\x12:\n\nconditions\x18\x0c \x01(\x0b\x32&.shoes.vz.agent.v1.HostConditionReport\"\xa0\x01\n\x13\x43reateRunnerCommand\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x13\n\x0brunner_name\x18\x02 \x01(\t\x12\x14\n\x0csetup_script\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x15\n\rresource_type\x18\n \x01(\t\x12\x10\n\x08template\x18\x0b \x01(\t\x12\x0e\n\x06labels\x18\x0c \x03(\t\"<\n\x13\x44\x65leteRunnerCommand\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\r\n\x0bNoopCommand\"\xcb\x01\n\x0cSyncResponse\x12?\n\rcreate_runner\x18\x01 \x01(\x0b\x32&.shoes.vz.agent.v1.CreateRunnerCommandH\x00\x12?\n\rdelete_runner\x18\x02 \x01(\x0b\x32&.shoes.vz.agent.v1.DeleteRunnerCommandH\x00\x12.\n\x04noop\x18\x03 \x01(\x0b\x32\x1e.shoes.vz.agent.v1.NoopCommandH\x00\x42\t\n\x07\x63ommand*\xcd\x01\n\x0bRunnerState\x12\x1c\n\x18RUNNER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15RUNNER_STATE_CREATING\x10\x01\x12\x18\n\x14RUNNER_STATE_BOOTING\x10\x02\x12\x1a\n\x16RUNNER_STATE_SSH_READY\x10\x03\x12\x18\n\x14RUNNER_STATE_RUNNING\x10\x04\x12\x1d\n\x19RUNNER_STATE_TEARING_DOWN\x10\x05\x12\x16\n\x12RUNNER_STATE_ERROR\x10\x06*\xd6\x01\n\x10GuestRunnerState\x12\"\n\x1eGUEST_RUNNER_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aGUEST_RUNNER_STATE_OFFLINE\x10\x01\x12\x1b\n\x17GUEST_RUNNER_STATE_IDLE\x10\x02\x12 \n\x1cGUEST_RUNNER_STATE_PREPARING\x10\x03\x12\x1e\n\x1aGUEST_RUNNER_STATE_RUNNING\x10\x04\x12\x1f\n\x1bGUEST_RUNNER_STATE_FINISHED\x10\x05\x32\x8e\x02\n\x0c\x41gentService\x12M\n\x06\x45nroll\x12 .shoes.vz.agent.v1.EnrollRequest\x1a!.shoes.vz.agent.v1.EnrollResponse\x12\x62\n\rRegisterAgent\x12\'.shoes.vz.agent.v1.RegisterAgentRequest\x1a(.shoes.vz.agent.v1.RegisterAgentResponse\x12K\n\x04Sync\x12\x1e.shoes.vz.agent.v1.SyncRequest\x1a\x1f.shoes.vz.agent.v1.SyncResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shoes_vz.wire.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNNERSTATE']._serialized_start=2444
-  _globals['_RUNNERSTATE']._serialized_end=2649
-  _globals['_GUESTRUNNERSTATE']._serialized_start=2652
-  _globals['_GUESTRUNNERSTATE']._serialized_end=2866
+  _globals['_RUNNERSTATE']._serialized_start=2555
+  _globals['_RUNNERSTATE']._serialized_end=2760
+  _globals['_GUESTRUNNERSTATE']._serialized_start=2763
+  _globals['_GUESTRUNNERSTATE']._serialized_end=2977
   _globals['_AGENTCAPACITY']._serialized_start=81
   _globals['_AGENTCAPACITY']._serialized_end=158
   _globals['_TEMPLATE']._serialized_start=161
@@ -46,30 +46,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOSTFACTS']._serialized_end=472
   _globals['_AGENT']._serialized_start=475
   _globals['_AGENT']._serialized_end=725
-  _globals['_REGISTERAGENTREQUEST']._serialized_start=728
-  _globals['_REGISTERAGENTREQUEST']._serialized_end=930
-  _globals['_REGISTERAGENTRESPONSE']._serialized_start=932
-  _globals['_REGISTERAGENTRESPONSE']._serialized_end=1004
-  _globals['_PHASETIMINGS']._serialized_start=1006
-  _globals['_PHASETIMINGS']._serialized_end=1095
-  _globals['_RUNNER']._serialized_start=1098
-  _globals['_RUNNER']._serialized_end=1503
-  _globals['_HOSTCONDITION']._serialized_start=1505
-  _globals['_HOSTCONDITION']._serialized_end=1596
-  _globals['_HOSTCONDITIONREPORT']._serialized_start=1598
-  _globals['_HOSTCONDITIONREPORT']._serialized_end=1673
-  _globals['_COMMANDACK']._serialized_start=1675
-  _globals['_COMMANDACK']._serialized_end=1734
-  _globals['_SYNCREQUEST']._serialized_start=1737
-  _globals['_SYNCREQUEST']._serialized_end=1995
-  _globals['_CREATERUNNERCOMMAND']._serialized_start=1998
-  _globals['_CREATERUNNERCOMMAND']._serialized_end=2158
-  _globals['_DELETERUNNERCOMMAND']._serialized_start=2160
-  _globals['_DELETERUNNERCOMMAND']._serialized_end=2220
-  _globals['_NOOPCOMMAND']._serialized_start=2222
-  _globals['_NOOPCOMMAND']._serialized_end=2235
-  _globals['_SYNCRESPONSE']._serialized_start=2238
-  _globals['_SYNCRESPONSE']._serialized_end=2441
-  _globals['_AGENTSERVICE']._serialized_start=2869
-  _globals['_AGENTSERVICE']._serialized_end=3060
+  _globals['_ENROLLREQUEST']._serialized_start=727
+  _globals['_ENROLLREQUEST']._serialized_end=778
+  _globals['_ENROLLRESPONSE']._serialized_start=780
+  _globals['_ENROLLRESPONSE']._serialized_end=836
+  _globals['_REGISTERAGENTREQUEST']._serialized_start=839
+  _globals['_REGISTERAGENTREQUEST']._serialized_end=1041
+  _globals['_REGISTERAGENTRESPONSE']._serialized_start=1043
+  _globals['_REGISTERAGENTRESPONSE']._serialized_end=1115
+  _globals['_PHASETIMINGS']._serialized_start=1117
+  _globals['_PHASETIMINGS']._serialized_end=1206
+  _globals['_RUNNER']._serialized_start=1209
+  _globals['_RUNNER']._serialized_end=1614
+  _globals['_HOSTCONDITION']._serialized_start=1616
+  _globals['_HOSTCONDITION']._serialized_end=1707
+  _globals['_HOSTCONDITIONREPORT']._serialized_start=1709
+  _globals['_HOSTCONDITIONREPORT']._serialized_end=1784
+  _globals['_COMMANDACK']._serialized_start=1786
+  _globals['_COMMANDACK']._serialized_end=1845
+  _globals['_SYNCREQUEST']._serialized_start=1848
+  _globals['_SYNCREQUEST']._serialized_end=2106
+  _globals['_CREATERUNNERCOMMAND']._serialized_start=2109
+  _globals['_CREATERUNNERCOMMAND']._serialized_end=2269
+  _globals['_DELETERUNNERCOMMAND']._serialized_start=2271
+  _globals['_DELETERUNNERCOMMAND']._serialized_end=2331
+  _globals['_NOOPCOMMAND']._serialized_start=2333
+  _globals['_NOOPCOMMAND']._serialized_end=2346
+  _globals['_SYNCRESPONSE']._serialized_start=2349
+  _globals['_SYNCRESPONSE']._serialized_end=2552
+  _globals['_AGENTSERVICE']._serialized_start=2980
+  _globals['_AGENTSERVICE']._serialized_end=3250
 # @@protoc_insertion_point(module_scope)

@@ -108,6 +108,22 @@ class Agent(_message.Message):
     host: HostFacts
     def __init__(self, agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., capacity: _Optional[_Union[AgentCapacity, _Mapping]] = ..., status: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ..., host: _Optional[_Union[HostFacts, _Mapping]] = ...) -> None: ...
 
+class EnrollRequest(_message.Message):
+    __slots__ = ("agent_id", "hostname")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    hostname: str
+    def __init__(self, agent_id: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("agent_id", "agent_secret")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SECRET_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    agent_secret: str
+    def __init__(self, agent_id: _Optional[str] = ..., agent_secret: _Optional[str] = ...) -> None: ...
+
 class RegisterAgentRequest(_message.Message):
     __slots__ = ("agent_id", "hostname", "capacity", "templates", "host")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class AgentServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Credentials (docs/security.md §2, §3): Enroll carries `authorization: Bearer <enrollment token>`;
+    RegisterAgent and Sync carry `authorization: Agent <agent id>:<agent secret>`, the secret Enroll
+    returned. Every stream and report is bound to that agent id.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -34,6 +37,11 @@ class AgentServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Enroll = channel.unary_unary(
+                '/shoes.vz.agent.v1.AgentService/Enroll',
+                request_serializer=shoes__vz_dot_wire_dot_agent__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=shoes__vz_dot_wire_dot_agent__pb2.EnrollResponse.FromString,
+                _registered_method=True)
         self.RegisterAgent = channel.unary_unary(
                 '/shoes.vz.agent.v1.AgentService/RegisterAgent',
                 request_serializer=shoes__vz_dot_wire_dot_agent__pb2.RegisterAgentRequest.SerializeToString,
@@ -47,7 +55,18 @@ class AgentServiceStub:
 
 
 class AgentServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Credentials (docs/security.md §2, §3): Enroll carries `authorization: Bearer <enrollment token>`;
+    RegisterAgent and Sync carry `authorization: Agent <agent id>:<agent secret>`, the secret Enroll
+    returned. Every stream and report is bound to that agent id.
+    """
+
+    def Enroll(self, request, context):
+        """Once per agent id: the enrolment token buys a per-agent secret. An id already enrolled is
+        refused (PERMISSION_DENIED) until the operator runs `shoes-vz server forget-agent ID`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def RegisterAgent(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -64,6 +83,11 @@ class AgentServiceServicer:
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=shoes__vz_dot_wire_dot_agent__pb2.EnrollRequest.FromString,
+                    response_serializer=shoes__vz_dot_wire_dot_agent__pb2.EnrollResponse.SerializeToString,
+            ),
             'RegisterAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterAgent,
                     request_deserializer=shoes__vz_dot_wire_dot_agent__pb2.RegisterAgentRequest.FromString,
@@ -83,7 +107,37 @@ def add_AgentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
-    """Missing associated documentation comment in .proto file."""
+    """Credentials (docs/security.md §2, §3): Enroll carries `authorization: Bearer <enrollment token>`;
+    RegisterAgent and Sync carry `authorization: Agent <agent id>:<agent secret>`, the secret Enroll
+    returned. Every stream and report is bound to that agent id.
+    """
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoes.vz.agent.v1.AgentService/Enroll',
+            shoes__vz_dot_wire_dot_agent__pb2.EnrollRequest.SerializeToString,
+            shoes__vz_dot_wire_dot_agent__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def RegisterAgent(request,
