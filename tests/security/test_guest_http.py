@@ -251,3 +251,14 @@ def test_a_slow_drip_sender_is_cut_off_at_the_request_deadline(agent: AgentProc)
                 break
         assert closed, "a slow drip held its connection (and thread) past the request deadline"
         assert time.monotonic() - t0 < runner_agent.REQUEST_TIMEOUT + 2
+
+
+@pytest.mark.parametrize("request_line, status", [
+    (b"GET /health\r\n\r\n", b"400"),                       # HTTP/0.9: would be answered with no status line
+    (b"PUT /exec HTTP/1.1\r\nHost: g\r\n\r\n", b"405"),     # http.server: 501
+    (b"GET /health HTTP/2.0\r\nHost: g\r\n\r\n", b"400"),   # http.server: 505
+])
+def test_the_runner_agent_answers_what_it_cannot_parse_with_4xx(agent: AgentProc, request_line: bytes,  # noqa: F811
+                                                                 status: bytes) -> None:
+    assert send_raw(agent.port, request_line).startswith(b"HTTP/1.0 " + status + b" ") or \
+        send_raw(agent.port, request_line).startswith(b"HTTP/1.1 " + status + b" ")

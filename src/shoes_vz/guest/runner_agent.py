@@ -802,6 +802,14 @@ class Server(ThreadingHTTPServer):
         self.watchdog.stopped.set()
         super().server_close()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-answer is one event line; anything else is a bug: its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log("http.client_gone", client=client_address[0] if client_address else "", error=type(error).__name__)
+            return
+        super().handle_error(request, client_address)
+
 
 class Handler(BaseHTTPRequestHandler):
     server_version = f"shoes-vz-runner-agent/{VERSION}"
@@ -822,6 +830,25 @@ class Handler(BaseHTTPRequestHandler):
             super().handle_one_request()
         finally:
             watchdog.disarm(self.connection)
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":  # no status line or headers in an answer: refuse it plainly
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
+            self.send_error(400, "HTTP/1.x only")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's refusals of a request it could not parse, as the client's fault (4xx): an unknown
+        method is 405 (not 501), an HTTP version other than 1.x is 400 (not 505)."""
+        if code in (501, 505):
+            code, message = (405, f"method {self.command!r} not allowed") if code == 501 else (400, "HTTP/1.x only")
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        super().send_error(code, message, explain)
 
     def _received(self) -> None:
         """The whole request is in: what follows (an /exec) may take its own time."""
