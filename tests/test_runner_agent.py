@@ -594,3 +594,26 @@ def test_sighup_reannounces_and_a_pending_notify_is_replaced(tmp_path: Path, rec
     finally:
         a.proc.kill()
         a.proc.wait()
+
+
+# -- the runner channel's vsock address -----------------------------------------------------------
+
+
+def test_sockaddr_vm_layouts_match_the_system_headers() -> None:
+    """macOS <sys/vsock.h>: {u8 len, u8 family, u16 reserved, u32 port, u32 cid}, 12 bytes, packed;
+    Linux <linux/vm_sockets.h>: {u16 family, u16 reserved, u32 port, u32 cid, u8 flags, u8 zero[3]}, 16."""
+    import ctypes
+    import struct
+
+    mac = runner_agent_module.sockaddr_vm(8079, platform="darwin")
+    assert ctypes.sizeof(mac) == 12
+    assert bytes(mac) == struct.pack("=BBHII", 12, 40, 0, 8079, 0xFFFFFFFF)
+    linux = runner_agent_module.sockaddr_vm(8079, 3, platform="linux")
+    assert ctypes.sizeof(linux) == 16
+    assert bytes(linux) == struct.pack("=HHIIB3x", 40, 0, 8079, 3, 0)
+    import socket as _socket
+
+    if hasattr(_socket, "AF_VSOCK"):  # CPython's own constant agrees where it has one
+        assert _socket.AF_VSOCK == runner_agent_module.AF_VSOCK
+    with pytest.raises(OSError, match="no sockaddr_vm layout"):
+        runner_agent_module.sockaddr_vm(1, platform="win32")
