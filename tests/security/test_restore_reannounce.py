@@ -44,7 +44,7 @@ async def test_a_restored_guest_steps_its_clock_and_answers_with_a_new_identity(
 
 async def test_a_restored_guest_that_stays_silent_boots_cold_with_a_fresh_identity(tmp_path: Path) -> None:
     async with make_stack(tmp_path, max_runners=1, driver_options={"restore_stalls": True},
-                          restore_announce_timeout=2.0) as stack:
+                          restore_announce_timeout=2.0, boot_to_ip_timeout=20.0) as stack:
         slot = (await builder(stack).ensure(1)).built[0]
         slot_id = read_data_representation(slot.bundle.machine_identifier)
         await agent_sees(stack, (1, 1))
