@@ -6,7 +6,7 @@ SETUP := scripts/setup
 export PY
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench fuzz lint proto proto-check docs clean
+.PHONY: help run test bench fuzz fuzz-http lint proto proto-check docs clean
 
 ## help: list these targets
 help:
@@ -35,6 +35,11 @@ bench:
 fuzz:
 	@$(SETUP) venv
 	$(BIN)/python tests/security/fuzz_grpc.py --count $${FUZZ_COUNT:-10000} --seed $${FUZZ_SEED:-1} --time-limit 900
+
+## fuzz-http: 10,000 seeded inputs against the notify server and a runner-agent (/health, /status, /exec); counts by status
+fuzz-http:
+	@$(SETUP) venv
+	$(BIN)/python tests/security/fuzz_http.py --count $${FUZZ_COUNT:-10000} --seed $${FUZZ_SEED:-1} --time-limit 900
 
 ## lint: ruff + mypy
 lint:

@@ -1,5 +1,9 @@
 """Sim VMs at the VM-process level: a hand-made bundle and a real `python -m shoes_vz.vm.process`,
-without server or agent (tests and benchmarks that start many VMs, or attack one from another)."""
+without server or agent (tests and benchmarks that start many VMs, or attack one from another).
+
+There is no shared key into a guest: `SimVM.login` does what the agent does — hello over the VM's
+runner channel (through its `vm run`) with a CA of its own, then SSH with a certificate for this VM's
+runner id, pinned to the host key the channel named."""
 
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncssh
+
+from shoes_vz.agent.ssh_ca import UserCA, source_address_toward
 from shoes_vz.stack import sim_links
 from shoes_vz.template import Template
 from shoes_vz.vm import control
@@ -23,6 +30,52 @@ from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.leases import MACAddress, newest_lease_for, read_leases
 
 LINK_PREFIX = "svz"
+TEST_CA = UserCA(asyncssh.generate_private_key("ssh-ed25519", comment="shoes-vz tests' CA"), Path("/nonexistent"))
+
+
+def say_hello(bundle: Bundle, runner_id: str, ca: UserCA = TEST_CA, *, reannounce: bool = False,
+              nonce: str | None = None, timeout: float = 20.0) -> dict[str, Any]:
+    """The guest's answer to the agent's hello (retried while it boots); raises AssertionError after `timeout`."""
+    import asyncio
+    import secrets
+
+    line = json.dumps({"shoes_vz": "hello", "version": 1, "runner_id": runner_id,
+                       "nonce": nonce or secrets.token_hex(16), "user_ca": ca.public_line, "time": time.time(),
+                       "reannounce": reannounce})
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        try:
+            reply = asyncio.run(control.request(bundle.control_socket, "channel", timeout=10, line=line, io_timeout=5))
+        except (OSError, TimeoutError, ValueError) as e:
+            reply = {"ok": False, "error": str(e)}
+        if reply.get("ok"):
+            answer: dict[str, Any] = json.loads(reply["answer"])
+            if answer.get("addresses") or answer.get("shoes_vz") != "welcome":
+                return answer
+            last = "no address yet"
+        else:
+            last = str(reply.get("error"))
+        time.sleep(0.05)
+    raise AssertionError(f"no answer on {bundle.path.name}'s runner channel within {timeout}s: {last}")
+
+
+async def guest_login(ip: str, port: int, user: str, runner_id: str, host_key: str | asyncssh.SSHKey,
+                      ca: UserCA = TEST_CA, ttl: float = 120.0, **kw: Any) -> asyncssh.SSHClientConnection:
+    """SSH into a guest as the agent does: a certificate of `ca` for `runner_id`, the pinned `host_key`."""
+    cred = ca.issue(runner_id, ttl, source_address_toward(ip))
+    key = asyncssh.import_public_key(host_key) if isinstance(host_key, str) else host_key
+    return await asyncssh.connect(ip, port, username=user, client_keys=[cred.client_key],
+                                  known_hosts=([key], [], []), agent_path=None, config=None, **kw)
+
+
+async def runner_run(agent: Any, runner: Any, command: str) -> tuple[int, str]:
+    """Run `command` in a live runner's guest, logged in with the agent's own CA (a test's way in)."""
+    meta = runner.spec.template.meta
+    assert runner.identity is not None, "the runner's channel has not answered yet"
+    async with await guest_login(runner.ip, meta.ssh_port, meta.ssh_user, runner.runner_id, runner.identity.host_key,
+                                 agent.ca) as conn:
+        r = await conn.run(command, check=False)
+        return int(r.exit_status or 0), f"{r.stdout}{r.stderr}"
 
 
 def project_links() -> list[str]:
@@ -105,10 +158,28 @@ class SimVM:
                 [sys.executable, "-m", "shoes_vz.vm.process", str(b.path), "--driver", "sim",
                  "--lease-file", str(self.lease_file), "--stop-grace", "2",
                  # the test's own slots, never the host's default (other suites may run beside this one)
-                 "--host-slots", str(self.runners.parent / "vm-slots"), "--host-limit", "16",
+                 "--host-slots", str(self.runners.parent / "vm-slots"), "--host-limit", "64",
                  "--driver-options", json.dumps(self.driver_options)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         return self
+
+    def hello(self, ca: UserCA = TEST_CA, **kw: Any) -> dict[str, Any]:
+        return say_hello(self.bundle, self.name, ca, **kw)
+
+    def run(self, command: str, ca: UserCA = TEST_CA) -> tuple[int, str]:
+        """Run `command` in the guest over SSH as its user, logged in as the agent would: (exit status, output)."""
+        import asyncio
+
+        answer = self.hello(ca)
+        ip = self.lease_ip() or answer["addresses"][0]["ip"]
+
+        async def go() -> tuple[int, str]:
+            async with await guest_login(ip, self.template.meta.ssh_port, self.template.meta.ssh_user, self.name,
+                                         answer["host_key"], ca) as conn:
+                r = await conn.run(command, check=False)
+                return int(r.exit_status or 0), f"{r.stdout}{r.stderr}"
+
+        return asyncio.run(go())
 
     def lease_ip(self) -> str:
         le = newest_lease_for(read_leases(self.lease_file), self.mac)

@@ -13,7 +13,7 @@ from shoes_vz.vm.bundle import SOCKET_PATH_MAX, Bundle
 
 
 def _serve(bundle: Bundle) -> control.ControlServer:
-    server = control.ControlServer(bundle.control_socket, lambda cmd: {"echo": cmd})
+    server = control.ControlServer(bundle.control_socket, lambda cmd, _req: {"echo": cmd})
     server.start()
     return server
 
@@ -46,4 +46,4 @@ def test_a_shared_socket_dir_made_by_others_is_refused(tmp_path: Path, monkeypat
     open_dir.mkdir(mode=0o777)
     os.chmod(open_dir, 0o777)
     with pytest.raises(PermissionError, match="mode 0700"):
-        control.ControlServer(bundle.control_socket, lambda cmd: {})
+        control.ControlServer(bundle.control_socket, lambda cmd, _req: {})

@@ -3,7 +3,6 @@ runner-agents. create → SSH_READY → setup_script started → guest IDLE → 
 
 from __future__ import annotations
 
-import getpass
 import ipaddress
 import json
 import os
@@ -30,14 +29,13 @@ def runner_of(stack: SimStack, cloud_id: str):
 
 @pytest.fixture(params=["namespaced", "loopback"])
 async def any_sim_stack(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[SimStack]:
-    """The stack in either sim mode; the loopback guest's sshd (run as root here) admits a host user."""
+    """The stack in either sim mode (as root, a loopback guest too logs in as an unprivileged user of its own)."""
     if request.param == "namespaced":
         require_namespaced()
         async with make_stack(tmp_path) as stack:
             yield stack
         return
-    async with make_stack(tmp_path, template_kw={"ssh_user": getpass.getuser()},
-                          driver_options={"mode": "loopback"}) as stack:
+    async with make_stack(tmp_path, driver_options={"mode": "loopback"}) as stack:
         yield stack
 
 

@@ -166,13 +166,13 @@ def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> 
 # -- notify -------------------------------------------------------------------------------------
 
 
-def test_notify_at_once_from_the_guest_address_with_token(agent: AgentProc, receiver: Receiver) -> None:
+def test_notify_at_once_from_the_guest_address_without_a_secret(agent: AgentProc, receiver: Receiver) -> None:
     assert receiver.got.wait(10), agent.log()
     [(source, body)] = receiver.calls
     assert source == GUEST_IP, "the notify must leave from --ip (the agent matches by source address)"
-    assert body == {
-        "runner_id": "runner-1", "ip_address": GUEST_IP, "mac_address": GUEST_MAC, "token": agent.token
-    }
+    # a hint only: the /exec token travels over the runner channel, never over the guests' network
+    assert body == {"runner_id": "runner-1", "ip_address": GUEST_IP, "mac_address": GUEST_MAC}
+    assert agent.token not in json.dumps(body)
     assert len(agent.token) >= 32
     assert agent.token_file.stat().st_mode & 0o777 == 0o600
     # the agent logs after reading the response, which may be just after the receiver saw the request
@@ -187,7 +187,7 @@ def test_notify_retries_with_backoff_while_serving(tmp_path: Path, receiver: Rec
         assert a.request("GET", "/health") == (200, {"status": "ok", "version": runner_agent_module.VERSION})
         assert receiver.got.wait(10), a.log()
         assert len(receiver.calls) == 4
-        assert len({c[1]["token"] for c in receiver.calls}) == 1, "one token per boot"
+        assert all("token" not in c[1] for c in receiver.calls)
         assert a.log().count("notify.rejected") == 3
     finally:
         a.proc.kill()
@@ -221,7 +221,7 @@ def test_notify_when_the_host_comes_up_late(tmp_path: Path) -> None:
         finally:
             server.shutdown()
             server.server_close()
-        assert got[0]["token"] == a.token
+        assert got[0]["ip_address"] == GUEST_IP and "token" not in got[0]
     finally:
         a.proc.kill()
         a.proc.wait()
@@ -531,58 +531,89 @@ def test_dhcp_renew_only_on_macos_as_root() -> None:
     assert runner_agent_module.dhcp_renew_argv("linux", 0) is None
 
 
-def test_a_restored_guest_reannounces_with_a_new_token(tmp_path: Path, receiver: Receiver) -> None:
+def hello(runner_id: str = "runner-1", **kw: Any) -> dict[str, Any]:
+    return runner_agent_module.parse_hello({
+        "shoes_vz": "hello", "runner_id": runner_id, "nonce": "ab" * 16, "time": time.time(),
+        "user_ca": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGl3Zm5jZW5jb2RlZGtleWJ5dGVzMTIzNDU2Nzg5MA test-ca", **kw})
+
+
+def test_a_restored_guest_renews_its_lease_and_notifies_but_keeps_its_token_until_the_host_says_so(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Its clocks tell a restore (the host's re-announce over the channel is the main way): DHCP renew and
+    a notify. The token changes only on the host's hello, so the host always knows it."""
     clocks, renewed = FakeClocks(), threading.Event()
-    token_file = tmp_path / "token"
+    token_file, state = tmp_path / "token", tmp_path / "state"
+    state.mkdir()
     agent = runner_agent_module.Agent(
         str(tmp_path), runner_agent_module.Announcer(receiver.url, "runner-1", GUEST_IP, GUEST_MAC),
         str(token_file), resume_tick=0.02, wall=clocks.wall, mono=clocks.mono, renew=renewed.set,
+        state_dir=str(state), clock=runner_agent_module.Clock("model"), ip=GUEST_IP, mac=GUEST_MAC,
     )
-    server = ThreadingHTTPServer((GUEST_IP, 0), runner_agent_module.Handler)
-    server.agent = agent  # type: ignore[attr-defined]
+    server = runner_agent_module.Server((GUEST_IP, 0), agent)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     guest = GuestAPI(server.server_port, token_file)
     try:
         agent.start()
         assert receiver.got.wait(10)
-        [(_, first)] = receiver.calls
-        assert first["token"] == guest.token
         assert not renewed.is_set(), "no DHCP renew at boot"
-
+        first = agent.on_hello(hello())
+        assert first["token"] == guest.token == agent.token
         clocks.wall_now += 3600  # the VM was saved an hour ago and has just been restored
         wait_for(lambda: len(receiver.calls) == 2, what="the re-announce")
-        source, second = receiver.calls[1]
-        assert source == GUEST_IP
-        assert second["token"] != first["token"] and second["token"] == guest.token == agent.token
-        assert {k: v for k, v in second.items() if k != "token"} == {k: v for k, v in first.items() if k != "token"}
+        assert receiver.calls[1] == receiver.calls[0]
         assert renewed.is_set(), "a restored guest asks for a DHCP renew"
+        assert agent.token == first["token"]
+        # the host's re-announce: a new token and host key, the old token dead
+        second = agent.on_hello(hello("runner-2", reannounce=True))
+        assert second["token"] != first["token"] and second["host_key"] != first["host_key"]
         assert guest.exec({"command": ["true"]}, token=first["token"])[0] == 403, "the slot's token is dead"
         assert guest.exec({"command": ["true"]})[1]["exit_code"] == 0
+        assert (state / "principals").read_text() == "runner-2\n"
     finally:
         agent.stop()
         server.shutdown()
         server.server_close()
 
 
-def test_sighup_reannounces_and_a_pending_notify_never_lands_with_the_old_token(
-    tmp_path: Path, receiver: Receiver
-) -> None:
+def test_sighup_reannounces_and_a_pending_notify_is_replaced(tmp_path: Path, receiver: Receiver) -> None:
     receiver.reject_first = 10**6  # the host does not accept yet
     a = start_agent(tmp_path, receiver.url)
     try:
         wait_for(lambda: "notify.rejected" in a.log(), what="a rejected notify")
-        old = a.token
+        token = a.token
         a.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "notify.cancelled" in a.log() and a.token != old, what="the old notify cancelled")
+        wait_for(lambda: "notify.cancelled" in a.log(), what="the old notify cancelled")
         receiver.reject_first = 0
         assert receiver.got.wait(10), a.log()
-        accepted = receiver.calls[-1][1]["token"]
-        assert accepted == a.token != old
         log = a.log()
         assert "reannounce reason=SIGHUP" in log
         assert "dhcp.renew.skipped" in log  # not a macOS guest
-        assert a.exec({"command": ["true"]}, token=old)[0] == 403
+        assert a.token == token  # only the host's hello renews it
         assert a.exec({"command": ["true"]})[0] == 200
     finally:
         a.proc.kill()
         a.proc.wait()
+
+
+# -- the runner channel's vsock address -----------------------------------------------------------
+
+
+def test_sockaddr_vm_layouts_match_the_system_headers() -> None:
+    """macOS <sys/vsock.h>: {u8 len, u8 family, u16 reserved, u32 port, u32 cid}, 12 bytes, packed;
+    Linux <linux/vm_sockets.h>: {u16 family, u16 reserved, u32 port, u32 cid, u8 flags, u8 zero[3]}, 16."""
+    import ctypes
+    import struct
+
+    mac = runner_agent_module.sockaddr_vm(8079, platform="darwin")
+    assert ctypes.sizeof(mac) == 12
+    assert bytes(mac) == struct.pack("=BBHII", 12, 40, 0, 8079, 0xFFFFFFFF)
+    linux = runner_agent_module.sockaddr_vm(8079, 3, platform="linux")
+    assert ctypes.sizeof(linux) == 16
+    assert bytes(linux) == struct.pack("=HHIIB3x", 40, 0, 8079, 3, 0)
+    import socket as _socket
+
+    if hasattr(_socket, "AF_VSOCK"):  # CPython's own constant agrees where it has one
+        assert _socket.AF_VSOCK == runner_agent_module.AF_VSOCK
+    with pytest.raises(OSError, match="no sockaddr_vm layout"):
+        runner_agent_module.sockaddr_vm(1, platform="win32")

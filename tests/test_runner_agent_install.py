@@ -26,6 +26,9 @@ import shoes_vz.guest.runner_agent as ra
 SRC = Path(ra.__file__)
 PROGRAM = "usr/local/libexec/shoes-vz-runner-agent"
 PLIST = "Library/LaunchDaemons/dev.shoes-vz.runner-agent.plist"
+DROPIN = "etc/ssh/sshd_config.d/050-shoes-vz.conf"
+MACOS_SSHD_CONFIG = ("# macOS's own (15.x)\nInclude /etc/ssh/sshd_config.d/*\n\n#Port 22\n"
+                     "Subsystem\tsftp\t/usr/libexec/sftp-server\n")
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else shutil.which("python3") or "python3"
 GUEST_PYTHON = os.path.abspath(SYSTEM_PYTHON)  # the guest's interpreter: the same path here
 DAEMON_PATH = f"{os.path.dirname(GUEST_PYTHON)}:" + ":".join(
@@ -47,6 +50,8 @@ def guest(tmp_path: Path) -> Path:
     root = tmp_path / "guest"
     (root / "Users" / "runner").mkdir(parents=True)
     (root / "tmp").mkdir()
+    (root / "etc" / "ssh").mkdir(parents=True)
+    (root / "etc" / "ssh" / "sshd_config").write_text(MACOS_SSHD_CONFIG)
     place(root, GUEST_PYTHON, os.path.realpath(SYSTEM_PYTHON))
     return root
 
@@ -83,8 +88,8 @@ class Launchctl:
 def test_install_writes_the_program_and_a_launch_daemon(guest: Path) -> None:
     done = install(guest)
     assert done.returncode == 0, done.stderr
-    program, plist = guest / PROGRAM, guest / PLIST
-    assert done.stdout.splitlines() == [f"wrote {program}", f"wrote {plist}"]
+    program, plist, dropin = guest / PROGRAM, guest / PLIST, guest / DROPIN
+    assert done.stdout.splitlines() == [f"wrote {program}", f"wrote {plist}", f"wrote {dropin}"]
 
     text = program.read_text()
     assert text.startswith(f"#!{GUEST_PYTHON}\n"), "an absolute interpreter, never /usr/bin/env python3"
@@ -99,7 +104,8 @@ def test_install_writes_the_program_and_a_launch_daemon(guest: Path) -> None:
     assert data == {
         "Label": "dev.shoes-vz.runner-agent",
         "ProgramArguments": ["/usr/local/libexec/shoes-vz-runner-agent", "--notify-url", "auto",
-                             "--listen", "0.0.0.0:8080", "--runner-dir", "/tmp/runner"],
+                             "--listen", "0.0.0.0:8080", "--runner-dir", "/tmp/runner",
+                             "--channel", "vsock:8079", "--state-dir", "/var/run/shoes-vz"],
         "EnvironmentVariables": {"PATH": DAEMON_PATH},
         "RunAtLoad": True,
         "KeepAlive": True,
@@ -107,6 +113,13 @@ def test_install_writes_the_program_and_a_launch_daemon(guest: Path) -> None:
         "StandardErrorPath": "/var/log/shoes-vz-runner-agent.log",
     }
     assert "UserName" not in data, "runs as root: DHCP renew after a restore needs it"
+    # sshd trusts the agent's CA for this boot's runner alone, and serves the per-boot host key first
+    assert stat.S_IMODE(dropin.stat().st_mode) == 0o644
+    lines = dropin.read_text().splitlines()
+    assert lines[1:6] == ["HostKey /var/run/shoes-vz/ssh_host_ed25519_key", "HostKey /etc/ssh/ssh_host_ed25519_key",
+                          "TrustedUserCAKeys /var/run/shoes-vz/user_ca.pub",
+                          "AuthorizedPrincipalsFile /var/run/shoes-vz/principals", "AuthorizedKeysFile none"]
+    assert "PasswordAuthentication no" in lines
     leftovers = [p.name for p in guest.rglob("*.tmp.*")]
     assert not leftovers
 
@@ -124,7 +137,16 @@ def test_install_options_reach_the_plist_and_the_shebang(guest: Path) -> None:
     assert data["Label"] == "com.example.agent"
     assert data["EnvironmentVariables"]["PATH"].startswith("/opt/py/bin:/opt/homebrew/bin:")
     assert data["ProgramArguments"][1:] == ["--notify-url", "auto:9081", "--listen", "0.0.0.0:18080",
-                                            "--runner-dir", "/tmp/runner"]
+                                            "--runner-dir", "/tmp/runner", "--channel", "vsock:8079",
+                                            "--state-dir", "/var/run/shoes-vz"]
+
+
+def test_install_warns_when_sshd_would_ignore_the_dropin(guest: Path) -> None:
+    (guest / "etc/ssh/sshd_config").write_text("#Port 22\nPasswordAuthentication yes\n")  # no Include first
+    done = install(guest)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("warning: /etc/ssh/sshd_config does not start with `Include "
+                                                  "/etc/ssh/sshd_config.d/*`")
 
 
 def test_the_installed_program_runs_with_the_system_python(guest: Path, tmp_path: Path) -> None:
@@ -160,26 +182,26 @@ def test_the_installed_program_runs_with_the_system_python(guest: Path, tmp_path
 
 def test_reinstall_is_idempotent_and_rewrites_only_what_changed(guest: Path) -> None:
     assert install(guest).returncode == 0
-    program, plist = guest / PROGRAM, guest / PLIST
+    program, plist, dropin = guest / PROGRAM, guest / PLIST, guest / DROPIN
     before = {p: (p.stat().st_ino, p.read_bytes()) for p in (program, plist)}
 
     again = install(guest)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines() == [f"unchanged {program}", f"unchanged {plist}"]
+    assert again.stdout.splitlines() == [f"unchanged {program}", f"unchanged {plist}", f"unchanged {dropin}"]
     assert {p: (p.stat().st_ino, p.read_bytes()) for p in (program, plist)} == before
 
     # installing from the installed copy gives the same program (its shebang is replaced, not doubled)
     from_copy = subprocess.run([SYSTEM_PYTHON, str(program), "install", "--root", str(guest), "--python", GUEST_PYTHON],
                                capture_output=True, text=True, timeout=60)
     assert from_copy.returncode == 0, from_copy.stderr
-    assert from_copy.stdout.splitlines() == [f"unchanged {program}", f"unchanged {plist}"]
+    assert from_copy.stdout.splitlines() == [f"unchanged {program}", f"unchanged {plist}", f"unchanged {dropin}"]
 
     changed = install(guest, "--listen", "0.0.0.0:9999")
-    assert changed.stdout.splitlines() == [f"unchanged {program}", f"wrote {plist}"]
+    assert changed.stdout.splitlines() == [f"unchanged {program}", f"unchanged {dropin}", f"wrote {plist}"]
     assert plistlib.loads(plist.read_bytes())["ProgramArguments"][4] == "0.0.0.0:9999"
 
     program.chmod(0o777)  # a wrong mode is repaired too
-    assert install(guest).stdout.splitlines()[0] == f"wrote {program}"
+    assert f"wrote {program}" in install(guest).stdout.splitlines()
     assert stat.S_IMODE(program.stat().st_mode) == 0o755
 
 
@@ -284,7 +306,7 @@ def test_non_root_cannot_install_into_the_running_system(guest: Path, capsys: py
     code = run_main(["install"], guest, Launchctl(), [], euid=501)
     assert code == 1
     assert "must run as root to write /Library/LaunchDaemons: use sudo" in capsys.readouterr().err
-    assert {k for k, v in tree(guest).items() if v is not None} == set()
+    assert {k for k, v in tree(guest).items() if v is not None} == {"etc/ssh/sshd_config"}  # the guest's own
     assert not (guest / "Library").exists() and not (guest / "usr/local").exists()
 
 
@@ -401,17 +423,20 @@ def test_uninstall_reverses_install(guest: Path) -> None:
     before = tree(guest)
     assert install(guest).returncode == 0
     dry = cli("uninstall", "--root", str(guest), "--dry-run")
-    assert dry.stdout.splitlines() == [f"would remove {guest / PLIST}", f"would remove {guest / PROGRAM}"]
+    assert dry.stdout.splitlines() == [f"would remove {guest / PLIST}", f"would remove {guest / PROGRAM}",
+                                       f"would remove {guest / DROPIN}"]
     assert (guest / PROGRAM).exists()
 
     done = cli("uninstall", "--root", str(guest))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [f"removed {guest / PLIST}", f"removed {guest / PROGRAM}"]
+    assert done.stdout.splitlines() == [f"removed {guest / PLIST}", f"removed {guest / PROGRAM}",
+                                        f"removed {guest / DROPIN}"]
     assert {k for k, v in tree(guest).items() if v is not None} == {k for k, v in before.items() if v is not None}
 
     again = cli("uninstall", "--root", str(guest))
     assert again.returncode == 0
-    assert again.stdout.splitlines() == [f"absent {guest / PLIST}", f"absent {guest / PROGRAM}"]
+    assert again.stdout.splitlines() == [f"absent {guest / PLIST}", f"absent {guest / PROGRAM}",
+                                         f"absent {guest / DROPIN}"]
 
 
 def test_uninstall_unload_boots_it_out_first(guest: Path) -> None:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncssh
 import pytest
 from simvm import SimVM, guest_processes, links_of, wait_until
 from stack_fixtures import have_sshd, require, require_namespaced
@@ -48,19 +47,9 @@ def new_vm(vms: list[SimVM], template: Template, root: Path, name: str, **kw: ob
     return vm.start()
 
 
-def guest_run(template: Template, ip: str, command: str) -> tuple[int, str]:
-    """Run `command` in the guest over SSH as its user, with the agent's key: (exit status, output)."""
-
-    async def go() -> tuple[int, str]:
-        key = asyncssh.read_private_key(str(template.sim_client_key))
-        host_key = asyncssh.import_public_key(template.meta.ssh_host_key)
-        async with asyncssh.connect(ip, template.meta.ssh_port, username=template.meta.ssh_user,
-                                    client_keys=[key], known_hosts=([host_key], [], []), agent_path=None,
-                                    config=None) as conn:
-            r = await conn.run(command, check=False)
-            return int(r.exit_status or 0), f"{r.stdout}{r.stderr}"
-
-    return asyncio.run(go())
+def guest_run(vm: SimVM, command: str) -> tuple[int, str]:
+    """Run `command` in the guest over SSH as its user, logged in as the agent would: (exit status, output)."""
+    return vm.run(command)
 
 
 def ready(vm: SimVM) -> str:
@@ -72,9 +61,9 @@ def ready(vm: SimVM) -> str:
 def test_a_guest_cannot_read_another_guests_files_or_signal_its_processes(template: Template, tmp_path: Path,
                                                                          vms: list[SimVM]) -> None:
     a, b = new_vm(vms, template, tmp_path, "guest-a"), new_vm(vms, template, tmp_path, "guest-b")
-    ip_a, ip_b = ready(a), ready(b)
-    rc, _ = guest_run(template, ip_b, "echo b-secret > ~/secret && chmod 644 ~/secret && "
-                                      "(setsid nohup sleep 3600 >/dev/null 2>&1 < /dev/null &)")
+    _ip_a, ip_b = ready(a), ready(b)
+    rc, _ = guest_run(b, "echo b-secret > ~/secret && chmod 644 ~/secret && "
+                         "(setsid nohup sleep 3600 >/dev/null 2>&1 < /dev/null &)")
     assert rc == 0
     b_pids = wait_until(lambda: [p for p in b.status()["guest_pids"] if _comm(p) == "sleep"], 5)
     assert b_pids, "guest b's sleep did not start"
@@ -85,15 +74,17 @@ def test_a_guest_cannot_read_another_guests_files_or_signal_its_processes(templa
         f"ls {template.path}", f"cat {tmp_path / 'dhcpd_leases'}",
         *(f"kill -TERM {pid}" for pid in b_pids), *(f"kill -0 {pid}" for pid in b.status()["guest_pids"]),
         "touch /template/owned", "touch /usr/owned", "touch /etc/owned", "cat /template/sim/id_ed25519",
+        "cat /template/sim/ssh_host_ed25519_key",
         "sudo -n true", "grep NoNewPrivs /proc/self/status", "id -u", "ps -e -o pid=,comm=",
         "cat /sys/class/net/eth0/address",
     ])
-    _, out = guest_run(template, ip_a, attack)
+    _, out = guest_run(a, attack)
     assert "b-secret" not in out
     assert out.count("No such file or directory") >= 6, out
     assert out.count("No such process") >= len(b_pids), out
     assert out.count("Read-only file system") == 3, out
     assert "NoNewPrivs:\t1" in out and "-----BEGIN" not in out, out
+    assert "ssh_host_ed25519_key: Permission denied" in out, out  # the template's private key is 0400 root's
     uid = int(next(line for line in out.splitlines() if line.strip().isdigit() and len(line.strip()) >= 6))
     assert uid != 0 and uid == os.stat(a.bundle.guest_dir / "home").st_uid
     assert str(a.mac) in out  # its one interface carries the runner's MAC
@@ -106,17 +97,17 @@ def test_a_guest_cannot_read_another_guests_files_or_signal_its_processes(templa
     assert (b_home / "secret").read_text() == "b-secret\n"
     assert not (template.path / "owned").exists()
     # and the guests do share a network, as on a Mac's NAT: a reaches b's sshd
-    rc, out = guest_run(template, ip_a, f"python3 -c 'import socket; socket.create_connection((\"{ip_b}\", "
-                                        f"{template.meta.ssh_port}), 3); print(\"reached\")'")
+    rc, out = guest_run(a, f"python3 -c 'import socket; socket.create_connection((\"{ip_b}\", "
+                           f"{template.meta.ssh_port}), 3); print(\"reached\")'")
     assert rc == 0 and "reached" in out
 
 
 def test_sigkill_of_the_vm_process_leaves_no_guest_process_and_no_namespace(template: Template, tmp_path: Path,
                                                                            vms: list[SimVM]) -> None:
     vm = new_vm(vms, template, tmp_path, "doomed")
-    ip = ready(vm)
+    ready(vm)
     # what a setup_script leaves running: a detached sleep, its own session, cwd in the guest's home
-    rc, _ = guest_run(template, ip, "cd ~ && (setsid nohup sleep 3600 >/dev/null 2>&1 < /dev/null &) && echo ok")
+    rc, _ = guest_run(vm, "cd ~ && (setsid nohup sleep 3600 >/dev/null 2>&1 < /dev/null &) && echo ok")
     assert rc == 0
     pids = wait_until(lambda: [p for p in vm.status()["guest_pids"] if _comm(p) == "sleep"] and
                       vm.status()["guest_pids"], 5)
@@ -223,7 +214,7 @@ def test_two_agents_side_by_side_have_their_own_bridge_and_subnet(template: Temp
     assert Path(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding").read_text().strip() == "0"
     probe = (f"python3 -c 'import socket; socket.create_connection((\"{ip2}\", {template.meta.ssh_port}), 2)' "
              "&& echo crossed || echo stayed")
-    out = guest_run(template, ip1, probe)[1]
+    out = guest_run(one, probe)[1]
     assert "stayed" in out and "crossed" not in out, out
     # stopping one agent's VM leaves the other's network alone
     assert one.stop() == 0

@@ -3,15 +3,13 @@ network does to runners — a spent DHCP pool, and myshoes' own setup script in 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
-import asyncssh
 import grpc
 import pytest
 from myshoes_script import guest_tree, setup_script
-from simvm import dhcp_log_count
+from simvm import dhcp_log_count, runner_run
 from stack_fixtures import eventually, make_stack, require_namespaced
 
 from shoes_vz.core.states import GuestState, Phase
@@ -64,13 +62,8 @@ async def test_myshoes_wrapper_brings_the_guest_runner_to_idle(tmp_path: Path) -
 
 
 async def _guest(stack, ip: str, command: str) -> str:  # type: ignore[no-untyped-def]
-    t = stack.template
-    key = await asyncio.to_thread(asyncssh.read_private_key, str(t.sim_client_key))
-    async with asyncssh.connect(ip, t.meta.ssh_port, username=t.meta.ssh_user, client_keys=[key],
-                                known_hosts=([asyncssh.import_public_key(t.meta.ssh_host_key)], [], []),
-                                agent_path=None, config=None) as conn:
-        r = await conn.run(command, check=False)
-        return str(r.stdout)
+    runner = next(r for r in stack.agent.runners.values() if r.ip == ip)
+    return (await runner_run(stack.agent, runner, command))[1]
 
 
 async def test_a_notify_server_guests_cannot_reach_fails_the_runner_with_the_fix(tmp_path: Path) -> None:

@@ -199,7 +199,8 @@ def test_init_sim_goes_through_draft_and_freeze(tmp_path: Path) -> None:
     t = init_sim(tmp_path, "sim")
     priv = asyncssh.read_private_key(str(t.sim_dir / "ssh_host_ed25519_key"))
     assert t.meta.ssh_host_key == priv.export_public_key().decode().strip()
-    assert {"sim/ssh_host_ed25519_key", "sim/authorized_keys", "README.md", "Disk.img"} <= set(t.meta.digests)
+    assert {"sim/ssh_host_ed25519_key", "README.md", "Disk.img"} <= set(t.meta.digests)
+    assert not any(k.startswith(("sim/id_", "sim/authorized")) for k in t.meta.digests)  # no key into any guest
     assert t.meta.frozen_at and t.meta.source == "sim"
     assert verify(t.path).ok
 

@@ -12,7 +12,6 @@ import os
 import stat
 from pathlib import Path
 
-import asyncssh
 import pytest
 from simvm import dhcp_log_count
 from stack_fixtures import SimStack, agent_settings, eventually, have_sshd, make_stack, require, require_namespaced
@@ -157,10 +156,8 @@ async def test_ensure_trims_replaces_stale_and_respects_limits(tmp_path: Path) -
 
 async def test_build_failure_leaves_nothing(tmp_path: Path) -> None:
     async with make_stack(tmp_path) as stack:
-        # a key the guest does not accept: SSH never gets ready
-        other = tmp_path / "other_key"
-        asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(other))
-        settings = stack.agent.settings.model_copy(update={"ssh_key": other, "ip_to_ssh_timeout": 1.0})
+        # a certificate the guest does not accept (expired when it is used): SSH never gets ready
+        settings = stack.agent.settings.model_copy(update={"ssh_cert_ttl": 0.001, "ip_to_ssh_timeout": 1.0})
         b = SlotBuilder(settings, stack.template, lambda _m: None)
         with pytest.raises(WarmError, match="warm slot 1 of 1 for sim-test"):
             await b.ensure(1)

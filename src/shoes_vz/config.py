@@ -78,6 +78,9 @@ REMOVED = {  # (table, key) → what replaced it: a config that still has it is 
                          "(docs/security.md)",
     ("agent", "token"): "agent.token is gone: set agent.enrollment_token to the server's enrollment_token; the agent "
                         "then enrols once and keeps its own secret in <agent.state_dir>/agent-secret",
+    ("agent", "ssh_key"): "agent.ssh_key is gone: every runner now gets its own short-lived SSH certificate from the "
+                          "agent's user CA (<agent.state_dir>/ssh-user-ca); templates trust it through the "
+                          "runner-agent (docs/building-templates.md)",
 }
 
 
@@ -223,7 +226,7 @@ class AgentSettings(_Base):
         None, description="the server's enrollment_token: sent once, to enrol this host; the agent then keeps its "
                           "own secret in <state_dir>/agent-secret (0600) and sends that")
     tls_ca: Path | None = Field(None, description="CA bundle to verify the server; enables TLS")
-    state_dir: Path = Field(DEFAULT_STATE_DIR, description="agent id and secret, SSH key live here")
+    state_dir: Path = Field(DEFAULT_STATE_DIR, description="agent id and secret, SSH user CA live here (0700)")
     templates_dir: Path = Field(DEFAULT_TEMPLATES_DIR, description="frozen templates, with .drafts/ and .warm/")
     runners_dir: Path = Field(
         DEFAULT_RUNNERS_DIR, description="one clone per runner; on the same clone-capable volume as templates_dir"
@@ -249,7 +252,6 @@ class AgentSettings(_Base):
         "", description="URL guests POST to; default http://<gateway>:<notify port>/notify-ip"
     )
     metrics_listen: str = Field("127.0.0.1:9091", description="agent /metrics; empty disables")
-    ssh_key: Path | None = Field(None, description="private key for guests; default: template's sim key")
     runner_agent_port: int = Field(8080, description="port of the runner-agent in the guest (/health, /status)")
     boot_to_ip_timeout: float = Field(180.0, gt=0, description="seconds from VM start to the guest's address")
     ip_to_ssh_timeout: float = Field(60.0, gt=0, description="seconds from the address to SSH with the pinned key")
@@ -283,6 +285,12 @@ class AgentSettings(_Base):
     restore_timeout: float = Field(60.0, gt=0, description="vz: a restore + resume that takes longer boots cold")
     restore_live_timeout: float = Field(
         30.0, ge=0, description="vz: a restored guest that does not answer on vsock this long boots cold (0: no check)")
+    restore_announce_timeout: float = Field(
+        30.0, gt=0, description="a restored runner whose guest does not answer the host's re-announce (over the runner "
+                                "channel) this long boots cold with a fresh identity")
+    ssh_cert_ttl: float = Field(
+        300.0, ge=30, le=3600, description="seconds a runner's SSH certificate (from the agent's user CA in state_dir) "
+                                           "is valid; the agent needs it only until the setup_script has started")
     evidence_keep: int = Field(
         50, ge=0, description="runners whose evidence (VM log, RuntimeMetadata.json, the agent's record) stays in "
                               "<state_dir>/evidence after they failed, newest first; 0 keeps none")

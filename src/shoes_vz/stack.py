@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import os
 import secrets
@@ -157,9 +156,9 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         cfg = self._write_config()
-        # a loopback guest is this host: it logs in as a user of this host
-        user = getpass.getuser() if self.driver_options.get("mode") == "loopback" else None
-        await asyncio.to_thread(init_sim, self.root / "templates", TEMPLATE, ssh_user=user)
+        # the template's default user: `runner` as root (a guest user of its own, in either sim mode), else
+        # this user (a loopback guest's sshd runs as it)
+        await asyncio.to_thread(init_sim, self.root / "templates", TEMPLATE)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("SHOESVZ_CONFIG", None)
         for name in ("server", "agent"):

@@ -26,7 +26,9 @@ Runtime devices: a VM made from a configuration has `networkDevices()` (VZNetwor
 settable) and `socketDevices()` (VZVirtioSocketDevice), used on the VM's queue. A save file records
 the identity and the network-device count; restoring into a different count succeeds but the guest
 runs no code (as tailscale PR #19331 found on real hosts): its vsock never answers. A live guest's
-kernel refuses a vsock connection to a port nobody listens on (ECONNRESET) at once.
+kernel refuses a vsock connection to a port nobody listens on (ECONNRESET) at once; a port in
+`Knobs.vsock_listeners` accepts: the handler gets a VZVirtioSocketConnection whose `fileDescriptor`
+is one end of a socket pair (closed by `close`), the listener the other end, on a thread of its own.
 
 Installing macOS (`shoes_vz.macos.install`): a fake IPSW is a zip-headed file whose JSON header
 (`fake_ipsw_bytes`) says its build, version, minimum CPU/memory and whether this host supports its
@@ -48,6 +50,7 @@ import os
 import queue as _queue
 import re
 import secrets
+import socket
 import sys
 import threading
 import types
@@ -217,6 +220,7 @@ class Knobs:
     guest_shutdown_delay: float = 0.05
     guest_stops_after: float | None = None
     guest_error_after: float | None = None
+    vsock_listeners: dict[int, Callable[[Any], None]] = field(default_factory=dict)  # port → guest side
     # installing macOS
     load_error: tuple[str, int, str] | None = None
     fetch_error: tuple[str, int, str] | None = None
@@ -868,8 +872,21 @@ def _vsock_connect(fake: FakeVZ, dev: Any, port: int, handler: Callable[[Any, An
     vm = dev._vm()
     if vm is None or not _state_is(fake, vm, "Running") or vm._frozen:
         return  # no guest code runs: nobody ever answers
-    # the guest kernel answers at once: nobody listens on that port
-    _later(fake, vm, lambda: handler(None, fake.nserror("NSPOSIXErrorDomain", 54, "Connection reset by peer")))
+    listener = fake.knobs.vsock_listeners.get(port)
+    if listener is None:  # the guest kernel answers at once: nobody listens on that port
+        _later(fake, vm, lambda: handler(None, fake.nserror("NSPOSIXErrorDomain", 54, "Connection reset by peer")))
+        return
+    host_end, guest_end = socket.socketpair()
+    threading.Thread(target=listener, args=(guest_end,), daemon=True).start()
+    conn = fake.vz_class("VZVirtioSocketConnection")()
+    conn._props.update(fileDescriptor=host_end.detach(), destinationPort=port, sourcePort=1024)
+    _later(fake, vm, lambda: handler(conn, None))
+
+
+def _vsock_close(fake: FakeVZ, conn: Any) -> None:
+    fd = conn._props.pop("fileDescriptor", None)
+    if fd is not None:
+        os.close(fd)
 
 
 def _start(fake: FakeVZ, vm: Any, handler: Callable[[Any], Any]) -> None:
@@ -1191,6 +1208,7 @@ def _behaviour() -> dict[tuple[str, str], Callable[..., Any]]:
         (VM, "setDelegate:"): _set_delegate,
         ("VZNetworkDevice", "setAttachment:"): _set_attachment,
         ("VZVirtioSocketDevice", "connectToPort:completionHandler:"): _vsock_connect,
+        ("VZVirtioSocketConnection", "close"): _vsock_close,
         (VM, "delegate"): _get_delegate,
         ("VZMacHardwareModel", "initWithDataRepresentation:"): _hw_init,
         ("VZMacHardwareModel", "isSupported"): lambda f, hw: f.knobs.hardware_supported,

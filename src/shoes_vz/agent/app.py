@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 from aiohttp import web
 
 from shoes_vz.agent import supervisor
@@ -23,9 +22,10 @@ from shoes_vz.agent.disk import check_reserve, free_bytes, reserve_bytes
 from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.mac_pool import MacPool
 from shoes_vz.agent.metrics import AgentMetrics
-from shoes_vz.agent.notify import NotifyApp
+from shoes_vz.agent.notify import NotifyServer
 from shoes_vz.agent.reaper import ReapPolicy, keep_reaping
 from shoes_vz.agent.runner import Runner, RunnerSpec
+from shoes_vz.agent.ssh_ca import UserCA
 from shoes_vz.agent.state_file import StateFile
 from shoes_vz.agent.sync import SyncClient
 from shoes_vz.agent.warm import WarmPool, WarmSlot
@@ -92,7 +92,8 @@ class Agent:
         self._failed_and_gone: list[Runner] = []
         self._handled: dict[str, Ack] = {}
         self._deletes: dict[str, list[str]] = {}  # runner id → delete request ids waiting for "gone"
-        self._keys: dict[str, asyncssh.SSHKey] = {}
+        self.ca: UserCA | None = None  # the SSH user CA every runner's certificate comes from (ssh_ca.py)
+        self._notify: NotifyServer | None = None
         self._observed: set[str] = set()
         self._state = StateFile(settings.runner_state_file)
         self.host_slots = supervisor.host_slots(settings)
@@ -143,6 +144,7 @@ class Agent:
         if problems:  # said once, here, rather than by every runner's VM process
             raise ConfigError(f"the {s.driver} driver cannot run here: " + "; ".join(problems))
         self.agent_id = await asyncio.to_thread(load_agent_id, s.state_dir)
+        self.ca = await asyncio.to_thread(UserCA.load_or_create, s.state_dir)
         await self._verify_templates()
         await asyncio.to_thread(self.warm.refresh, self.templates.list())
         s.runners_dir.mkdir(parents=True, exist_ok=True)
@@ -153,8 +155,11 @@ class Agent:
         await asyncio.to_thread(self.macs.load)
         await self._adopt_live_bundles()
         self.macs.reconcile({r.runner_id: r.mac for r in self.runners.values() if r.spec.warm_slot is None})
-        notify = NotifyApp(lambda: list(self.runners.values()), self.lease_file)
-        self.notify_port = await self._serve(notify.app, s.notify_listen)
+        self._notify = NotifyServer(lambda: list(self.runners.values()), self.lease_file)
+        try:
+            self.notify_port = await self._notify.start(s.notify_listen)
+        except OSError as e:
+            raise ConfigError(f"agent: cannot listen on {s.notify_listen}: {e}") from e
         # guests are told the port actually bound (port 0 in tests)
         self.settings = s = s.model_copy(update={"notify_url": s.effective_notify_url(self.notify_port)})
         if s.metrics_listen:
@@ -276,6 +281,9 @@ class Agent:
         for site in reversed(self._sites):
             await site.cleanup()
         self._sites = []
+        if self._notify is not None:
+            await self._notify.close()
+            self._notify = None
         await self._state.drain()
         await self.macs.drain()
         self.lock.release()
@@ -328,13 +336,14 @@ class Agent:
                                   str(meta.get("resource_type", "")), list(meta.get("labels", [])), slot)
                 if slot is not None:
                     self.warm.adopt(slot.path, b.runner_id)
-                key = self._client_key(template)
             except (KeyError, ValueError, TypeError, OSError, TemplateError, ConfigError) as e:
                 log.error("cannot adopt %s (%s): stopping its VM", b.path, e)
                 await supervisor.stop(b, None, self.settings.stop_grace)
                 await asyncio.to_thread(shutil.rmtree, b.path, True)
                 continue
-            runner = Runner(spec, mac, self.settings, self.lease_file, key, self._runner_changed, self.evidence)
+            assert self.ca is not None
+            runner = Runner(spec, mac, self.settings, self.lease_file, self.ca, self._runner_changed, self.evidence,
+                            others=self._runner_ips)
             self.runners[runner.runner_id] = runner
             runner.adopt(meta)
             log.info("adopted runner %s (%s) in %s", runner.runner_id, spec.runner_name, runner.phase)
@@ -382,8 +391,7 @@ class Agent:
                         else self.templates.for_resource_type(resource_type))
             if template is None:
                 raise TemplateError(f"no template serves resource type {resource_type!r}")
-            key = self._client_key(template)
-        except (TemplateError, ConfigError, OSError, asyncssh.KeyImportError) as e:
+        except (TemplateError, ConfigError, OSError) as e:
             self._ack(Ack(request_id, False, str(e)))
             return
         slot = self.warm.claim(template, runner_id) if self.settings.use_warm_slots else None
@@ -392,8 +400,9 @@ class Agent:
         # no live VM and no slot has (agent/mac_pool.py)
         mac = slot.mac if slot is not None else self.macs.acquire(
             runner_id, {r.mac for r in self.runners.values()} | self.warm.macs())
-        runner = Runner(spec, mac, self.settings, self.lease_file, key, self._runner_changed, self.evidence,
-                        self.host_problem)
+        assert self.ca is not None
+        runner = Runner(spec, mac, self.settings, self.lease_file, self.ca, self._runner_changed, self.evidence,
+                        self.host_problem, others=self._runner_ips)
         self.runners[runner_id] = runner
         runner.start()
         self._ack(Ack(request_id, True))
@@ -410,13 +419,9 @@ class Agent:
         self._deletes.setdefault(runner_id, []).append(request_id)
         runner.delete()
 
-    def _client_key(self, template: Template) -> asyncssh.SSHKey:
-        path = self.settings.ssh_key or template.sim_client_key
-        if str(path) not in self._keys:
-            if not path.is_file():
-                raise ConfigError(f"no SSH key for guests: set agent.ssh_key (looked at {path})")
-            self._keys[str(path)] = asyncssh.read_private_key(str(path))
-        return self._keys[str(path)]
+    def _runner_ips(self) -> dict[str, str]:
+        """The addresses live runners hold (a runner channel never gives one of them to another runner)."""
+        return {r.runner_id: r.ip for r in self.runners.values() if r.live and r.ip}
 
     # -- state fan-out ----------------------------------------------------------------------------
     def _runner_changed(self, runner: Runner) -> None:
@@ -459,12 +464,12 @@ class Agent:
         probe_id = new_runner_id()
         try:
             template = self.templates.list()[0]
-            key = self._client_key(template)
-        except (IndexError, TemplateError, ConfigError, OSError, asyncssh.KeyImportError) as e:
+        except (IndexError, TemplateError, ConfigError, OSError) as e:
             return False, f"no probe possible: {e}"
+        assert self.ca is not None
         mac = self.macs.acquire(probe_id, {r.mac for r in self.runners.values()} | self.warm.macs())
         probe = Runner(RunnerSpec(probe_id, "degraded-probe", "true\n", template), mac, self.settings,
-                       self.lease_file, key, lambda _r: None)
+                       self.lease_file, self.ca, lambda _r: None, others=self._runner_ips)
         probe.start()
         try:
             while probe.live and probe.phase not in (Phase.SSH_READY, Phase.RUNNING):

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncssh
 
 from shoes_vz.agent import ssh, supervisor
 from shoes_vz.agent.disk import check_reserve, reserve_bytes
 from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.lifecycle import Event, advance
 from shoes_vz.agent.reaper import GuestSeen, registered
+from shoes_vz.agent.runner_channel import ChannelRefused, Identity, RunnerChannel
+from shoes_vz.agent.ssh_ca import UserCA, source_address_toward
 from shoes_vz.agent.vm_files import fill_bundle, fill_from_slot
 from shoes_vz.agent.warm import WarmSlot
 from shoes_vz.config import AgentSettings
@@ -33,7 +34,6 @@ from shoes_vz.vm.exit_status import describe, is_capacity
 from shoes_vz.vm.leases import Lease, MACAddress, newest_lease_for, no_lease_reason, read_leases
 
 log = logging.getLogger(__name__)
-LEASE_POLL_INTERVAL = 0.01  # the lease appears before sshd: probe from the first instant
 
 
 @dataclass
@@ -41,13 +41,6 @@ class Timings:
     clone: float | None = None
     boot_to_ssh: float | None = None
     total: float | None = None
-
-
-@dataclass
-class GuestAddress:
-    ip: str
-    token: str = ""
-    source: str = "notify"  # or "lease"
 
 
 @dataclass
@@ -68,16 +61,17 @@ class Runner:
         mac: MACAddress,
         settings: AgentSettings,
         lease_file: Path,
-        client_key: asyncssh.SSHKey,
+        ca: UserCA,
         on_change: Callable[[Runner], None],
         evidence: Evidence | None = None,
         on_host_problem: Callable[[ShoesVzError | OSError], None] | None = None,
+        others: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self.spec = spec
         self.mac = mac
         self.settings = settings
         self.lease_file = lease_file
-        self.client_key = client_key
+        self.ca = ca
         self.on_change = on_change
         self.evidence = evidence
         self.on_host_problem = on_host_problem
@@ -93,7 +87,10 @@ class Runner:
         self.created_at = time.time()
         self.bundle = Bundle.for_runner(settings.runners_dir, spec.runner_id)
         self.proc: asyncio.subprocess.Process | None = None
-        self.address: asyncio.Future[GuestAddress] = asyncio.get_running_loop().create_future()
+        # the runner's address, token and host key come from its VM's channel alone (docs/security.md §8)
+        self.channel = RunnerChannel(self.bundle, spec.runner_id, mac, lease_file, ca.public_line, others,
+                                     settings.restore_announce_timeout)
+        self.identity: Identity | None = None  # what the channel said (None until it did)
         self._task: asyncio.Task[None] | None = None
         self._teardown: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -192,17 +189,13 @@ class Runner:
                     self._release_template()
                 self._on(Event.CLONED)
                 self._watcher = asyncio.create_task(self._watch_vm())
-                try:
-                    addr = await asyncio.wait_for(self._wait_address(), s.boot_to_ip_timeout)
-                except TimeoutError:  # this deadline, not create_timeout (that one cancels, it never lands here)
-                    why = await asyncio.to_thread(no_lease_reason, self.lease_file, self.mac)
-                    raise RunnerFailed(f"no IP address within boot_to_ip_timeout ({s.boot_to_ip_timeout:g}s): "
-                                       f"no notify from the guest and {why}") from None
-                self.ip = addr.ip
+                ident = self.identity = await self._identify()
+                self.ip, self.token = ident.ip, ident.token
                 meta = self.spec.template.meta
+                # a certificate for this runner alone, valid minutes, from this host's address toward it
+                cred = self.ca.issue(self.runner_id, s.ssh_cert_ttl, source_address_toward(ident.ip))
                 conn = await ssh.wait_ready(
-                    addr.ip, meta.ssh_port, meta.ssh_user, self.client_key,
-                    asyncssh.import_public_key(meta.ssh_host_key), s.ip_to_ssh_timeout,
+                    ident.ip, meta.ssh_port, meta.ssh_user, cred.client_key, ident.host_key, s.ip_to_ssh_timeout,
                 )
                 ready = time.time()
                 try:
@@ -284,32 +277,21 @@ class Runner:
             shutil.rmtree(tmp.path, ignore_errors=True)
             raise
 
-    async def _wait_address(self) -> GuestAddress:
-        """The notify (matched by the agent) or, failing that, the newest lease for our MAC."""
-        seen: tuple[int, int] | None = None
-        while True:
-            if self.address.done():
-                return self.address.result()
-            try:
-                st = os.stat(self.lease_file)  # a stat is cheap enough for the loop; parse on change
-                stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
-            except FileNotFoundError:
-                stamp = None
-            if stamp is not None and stamp != seen:
-                seen = stamp
-                lease = newest_lease_for(await asyncio.to_thread(read_leases, self.lease_file), self.mac)
-                if lease is not None and lease != self._old_lease:
-                    return GuestAddress(lease.ip, source="lease")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.address), LEASE_POLL_INTERVAL)
+    async def _identify(self) -> Identity:
+        """Who this runner is — address, /exec token, SSH host key — from its VM's channel alone."""
+        try:
+            return await self.channel.identify(self.settings.boot_to_ip_timeout)
+        except ChannelRefused:
+            raise
+        except RunnerFailed as e:  # this deadline, not create_timeout (that one cancels, it never lands here)
+            why = await asyncio.to_thread(no_lease_reason, self.lease_file, self.mac)
+            raise RunnerFailed(f"{e}; and {why}") from None
 
-    def notified(self, ip: str, token: str) -> None:
-        """A matched IP notify: the guest's address and its per-boot /exec token."""
-        self.token = token
-        if not self.address.done():
-            self.address.set_result(GuestAddress(ip, token))
-        elif self.ip and ip != self.ip:
-            log.warning("runner %s re-announced with another address %s (was %s)", self.runner_id, ip, self.ip)
+    def notified(self, ip: str) -> None:
+        """A matched IP notify: only a hint to say hello now (the address comes from the channel)."""
+        self.channel.hint()
+        if self.ip and ip != self.ip:
+            log.warning("runner %s notified from another address %s (it is at %s)", self.runner_id, ip, self.ip)
 
     async def _watch_vm(self) -> None:
         assert self.proc is not None

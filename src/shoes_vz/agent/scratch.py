@@ -3,7 +3,9 @@
 `template warm` saves one as a slot; `template freeze --boot` reads the guest's SSH host key off
 one. It is built in the runners directory (one volume with the templates, short control-socket
 paths) under a name the agent never adopts, and whatever happens it is stopped and removed on exit
-unless the caller moved its directory away.
+unless the caller moved its directory away. `login` does to it what a runner's start does: hello
+over the runner channel, then SSH with a certificate of the agent's CA, pinned to the host key the
+channel named.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoes_vz.agent import supervisor
+import asyncssh
+
+from shoes_vz.agent import ssh, supervisor
+from shoes_vz.agent.runner_channel import Identity, RunnerChannel
+from shoes_vz.agent.ssh_ca import UserCA, source_address_toward
 from shoes_vz.agent.vm_files import fill_bundle
 from shoes_vz.agent.warm import slot_macs
 from shoes_vz.config import AgentSettings
-from shoes_vz.core.errors import ShoesVzError
+from shoes_vz.core.errors import RunnerFailed, ShoesVzError
 from shoes_vz.template import Template
 from shoes_vz.template.modes import remove_tree
 from shoes_vz.template.use_lock import UseLock
@@ -42,6 +48,7 @@ class ScratchVM:
     proc: asyncio.subprocess.Process | None
     mac: MACAddress
     ip: str = ""
+    runner_id: str = ""
 
 
 def scratch_leftovers(runners_dir: Path) -> list[Path]:
@@ -79,7 +86,7 @@ async def scratch_vm(settings: AgentSettings, template: Template, label: str, *,
     bundle = Bundle(s.runners_dir / f"{label}-{ident}{SCRATCH_SUFFIX}")
     mac = await asyncio.to_thread(lambda: new_mac(_live_macs(s.runners_dir)
                                                   | slot_macs(s.templates_dir)))
-    vm = ScratchVM(bundle, None, mac)
+    vm = ScratchVM(bundle, None, mac, runner_id=f"{label}-{ident}")
     bundle.path.mkdir()
     use: UseLock | None = None
     try:
@@ -87,7 +94,7 @@ async def scratch_vm(settings: AgentSettings, template: Template, label: str, *,
         await asyncio.to_thread(fill_bundle, bundle, template, None, allow_copy=s.allow_copy)
         meta = template.meta
         await asyncio.to_thread(
-            bundle.update_metadata, runner_id=f"{label}-{ident}", runner_name=f"{label} {ident}",
+            bundle.update_metadata, runner_id=vm.runner_id, runner_name=f"{label} {ident}",
             mac_address=str(mac), template=meta.name, template_dir=str(template.path), driver=s.driver,
             notify_url="", ssh_port=meta.ssh_port, ssh_user=meta.ssh_user, runner_agent_port=s.runner_agent_port,
             cpu_count=meta.cpu_count, memory_bytes=meta.memory_bytes, created_at=time.time(), saveable=saveable,
@@ -108,6 +115,29 @@ async def scratch_vm(settings: AgentSettings, template: Template, label: str, *,
             if vm.proc is not None and vm.proc.returncode is None or bundle.is_running():
                 await supervisor.stop(bundle, vm.proc, 0.0)
             await asyncio.to_thread(remove_tree, bundle.path)
+
+
+async def login(settings: AgentSettings, vm: ScratchVM, template: Template
+                ) -> tuple[Identity, asyncssh.SSHClientConnection]:
+    """Hello over the scratch VM's runner channel, then SSH in with a certificate for it: the template
+    must be able to do what every runner of it will (docs/building-templates.md §2)."""
+    s, meta = settings, template.meta
+    ca = await asyncio.to_thread(UserCA.load_or_create, s.state_dir)
+    channel = RunnerChannel(vm.bundle, vm.runner_id, vm.mac, s.lease_file, ca.public_line, dict,
+                            s.restore_announce_timeout)
+    try:
+        ident = await channel.identify(s.boot_to_ip_timeout)
+    except RunnerFailed as e:
+        raise ScratchError(f"{e}: is the runner-agent (with --channel) installed in the template? "
+                           "(docs/building-templates.md §2)") from e
+    cred = ca.issue(vm.runner_id, s.ssh_cert_ttl, source_address_toward(ident.ip))
+    try:
+        conn = await ssh.wait_ready(ident.ip, meta.ssh_port, meta.ssh_user, cred.client_key, ident.host_key,
+                                    s.ip_to_ssh_timeout)
+    except RunnerFailed as e:
+        raise ScratchError(f"{e}: does the guest's sshd trust the runner-agent's files (TrustedUserCAKeys, "
+                           "AuthorizedPrincipalsFile; docs/building-templates.md §2)?") from e
+    return ident, conn
 
 
 async def _wait_lease(s: AgentSettings, proc: asyncio.subprocess.Process, mac: MACAddress) -> str:

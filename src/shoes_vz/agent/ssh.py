@@ -13,12 +13,14 @@ from shoes_vz.core.errors import RunnerFailed
 RETRY_INTERVAL = 0.02  # fast retries: the probe's lag is what a runner's startup pays for
 
 # The script goes over stdin into the guest and runs under nohup in its own session, output to a
-# log; the command returns as soon as it has started (run.sh stays in the foreground there).
+# log; the command returns as soon as it has started (run.sh stays in the foreground there). The
+# script holds a registration token: its file, its log and their directory are made the login user's
+# alone (umask 077); the script itself then runs with the usual umask 022.
 _DETACH = (
-    'd="${SHOESVZ_GUEST_HOME:-$HOME}"; s="$d/.shoes-vz"; mkdir -p "$s" && cat > "$s/setup.sh" && '
-    'cd "$d" && if command -v setsid >/dev/null 2>&1; then r="setsid"; else r=""; fi; '
-    '( $r nohup /bin/sh "$s/setup.sh" > "$s/setup.log" 2>&1 < /dev/null & echo $! > "$s/setup.pid" ) && '
-    'cat "$s/setup.pid"'
+    'umask 077; d="${SHOESVZ_GUEST_HOME:-$HOME}"; s="$d/.shoes-vz"; mkdir -p "$s" && cat > "$s/setup.sh" && '
+    ': > "$s/setup.log" && cd "$d" && if command -v setsid >/dev/null 2>&1; then r="setsid"; else r=""; fi; '
+    '( umask 022; $r nohup /bin/sh "$s/setup.sh" >> "$s/setup.log" 2>&1 < /dev/null & echo $! > "$s/setup.pid" ) '
+    '&& cat "$s/setup.pid"'
 )
 
 
@@ -26,13 +28,13 @@ async def wait_ready(
     host: str,
     port: int,
     user: str,
-    client_key: asyncssh.SSHKey,
+    client_key: asyncssh.SSHKey | tuple[asyncssh.SSHKey, asyncssh.SSHCertificate],
     host_key: asyncssh.SSHKey,
     timeout: float,
     setting: str = "ip_to_ssh_timeout",
 ) -> asyncssh.SSHClientConnection:
     """Connect with the pinned host key and run `true`; retry fast until `timeout` (the agent's
-    `setting`, named in the error) passes.
+    `setting`, named in the error) passes. `client_key` is a key, or a (key, certificate) pair.
 
     A guest that answers with another host key is not our VM: that fails at once.
     """

@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import asyncssh
 
-from shoes_vz.agent import ssh, supervisor
-from shoes_vz.agent.scratch import SCRATCH_SUFFIX, ScratchError, scratch_leftovers, scratch_vm
+from shoes_vz.agent import supervisor
+from shoes_vz.agent.scratch import SCRATCH_SUFFIX, ScratchError, ScratchVM, login, scratch_leftovers, scratch_vm
 from shoes_vz.agent.warm import SLOT_FILE, SLOT_PREFIX, WarmSlot, fitting_slots, slots_dir
 from shoes_vz.config import AgentSettings
-from shoes_vz.core.errors import ConfigError, RunnerFailed
+from shoes_vz.core.errors import ConfigError
 from shoes_vz.template import Template
 from shoes_vz.template.modes import make_read_only, move_dir, remove_tree
 from shoes_vz.vm import control
@@ -121,8 +120,8 @@ class SlotBuilder:
         s, t = self.settings, self.template
         self.root.mkdir(parents=True, exist_ok=True)
         async with scratch_vm(s, t, "warm", saveable=True) as vm:
-            await self._ready(vm.ip)
-            self.on_event(f"  {vm.ip}: SSH and runner-agent ready; saving the VM state")
+            await self._ready(vm)
+            self.on_event(f"  {vm.ip}: runner channel, SSH and runner-agent ready; saving the VM state")
             reply = await control.request(vm.bundle.control_socket, "save", timeout=SAVE_TIMEOUT)
             if "error" in reply:
                 raise WarmError(f"the VM could not save its state: {reply['error']}")
@@ -137,21 +136,12 @@ class SlotBuilder:
             self.on_event(f"  saved {slot.path}")
             return slot
 
-    async def _ready(self, ip: str) -> None:
-        """SSH with the pinned host key, then the runner-agent: what a runner will need at once."""
-        s, meta = self.settings, self.template.meta
-        key_path = s.ssh_key or self.template.sim_client_key
-        try:
-            client_key = await asyncio.to_thread(asyncssh.read_private_key, str(key_path))
-        except (OSError, asyncssh.KeyImportError) as e:
-            raise ConfigError(f"no usable SSH key for guests at {key_path}: {e} (set agent.ssh_key)") from e
-        try:
-            conn = await ssh.wait_ready(ip, meta.ssh_port, meta.ssh_user, client_key,
-                                        asyncssh.import_public_key(meta.ssh_host_key), s.ip_to_ssh_timeout)
-        except RunnerFailed as e:
-            raise WarmError(str(e)) from e
+    async def _ready(self, vm: ScratchVM) -> None:
+        """The runner channel, SSH with a certificate pinned to the host key it named, then the
+        runner-agent's HTTP: what a runner restored from this slot will need at once."""
+        ident, conn = await login(self.settings, vm, self.template)
         conn.close()
-        await self._runner_agent_ready(ip, time.monotonic() + s.ip_to_ssh_timeout)
+        await self._runner_agent_ready(ident.ip, time.monotonic() + self.settings.ip_to_ssh_timeout)
 
     async def _runner_agent_ready(self, ip: str, deadline: float) -> None:
         url = f"http://{ip}:{self.settings.runner_agent_port}/health"
@@ -175,7 +165,7 @@ class SlotBuilder:
         with contextlib.suppress(FileNotFoundError):
             tmp.log_file.rename(tmp.path / "build.log")
         write_json_atomic(tmp.path / SLOT_FILE, slot.to_json())
-        make_read_only(tmp.path)  # as a template: 0444/0555, and uchg on macOS
+        make_read_only(tmp.path)  # as a template: 0444/0555, Disk.img and State.save 0400, uchg on macOS
         try:
             move_dir(tmp.path, slot.path)
         except OSError as e:

@@ -61,15 +61,13 @@ def register(app: typer.Typer) -> None:
         templates_dir: TemplatesDirOpt = None,
         resource_types: Annotated[str, typer.Option(help="comma-separated types served")] = "",
         disk_gib: Annotated[int, typer.Option(min=1, help="sparse Disk.img size")] = 64,
-        authorized_key: Annotated[Path | None, typer.Option(help="public key the agent will use")] = None,
     ) -> None:
         """Make a sim template (simulated guest) with the seed's layout, frozen read-only."""
         from shoes_vz.template import init_sim
 
         try:
             templates = agent_settings(config, templates_dir=templates_dir).templates_dir
-            t = init_sim(templates, name, resource_types=_types(resource_types), disk_bytes=disk_gib * GIB,
-                         authorized_key=authorized_key.read_text() if authorized_key else None)
+            t = init_sim(templates, name, resource_types=_types(resource_types), disk_bytes=disk_gib * GIB)
         except (ShoesVzError, OSError) as e:
             raise fail(e) from None
         out.print(f"template [bold]{t.name}[/] at {t.path} serves {', '.join(t.meta.resource_types)}")

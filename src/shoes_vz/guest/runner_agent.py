@@ -1,30 +1,46 @@
-"""shoes-vz runner-agent: the small daemon inside each guest (DESIGN §3.4).
+"""shoes-vz runner-agent: the small daemon inside each guest (DESIGN §3.4, docs/security.md §8–§10).
 
 STDLIB ONLY, one module, Python >= 3.9: it is copied into guest images that have nothing else.
 Do not import shoes_vz (or anything outside the standard library) here; a test enforces it.
 
-At start it mints a random token and POSTs `{"runner_id", "ip_address", "mac_address", "token"}`
-to the host's notify URL at once, retrying with short backoff while it already serves:
+**The runner channel** (`--channel`): a stream only the host can open, bound to this VM — virtio-vsock
+port 8079 on a Mac (`vsock:PORT`; CPython has no AF_VSOCK on macOS, so the socket is made through
+libc), a per-VM Unix socket in the sim (`unix:PATH`). The host says hello with one JSON line
+`{"shoes_vz": "hello", "runner_id", "nonce", "user_ca", "time", "reannounce"}`; we step our clock to
+its time, and on the first hello of a boot — and on a re-announce after a restore — trust its SSH
+user CA for this runner alone (sshd's `TrustedUserCAKeys` and `AuthorizedPrincipalsFile` in
+--state-dir), mint a fresh SSH host key (and, after the first, a fresh /exec token), then answer
+`{"shoes_vz": "welcome", "runner_id", "nonce", "addresses", "token", "host_key", "clock", ...}`.
+The agent takes this runner's address, token and host key from that answer, never from the network.
+
+At start it also POSTs `{"runner_id", "ip_address", "mac_address"}` to the host's notify URL at
+once, retrying with short backoff: a hint that makes the host say hello early (it carries no
+secret). Meanwhile it serves:
 
     GET  /health  -> 200 {"status": "ok"}
     GET  /status  -> {"runner_id", "runner_name", "state": OFFLINE|PREPARING|IDLE|RUNNING|FINISHED}
     POST /exec    -> bearer token; {"command": [argv...] | "sh string", "timeout": s, "cwd": dir}
                      -> {"exit_code", "stdout", "stderr", "truncated", "timed_out"}
 
+Every request is bounded: the bearer token is checked before a body is read, a request must arrive
+within REQUEST_TIMEOUT, at most MAX_CONNECTIONS are served at once (more are closed), and a command's
+timeout kills its whole process group and answers at once.
+
 The runner state comes from the GitHub Actions runner's files and processes: `.runner` (written by
 config.sh), the `Runner.Listener` / `Runner.Worker` processes that belong to --runner-dir, and the
 newest `_diag/Runner_*.log`.
 
-After the VM is restored from a saved state (a warm slot, DESIGN §12) it re-announces itself: new
-token, DHCP renew (macOS, root), notify again. It notices the restore from its clocks (ResumeWatch);
-SIGHUP does the same on request.
+After the VM is restored from a saved state (a warm slot, DESIGN §12) the host's hello says so
+(`reannounce`): new token and host key, DHCP renew (macOS, root), notify again. The clocks
+(ResumeWatch) and SIGHUP still trigger a DHCP renew and a notify.
 
 `install` / `uninstall` (run inside a macOS guest as root) put this file at
-/usr/local/libexec/shoes-vz-runner-agent and a LaunchDaemon plist in /Library/LaunchDaemons. The
-program's shebang is the absolute path of an interpreter checked to run non-interactively (never
-`/usr/bin/env python3`: launchd's PATH finds `/usr/bin/python3`, the Xcode Command Line Tools stub,
-which without the tools shows an install prompt and exits, and KeepAlive respawns it in a loop);
-the plist sets PATH for everything the daemon runs.
+/usr/local/libexec/shoes-vz-runner-agent, a LaunchDaemon plist in /Library/LaunchDaemons and
+sshd's drop-in in /etc/ssh/sshd_config.d. The program's shebang is the absolute path of an
+interpreter checked to run non-interactively (never `/usr/bin/env python3`: launchd's PATH finds
+`/usr/bin/python3`, the Xcode Command Line Tools stub, which without the tools shows an install
+prompt and exits, and KeepAlive respawns it in a loop); the plist sets PATH for everything the
+daemon runs.
 """
 
 # Annotations stay strings (PEP 563), so `str | None` and `dict[...]` below are fine on Python 3.9;
@@ -33,14 +49,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import glob
 import hmac
 import http.client
 import json
+import math
 import os
 import plistlib
 import re
 import secrets
+import select
+import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -53,7 +74,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 
 OFFLINE, PREPARING, IDLE, RUNNING, FINISHED = "OFFLINE", "PREPARING", "IDLE", "RUNNING", "FINISHED"
 
@@ -61,6 +82,9 @@ OUTPUT_LIMIT = 64 * 1024  # per stream, for /exec
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 600.0
 MAX_BODY = 1024 * 1024
+EXIT_DRAIN = 0.2          # seconds of output still taken after a command ended (or was killed)
+REQUEST_TIMEOUT = 10.0    # seconds to receive a request: its line, headers and body
+MAX_CONNECTIONS = 32      # served at once; more are closed at once (each holds a thread)
 LOG_TAIL_BYTES = 256 * 1024
 NOTIFY_FIRST_DELAY, NOTIFY_MAX_DELAY, NOTIFY_DEADLINE = 0.05, 1.0, 120.0
 
@@ -72,9 +96,80 @@ _LOG_PATTERNS = (  # checked per line, newest line first: the last relevant line
 )
 
 
+# -- the guest's clock -----------------------------------------------------------------------------
+
+CLOCK_STEP_MIN = 1.0  # seconds: a smaller difference from the host's time is left to timed/NTP
+CLOCK_MODES = ("auto", "system", "model")
+
+
+def timeval_type(platform: str) -> Any:
+    """`struct timeval` of `platform`: time_t is a long on both; suseconds_t is an int32 on macOS
+    (`__darwin_suseconds_t`) and a long on Linux."""
+    usec = ctypes.c_int32 if platform == "darwin" else ctypes.c_long
+
+    class Timeval(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", usec)]
+
+    return Timeval
+
+
+def set_system_time(t: float, platform: str = sys.platform) -> str | None:
+    """settimeofday(2) to `t` (root only); None, or why it failed."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        tv = timeval_type(platform)(int(t), int(round((t - int(t)) * 1e6)) % 1000000)
+        if libc.settimeofday(ctypes.byref(tv), None) != 0:
+            return os.strerror(ctypes.get_errno())
+    except (OSError, AttributeError, ValueError) as e:
+        return str(e)
+    return None
+
+
+class Clock:
+    """The guest's wall clock, stepped to the host's time when the host says hello: a restored VZ
+    guest's clock stood still while it was saved and does not catch up by itself (UTM#6017), and a
+    stale clock breaks GitHub's token checks.
+
+    `system` steps the real clock (settimeofday; root on macOS). `model` is the sim's: a namespaced
+    sim guest cannot set its host's clock, so it records the offset it would have applied and uses it
+    for its own timestamps (log lines, the channel's answer). `auto`: system as root on macOS, else
+    model."""
+
+    def __init__(self, mode: str = "model", offset: float = 0.0) -> None:
+        self.mode, self.offset = mode, offset
+        self.lock = threading.Lock()
+
+    def configure(self, mode: str, offset: float = 0.0) -> None:
+        if mode == "auto":
+            mode = "system" if sys.platform == "darwin" and os.geteuid() == 0 else "model"
+        self.mode, self.offset = mode, offset
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def step_to(self, host_time: float) -> dict[str, Any]:
+        """Step to `host_time` unless within CLOCK_STEP_MIN; what was done (before/after/stepped/how)."""
+        with self.lock:
+            before = self.now()
+            how = "none"
+            if abs(host_time - before) >= CLOCK_STEP_MIN:
+                if self.mode == "system":
+                    error = set_system_time(host_time)
+                    how = "settimeofday" if error is None else f"settimeofday failed: {error}"
+                else:
+                    self.offset += host_time - before
+                    how = "model (offset recorded; the sim cannot set its host's clock)"
+            after = self.now()
+        return {"before": round(before, 3), "after": round(after, 3), "stepped": round(after - before, 3),
+                "how": how, "mode": self.mode}
+
+
+CLOCK = Clock()  # configured by serve(); log lines carry the guest's (possibly stepped) time
+
+
 def log(event: str, **fields: Any) -> None:
     """One line per event on stderr: `<utc time> runner-agent <event> k=v ...`."""
-    parts = [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runner-agent", event]
+    parts = [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(CLOCK.now())), "runner-agent", event]
     for k, v in fields.items():
         parts.append(f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}")
     try:
@@ -140,6 +235,56 @@ def detect_mac(ip: str) -> str:
             pass
     return ""
 
+
+def addresses_from_ip_addr(text: str) -> list[tuple[str, str]]:
+    """(interface, IPv4) pairs from `ip -o -4 addr show` (Linux), loopback left out."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "inet" and fields[1].rstrip(":") != "lo":
+            found.append((fields[1].rstrip(":"), fields[3].split("/")[0]))
+    return found
+
+
+def addresses_from_ifconfig(text: str) -> list[tuple[str, str, str]]:
+    """(interface, IPv4, MAC) triples from `ifconfig -a` (macOS), loopback left out."""
+    found, iface, mac, inets = [], "", "", []  # type: ignore[var-annotated]
+
+    def flush() -> None:
+        if iface and not iface.startswith("lo"):
+            found.extend((iface, ip, mac) for ip in inets)
+
+    for line in text.splitlines():
+        m = re.match(r"^([A-Za-z0-9_.]+): flags=", line)
+        if m:
+            flush()
+            iface, mac, inets = m.group(1), "", []
+            continue
+        words = line.split()
+        if len(words) >= 2 and words[0] == "ether":
+            mac = words[1].lower()
+        elif len(words) >= 2 and words[0] == "inet":
+            inets.append(words[1])
+    flush()
+    return found
+
+
+def detect_addresses(ip: str = "", mac: str = "") -> list[dict[str, str]]:
+    """This guest's IPv4 addresses with their interfaces' MACs, for the channel's answer. Given
+    `ip` (the loopback sim, whose "interface" is the host's lo) that one alone."""
+    if ip:
+        return [{"ip": ip, "mac": mac or detect_mac(ip), "interface": ""}]
+    if sys.platform == "darwin":
+        return [{"ip": a, "mac": m, "interface": i} for i, a, m in addresses_from_ifconfig(_run(["ifconfig", "-a"]))]
+    out = []
+    for iface, address in addresses_from_ip_addr(_run(["ip", "-o", "-4", "addr", "show"])):
+        try:
+            with open(f"/sys/class/net/{iface}/address") as f:
+                found = f.read().strip().lower()
+        except OSError:
+            found = ""
+        out.append({"ip": address, "mac": found, "interface": iface})
+    return out
 
 # -- IP notify -----------------------------------------------------------------------------------
 
@@ -216,12 +361,13 @@ class Announcer:
             raise NotReady("no default gateway yet")
         return f"http://{gateway}:{port or DEFAULT_NOTIFY_PORT}/notify-ip"
 
-    def body(self, url: str, token: str) -> dict[str, str]:
+    def body(self, url: str) -> dict[str, str]:
+        """What a notify says: no secret (the token travels over the channel), only a hint."""
         ip = self.ip or detect_ip(urllib.parse.urlsplit(url).hostname or "")
         if not ip:
             raise NotReady("no IPv4 address yet")
         mac = self.mac or detect_mac(ip)
-        return {"runner_id": self.runner_id, "ip_address": ip, "mac_address": mac, "token": token}
+        return {"runner_id": self.runner_id, "ip_address": ip, "mac_address": mac}
 
     @property
     def source_ip(self) -> str | None:
@@ -232,10 +378,9 @@ class Notifier(threading.Thread):
     """POSTs the notify at once, then with 50 ms doubling backoff (capped) until accepted, the deadline
     passes or it is cancelled (a newer announcement replaces it)."""
 
-    def __init__(self, announcer: Announcer, token: str, deadline: float,
-                 prepare: Callable[[], None] | None = None) -> None:
+    def __init__(self, announcer: Announcer, deadline: float, prepare: Callable[[], None] | None = None) -> None:
         super().__init__(name="notify", daemon=True)
-        self.announcer, self.token, self.deadline, self.prepare = announcer, token, deadline, prepare
+        self.announcer, self.deadline, self.prepare = announcer, deadline, prepare
         self.done = threading.Event()
         self.cancelled = threading.Event()
         self.ok = False
@@ -245,7 +390,7 @@ class Notifier(threading.Thread):
 
     def _attempt(self) -> tuple[int, str]:
         url = self.announcer.url()
-        body = self.announcer.body(url, self.token)
+        body = self.announcer.body(url)
         u = urllib.parse.urlsplit(url)
         if u.scheme != "http" or not u.hostname:
             raise ValueError(f"notify URL must be http://host[:port]/path, got {url!r}")
@@ -326,6 +471,10 @@ class ResumeWatch(threading.Thread):
         self._last = now
         frozen = max(d_wall - d_mono, d_mono - self.tick)
         return frozen if frozen > self.gap else 0.0
+
+    def rebase(self) -> None:
+        """Start counting afresh (the clock was just stepped on purpose)."""
+        self._last = (self.wall(), self.mono())
 
     def run(self) -> None:
         while not self.stopped.wait(self.tick):
@@ -481,73 +630,191 @@ class RunnerWatch:
 # -- /exec ---------------------------------------------------------------------------------------
 
 
-class _Capture(threading.Thread):
-    """Drains a pipe, keeping the first OUTPUT_LIMIT bytes (draining on, so the child never blocks)."""
+class _Output:
+    """The first OUTPUT_LIMIT bytes of a stream; the rest is read and dropped (the child never blocks)."""
 
-    def __init__(self, pipe: Any) -> None:
-        super().__init__(daemon=True)
-        self.pipe, self.data, self.truncated = pipe, bytearray(), False
+    def __init__(self) -> None:
+        self.data, self.truncated = bytearray(), False
 
-    def run(self) -> None:
-        try:
-            while True:
-                chunk = self.pipe.read1(65536) if hasattr(self.pipe, "read1") else self.pipe.read(65536)
-                if not chunk:
-                    return
-                room = OUTPUT_LIMIT - len(self.data)
-                if len(chunk) > room:
-                    self.truncated = True
-                if room > 0:
-                    self.data += chunk[:room]
-        except (OSError, ValueError):
-            return
+    def add(self, chunk: bytes) -> None:
+        room = OUTPUT_LIMIT - len(self.data)
+        if len(chunk) > room:
+            self.truncated = True
+        if room > 0:
+            self.data += chunk[:room]
+
+    def text(self) -> str:
+        return bytes(self.data).decode("utf-8", errors="replace")
 
 
 def run_command(command: Any, timeout: float, cwd: str | None = None) -> dict[str, Any]:
+    """Run `command` in a session of its own; answer when it ends, or at its timeout after killing its
+    whole process group. Background children that keep its pipes open (`sleep 12 &`) never hold the
+    answer: once the command ended, output is taken for EXIT_DRAIN seconds more, then we answer."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     try:
         # own session = own process group, so a timeout kills the command and all its children
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=cwd, start_new_session=True)
-    except OSError as e:
-        return {"exit_code": 127, "stdout": "", "stderr": f"{argv[0]}: {e.strerror or e}\n",
+    except (OSError, ValueError) as e:
+        return {"exit_code": 127, "stdout": "", "stderr": f"{argv[0]}: {getattr(e, 'strerror', None) or e}\n",
                 "truncated": False, "timed_out": False}
-    out, err = _Capture(proc.stdout), _Capture(proc.stderr)
-    out.start()
-    err.start()
-    timed_out = False
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        proc.wait()
-    # background children that keep the pipes open must not hold the response forever
-    for t in (out, err):
-        t.join(1.0)
+    assert proc.stdout is not None and proc.stderr is not None
+    outputs = {proc.stdout.fileno(): _Output(), proc.stderr.fileno(): _Output()}
+    deadline = time.monotonic() + timeout
+    timed_out, ended = False, None  # ended: when the command exited (or was killed)
+    with selectors.DefaultSelector() as sel:
+        for fd in outputs:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        while True:
+            now = time.monotonic()
+            if ended is None and proc.poll() is not None:
+                ended = now
+            elif ended is None and now >= deadline:
+                timed_out = _kill_group(proc)
+                ended = now
+            if ended is not None and (now - ended >= EXIT_DRAIN or not sel.get_map()):
+                break
+            if not sel.get_map():  # both pipes closed, the command still runs: wait for it alone
+                try:
+                    proc.wait(max(0.0, deadline - now))
+                except subprocess.TimeoutExpired:
+                    timed_out = _kill_group(proc)
+                ended = time.monotonic()
+                break
+            wait = EXIT_DRAIN - (now - ended) if ended is not None else min(0.05, deadline - now)
+            for key, _ in sel.select(max(0.0, wait)):
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    outputs[key.fd].add(chunk)
+                else:
+                    sel.unregister(key.fd)
+    out, err = outputs[proc.stdout.fileno()], outputs[proc.stderr.fileno()]
     for pipe in (proc.stdout, proc.stderr):
-        try:
-            pipe.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
-    return {
-        "exit_code": proc.returncode,
-        "stdout": bytes(out.data).decode("utf-8", errors="replace"),
-        "stderr": bytes(err.data).decode("utf-8", errors="replace"),
-        "truncated": out.truncated or err.truncated,
-        "timed_out": timed_out,
-    }
+        with contextlib.suppress(OSError):
+            pipe.close()  # nobody else reads it: closing never waits for a child that holds it
+    return {"exit_code": proc.returncode, "stdout": out.text(), "stderr": err.text(),
+            "truncated": out.truncated or err.truncated, "timed_out": timed_out}
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> bool:
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def parse_exec(req: Any) -> tuple[Any, float, str | None]:
+    if not isinstance(req, dict):
+        raise ValueError("expected a JSON object")
+    command = req.get("command")
+    if isinstance(command, str):
+        if not command.strip():
+            raise ValueError("command is empty")
+        parts = [command]
+    elif isinstance(command, list) and command and all(isinstance(a, str) for a in command):
+        parts = command
+    else:
+        raise ValueError("command must be a non-empty list of strings or a shell string")
+    if any("\x00" in a for a in parts):
+        raise ValueError("command contains a NUL character")
+    timeout = req.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+            or timeout <= 0:
+        raise ValueError("timeout must be a positive, finite number of seconds")
+    cwd = req.get("cwd")
+    if cwd is not None and (not isinstance(cwd, str) or "\x00" in cwd):
+        raise ValueError("cwd must be a string without NUL characters")
+    return command, min(float(timeout), MAX_TIMEOUT), cwd
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
 
 
+class Watchdog(threading.Thread):
+    """One thread for the whole server: a connection that has not delivered its request by its
+    deadline is shut down, so a slow sender (one byte now and then) cannot hold a thread for long."""
+
+    def __init__(self) -> None:
+        super().__init__(name="watchdog", daemon=True)
+        self._lock = threading.Lock()
+        self._deadlines: dict[socket.socket, float] = {}
+        self.stopped = threading.Event()
+
+    def arm(self, conn: socket.socket, seconds: float) -> None:
+        with self._lock:
+            self._deadlines[conn] = time.monotonic() + seconds
+
+    def disarm(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._deadlines.pop(conn, None)
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.25):
+            now = time.monotonic()
+            with self._lock:
+                late = [c for c, d in self._deadlines.items() if d <= now]
+                for c in late:
+                    del self._deadlines[c]
+            for c in late:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+
+
+class Server(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them; a connection beyond that is closed at
+    once (never queued behind idle ones)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], agent: Agent) -> None:
+        self.agent = agent
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.watchdog = Watchdog()
+        super().__init__(address, Handler)
+        self.watchdog.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            log("http.busy", client=client_address[0] if client_address else "")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def server_close(self) -> None:
+        self.watchdog.stopped.set()
+        super().server_close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-answer is one event line; anything else is a bug: its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log("http.client_gone", client=client_address[0] if client_address else "", error=type(error).__name__)
+            return
+        super().handle_error(request, client_address)
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = f"shoes-vz-runner-agent/{VERSION}"
     protocol_version = "HTTP/1.1"
+    timeout = REQUEST_TIMEOUT  # per read: an idle keep-alive connection goes after this long
 
     @property
     def agent(self) -> Agent:
@@ -556,15 +823,49 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
         pass  # requests are logged as events below, not in the http.server format
 
+    def handle_one_request(self) -> None:
+        watchdog: Watchdog = self.server.watchdog  # type: ignore[attr-defined]
+        watchdog.arm(self.connection, REQUEST_TIMEOUT)  # the request line, headers and body
+        try:
+            super().handle_one_request()
+        finally:
+            watchdog.disarm(self.connection)
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":  # no status line or headers in an answer: refuse it plainly
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
+            self.send_error(400, "HTTP/1.x only")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's refusals of a request it could not parse, as the client's fault (4xx): an unknown
+        method is 405 (not 501), an HTTP version other than 1.x is 400 (not 505)."""
+        if code in (501, 505):
+            code, message = (405, f"method {self.command!r} not allowed") if code == 501 else (400, "HTTP/1.x only")
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        super().send_error(code, message, explain)
+
+    def _received(self) -> None:
+        """The whole request is in: what follows (an /exec) may take its own time."""
+        self.server.watchdog.disarm(self.connection)  # type: ignore[attr-defined]
+
     def _json(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._received()
         path = self.path.split("?", 1)[0]
         if path == "/health":
             self._json(200, {"status": "ok", "version": VERSION})
@@ -575,6 +876,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
+        # decided on the headers alone: a body we will not use is never read (nor waited for)
+        if path != "/exec":
+            self.close_connection = True
+            self._json(404, {"error": f"no such endpoint {path}"})
+            return
+        if not self._authorized():
+            log("exec.denied", client=self.client_address[0])
+            self.close_connection = True
+            self._json(403, {"error": "missing or wrong bearer token"})
+            return
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -583,19 +894,20 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._json(413 if length > MAX_BODY else 400, {"error": "bad Content-Length"})
             return
-        raw = self.rfile.read(length) if length else b""
-        if path != "/exec":
-            self._json(404, {"error": f"no such endpoint {path}"})
+        try:
+            raw = self.rfile.read(length) if length else b""
+        except OSError:
+            self.close_connection = True
             return
-        if not self._authorized():
-            log("exec.denied", client=self.client_address[0])
-            self._json(403, {"error": "missing or wrong bearer token"})
+        if len(raw) < length:  # the sender gave up, or was too slow (the watchdog)
+            self.close_connection = True
             return
+        self._received()
         try:
             req = json.loads(raw.decode("utf-8"))
             command, timeout, cwd = parse_exec(req)
-        except ValueError as e:
-            self._json(400, {"error": str(e)})
+        except (ValueError, RecursionError) as e:  # bad UTF-8/JSON (too deep a nesting too), bad fields
+            self._json(400, {"error": str(e)[:500]})
             return
         started = time.monotonic()
         result = run_command(command, timeout, cwd)
@@ -612,56 +924,370 @@ class Handler(BaseHTTPRequestHandler):
         return hmac.compare_digest(given.strip().encode(), self.agent.token.encode())
 
 
-def parse_exec(req: Any) -> tuple[Any, float, str | None]:
-    if not isinstance(req, dict):
-        raise ValueError("expected a JSON object")
-    command = req.get("command")
-    if isinstance(command, str):
-        if not command.strip():
-            raise ValueError("command is empty")
-    elif isinstance(command, list) and command and all(isinstance(a, str) for a in command):
-        pass
-    else:
-        raise ValueError("command must be a non-empty list of strings or a shell string")
-    timeout = req.get("timeout", DEFAULT_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError("timeout must be a positive number of seconds")
-    cwd = req.get("cwd")
-    if cwd is not None and not isinstance(cwd, str):
-        raise ValueError("cwd must be a string")
-    return command, min(float(timeout), MAX_TIMEOUT), cwd
+# -- the runner channel: a stream only the host can open, bound to this VM -----------------------
+
+CHANNEL_PORT = 8079              # the vsock port the host connects to (the agent's vm/channel.py agrees)
+CHANNEL_VERSION = 1
+MAX_CHANNEL_LINE = 16 * 1024     # one JSON line each way
+CHANNEL_IO_TIMEOUT = 5.0
+AF_VSOCK = 40                    # <sys/vsock.h> (macOS) and <linux/vm_sockets.h> agree
+VMADDR_CID_ANY = 0xFFFFFFFF
+_RUNNER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NONCE = re.compile(r"^[0-9a-f]{16,128}$")
+_PUBLIC_KEY = re.compile(r"^(ssh|ecdsa)-[a-z0-9@.-]+ [A-Za-z0-9+/=]{16,8192}( [ -~]{0,200})?$")
+
+
+class SockaddrVmDarwin(ctypes.Structure):
+    """`struct sockaddr_vm` of macOS <sys/vsock.h>: packed, 12 bytes, a BSD length byte first."""
+
+    _pack_ = 1
+    _fields_ = [("svm_len", ctypes.c_uint8), ("svm_family", ctypes.c_uint8), ("svm_reserved1", ctypes.c_uint16),
+                ("svm_port", ctypes.c_uint32), ("svm_cid", ctypes.c_uint32)]
+
+
+class SockaddrVmLinux(ctypes.Structure):
+    """`struct sockaddr_vm` of <linux/vm_sockets.h>: 16 bytes, the size of `struct sockaddr`."""
+
+    _fields_ = [("svm_family", ctypes.c_uint16), ("svm_reserved1", ctypes.c_uint16), ("svm_port", ctypes.c_uint32),
+                ("svm_cid", ctypes.c_uint32), ("svm_flags", ctypes.c_uint8), ("svm_zero", ctypes.c_uint8 * 3)]
+
+
+def sockaddr_vm(port: int, cid: int = VMADDR_CID_ANY, platform: str = sys.platform) -> Any:
+    if platform == "darwin":
+        return SockaddrVmDarwin(ctypes.sizeof(SockaddrVmDarwin), AF_VSOCK, 0, port, cid)
+    if platform.startswith("linux"):
+        return SockaddrVmLinux(AF_VSOCK, 0, port, cid, 0)
+    raise OSError(f"vsock: no sockaddr_vm layout known for {platform}")
+
+
+def _errno_error(what: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+class VsockListener:
+    """A listening AF_VSOCK stream socket made through libc: CPython's socket module has no AF_VSOCK
+    on macOS, and its accept() refuses a family it has no address size for. Accepted connections are
+    wrapped as socket objects (recv, sendall and timeouts need no address)."""
+
+    def __init__(self, port: int, platform: str = sys.platform, backlog: int = 8) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        fd = self.libc.socket(AF_VSOCK, socket.SOCK_STREAM, 0)
+        if fd < 0:
+            raise _errno_error("socket(AF_VSOCK)")
+        try:
+            addr = sockaddr_vm(port, VMADDR_CID_ANY, platform)
+            if self.libc.bind(fd, ctypes.byref(addr), ctypes.sizeof(addr)) != 0:
+                raise _errno_error(f"bind(vsock port {port})")
+            if self.libc.listen(fd, backlog) != 0:
+                raise _errno_error("listen(vsock)")
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def accept(self) -> socket.socket:
+        conn = self.libc.accept(self.fd, None, None)
+        if conn < 0:
+            raise _errno_error("accept(vsock)")
+        return socket.socket(AF_VSOCK, socket.SOCK_STREAM, 0, fileno=conn)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class UnixListener:
+    """The sim's vsock: a Unix socket in a directory only this VM's guest (and the host) can reach."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.bind(_short_unix_path(path))
+            os.chmod(path, 0o600)
+            self.sock.listen(8)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def accept(self) -> socket.socket:
+        return self.sock.accept()[0]
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def _short_unix_path(path: str) -> str:
+    """`path`, or on Linux the same place through /proc/self/fd when it is too long for sun_path."""
+    if len(os.fsencode(path)) <= 100 or not os.path.isdir("/proc/self/fd"):
+        return path
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)  # kept open: the socket's name goes through it
+    return f"/proc/self/fd/{fd}/{os.path.basename(path)}"
+
+
+def parse_channel(value: str) -> tuple[str, str]:
+    """`vsock:PORT` or `unix:PATH`; "" for none."""
+    if value == "":
+        return "", ""
+    kind, _, rest = value.partition(":")
+    if kind == "vsock" and rest.isdigit() and 0 < int(rest) < 2**32 - 1:
+        return kind, rest
+    if kind == "unix" and rest.startswith("/"):
+        return kind, rest
+    raise argparse.ArgumentTypeError(f"--channel wants vsock:PORT or unix:/absolute/path, got {value!r}")
+
+
+def channel_listener(kind: str, where: str) -> Any:
+    if kind == "vsock":
+        return VsockListener(int(where))
+    return UnixListener(where)
+
+
+def read_line(conn: socket.socket, limit: int = MAX_CHANNEL_LINE) -> bytes:
+    """One line (without its newline); OSError when it is longer than `limit` or the peer hangs up."""
+    data = b""
+    while b"\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            raise OSError("the host hung up before the end of its line")
+        data += chunk
+        if len(data) > limit:
+            raise OSError(f"a channel line longer than {limit} bytes")
+    return data.split(b"\n", 1)[0]
+
+
+class HelloError(ValueError):
+    """A hello we will not act on (answered with an error, changes nothing)."""
+
+
+def parse_hello(obj: Any) -> dict[str, Any]:
+    """The host's hello, every field checked before anything is done with it."""
+    if not isinstance(obj, dict) or obj.get("shoes_vz") != "hello":
+        raise HelloError("expected {\"shoes_vz\": \"hello\", ...}")
+    runner_id, nonce, ca, at = obj.get("runner_id"), obj.get("nonce"), obj.get("user_ca"), obj.get("time")
+    if not isinstance(runner_id, str) or not _RUNNER_ID.match(runner_id):
+        raise HelloError("runner_id: letters, digits, '.', '_' and '-', at most 128")
+    if not isinstance(nonce, str) or not _NONCE.match(nonce):
+        raise HelloError("nonce: 16 to 128 lowercase hex digits")
+    if not isinstance(ca, str) or not _PUBLIC_KEY.match(ca):
+        raise HelloError("user_ca: one OpenSSH public key line")
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at) or at <= 0:
+        raise HelloError("time: seconds since the epoch")
+    reannounce = obj.get("reannounce", False)
+    if not isinstance(reannounce, bool):
+        raise HelloError("reannounce: true or false")
+    return {"runner_id": runner_id, "nonce": nonce, "user_ca": ca, "time": float(at), "reannounce": reannounce}
+
+
+class ChannelServer(threading.Thread):
+    """Accepts the host's connections on the channel, one at a time: one hello line in, one answer out."""
+
+    def __init__(self, listener: Any, on_hello: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        super().__init__(name="channel", daemon=True)
+        self.listener, self.on_hello = listener, on_hello
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                ready, _, _ = select.select([self.listener], [], [], 0.5)
+                if not ready:
+                    continue
+                conn = self.listener.accept()
+            except (OSError, ValueError) as e:
+                if self.stopped.is_set():
+                    return
+                log("channel.accept.failed", error=str(e))
+                time.sleep(0.1)
+                continue
+            with conn:
+                self.serve_one(conn)
+
+    def serve_one(self, conn: socket.socket) -> None:
+        conn.settimeout(CHANNEL_IO_TIMEOUT)
+        try:
+            line = read_line(conn)
+        except OSError as e:
+            log("channel.read.failed", error=str(e))
+            return
+        try:
+            answer = self.on_hello(parse_hello(json.loads(line)))
+        except (ValueError, RecursionError) as e:  # HelloError, bad JSON or nesting too deep for the parser
+            log("channel.refused", error=str(e)[:200])
+            answer = {"shoes_vz": "error", "version": CHANNEL_VERSION, "error": str(e)[:500]}
+        except OSError as e:  # e.g. ssh-keygen missing: say so to the host rather than hang up
+            log("channel.failed", error=str(e))
+            answer = {"shoes_vz": "error", "version": CHANNEL_VERSION, "error": f"the guest could not comply: {e}"}
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps(answer).encode() + b"\n")
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+
+
+# -- this boot's identity: the /exec token, the SSH host key, whom sshd trusts ---------------------
+
+HOST_KEY, USER_CA, PRINCIPALS, STATE = "ssh_host_ed25519_key", "user_ca.pub", "principals", "state.json"
+
+
+class Identity:
+    """What this guest is for this boot, in --state-dir (the sshd drop-in names these files):
+
+    - `ssh_host_ed25519_key` (+ `.pub`): a host key minted when the host first says hello, and again
+      after a restore, so the key the agent pins is this runner's and no other's;
+    - `user_ca.pub` and `principals`: sshd trusts certificates of the agent's CA whose principal is
+      this runner's id, nothing else;
+    - `state.json` (0600): token, runner id and hello count, so a sim restore resumes it."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.runner_id = ""
+        self.token = ""
+        self.host_key = ""
+        self.hellos = 0
+        self.boot_id = secrets.token_hex(8)
+
+    def path(self, name: str) -> str:
+        if not self.state_dir:
+            raise OSError("no --state-dir: this runner-agent cannot keep sshd's per-boot files")
+        return os.path.join(self.state_dir, name)
+
+    def new_token(self) -> None:
+        self.token = secrets.token_urlsafe(32)
+
+    def clear(self) -> None:
+        """A fresh boot: nobody is trusted until the host says hello (sshd falls back to the image's key)."""
+        if not self.state_dir:
+            return
+        for name in (HOST_KEY, HOST_KEY + ".pub", USER_CA, PRINCIPALS, STATE):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.state_dir, name))
+
+    def mint_host_key(self) -> None:
+        """A fresh ed25519 host key through ssh-keygen (sshd loads host keys at every connection)."""
+        keygen = shutil.which("ssh-keygen", path=os.environ.get("PATH", "") + ":/usr/bin:/usr/local/bin") \
+            or "/usr/bin/ssh-keygen"
+        target = self.path(HOST_KEY)
+        tmp = f"{target}.new.{os.getpid()}"
+        for p in (tmp, tmp + ".pub"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        try:
+            done = subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"shoes-vz-{self.boot_id}",
+                                   "-f", tmp], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=15, check=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise OSError(f"ssh-keygen could not run: {e}") from None
+        if done.returncode != 0:
+            raise OSError(f"ssh-keygen failed ({done.returncode}): {(done.stderr or done.stdout).strip()[:200]}")
+        with open(tmp + ".pub") as f:
+            public = " ".join(f.read().split()[:2])
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, target)  # the private key first: sshd pairs them by content, not by name
+        os.replace(tmp + ".pub", target + ".pub")
+        self.host_key = public
+
+    def trust(self, user_ca: str, runner_id: str) -> None:
+        """sshd admits certificates of `user_ca` for principal `runner_id`, and only those."""
+        _write_atomic(self.path(USER_CA), user_ca.strip() + "\n", 0o644)
+        _write_atomic(self.path(PRINCIPALS), runner_id + "\n", 0o644)
+        self.runner_id = runner_id
+
+    def save(self, clock_offset: float) -> None:
+        if not self.state_dir:
+            return
+        _write_atomic(self.path(STATE), json.dumps({
+            "boot_id": self.boot_id, "runner_id": self.runner_id, "token": self.token, "host_key": self.host_key,
+            "hellos": self.hellos, "clock_offset": clock_offset, "saved_at": time.time() + clock_offset,
+        }) + "\n", 0o600)
+
+    def resume(self) -> float:
+        """Take back a saved identity (a sim restore: this process is new, the guest it models is not);
+        the clock offset of a guest whose clock stood still since the save."""
+        with open(self.path(STATE)) as f:
+            state = json.load(f)
+        self.boot_id, self.runner_id = str(state["boot_id"]), str(state["runner_id"])
+        self.token, self.host_key, self.hellos = str(state["token"]), str(state["host_key"]), int(state["hellos"])
+        # the VM's clock stood still from the save (the host's time then: `frozen_at`) to now
+        if "frozen_at" in state:
+            at_save = float(state["frozen_at"]) + float(state.get("clock_offset", 0.0))
+        else:
+            at_save = float(state["saved_at"])
+        return at_save - time.time()
+
+
+def _write_atomic(path: str, text: str, mode: int) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 # -- the daemon ----------------------------------------------------------------------------------
 
 
 class Agent:
-    """The daemon's object graph: the /exec token, the runner watch, the announcements and the resume
-    watch. Every announcement after the first mints a new token: a restored guest must not keep the token
-    it had when its slot was saved (every runner cloned from that slot would share it)."""
+    """The daemon's object graph: this boot's identity, the runner watch, the channel's hellos, the
+    announcements and the resume watch.
+
+    The /exec token and the SSH host key change only when the host says hello over the channel (a
+    fresh one after the first hello of a boot, and after a restore), so the host always knows them:
+    a restored guest must not keep the token and host key it had when its slot was saved (every
+    runner cloned from that slot would share them)."""
 
     def __init__(self, runner_dir: str, announcer: Announcer | None = None, token_file: str = "",
                  notify_deadline: float = NOTIFY_DEADLINE, resume_gap: float = RESUME_GAP,
-                 resume_tick: float = RESUME_TICK, wall: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic, renew: Callable[[], None] = renew_dhcp) -> None:
+                 resume_tick: float = RESUME_TICK, wall: Callable[[], float] | None = None,
+                 mono: Callable[[], float] = time.monotonic, renew: Callable[[], None] = renew_dhcp,
+                 state_dir: str = "", clock: Clock | None = None, ip: str = "", mac: str = "") -> None:
         self.watch = RunnerWatch(runner_dir)
         self.announcer, self.token_file, self.renew = announcer, token_file, renew
         self.notify_deadline = notify_deadline
+        self.clock = clock or CLOCK
+        self.ip, self.mac = ip, mac
         self._lock = threading.Lock()
         self.notifier: Notifier | None = None
-        self.resume_watch = (ResumeWatch(self._on_resume, resume_gap, resume_tick, wall, mono)
+        self.resume_watch = (ResumeWatch(self._on_resume, resume_gap, resume_tick, wall or self.clock.now, mono)
                              if resume_gap > 0 else None)
-        self.token = ""
-        self._new_token()
+        self.identity = Identity(state_dir)
+        self._set_token()
 
-    def _new_token(self) -> None:
-        token = secrets.token_urlsafe(32)
+    @property
+    def token(self) -> str:
+        return self.identity.token
+
+    def _set_token(self) -> None:
+        self.identity.new_token()
         if self.token_file:
-            write_token(self.token_file, token)
-        self.token = token
+            write_token(self.token_file, self.identity.token)
+
+    def resume(self) -> None:
+        """A sim restore: the saved identity again, and a clock that stood still since the save."""
+        self.clock.offset = self.identity.resume()
+        if self.token_file:
+            write_token(self.token_file, self.identity.token)
+        if self.announcer is not None and self.identity.runner_id:
+            self.announcer.runner_id = self.identity.runner_id
+        log("resumed.identity", runner_id=self.identity.runner_id, clock_behind_s=round(-self.clock.offset, 1))
 
     def start(self) -> None:
-        self._announce(None, rotate=False)  # the token minted at start
+        self._announce(None)
         if self.resume_watch is not None:
             self.resume_watch.start()
 
@@ -672,33 +1298,60 @@ class Agent:
             if self.notifier is not None:
                 self.notifier.cancel()
 
+    def on_hello(self, hello: dict[str, Any]) -> dict[str, Any]:
+        """The host said hello over the channel (already validated): step the clock, renew the identity
+        when this is a new runner or a restore, answer with what the agent needs."""
+        with self._lock:
+            clock = self.clock.step_to(hello["time"])
+            if self.resume_watch is not None:
+                self.resume_watch.rebase()  # our own step is no restore
+            fresh = self.identity.hellos == 0 or hello["reannounce"] or hello["runner_id"] != self.identity.runner_id
+            if fresh:
+                if self.identity.hellos:
+                    self._set_token()  # the first hello of a boot keeps the boot's token
+                self.identity.mint_host_key()
+                self.identity.trust(hello["user_ca"], hello["runner_id"])
+            self.identity.hellos += 1
+            self.identity.save(self.clock.offset)
+            answer = {
+                "shoes_vz": "welcome", "version": CHANNEL_VERSION, "runner_id": hello["runner_id"],
+                "nonce": hello["nonce"], "addresses": detect_addresses(self.ip, self.mac), "token": self.identity.token,
+                "host_key": self.identity.host_key, "boot_id": self.identity.boot_id, "clock": clock,
+                "renewed": fresh, "agent_version": VERSION,
+            }
+        log("channel.hello", runner_id=hello["runner_id"], fresh=fresh, reannounce=hello["reannounce"],
+            clock_stepped_s=clock["stepped"], addresses=",".join(a["ip"] for a in answer["addresses"]) or "none")
+        if fresh and self.announcer is not None:
+            self.announcer.runner_id = hello["runner_id"]
+        if hello["reannounce"]:
+            threading.Thread(target=self.reannounce, args=("the host announced a restore",), daemon=True).start()
+        return answer
+
     def reannounce(self, reason: str) -> None:
-        """New token, DHCP renew, notify again (after a restore, or on SIGHUP)."""
+        """DHCP renew and notify again (after a restore, or on SIGHUP)."""
         log("reannounce", reason=reason)
-        self._announce(self.renew, rotate=True)
+        self._announce(self.renew)
 
     def _on_resume(self, frozen: float) -> None:
         self.reannounce(f"stood still {frozen:.1f}s")
 
-    def _announce(self, prepare: Callable[[], None] | None, rotate: bool) -> None:
+    def _announce(self, prepare: Callable[[], None] | None) -> None:
         with self._lock:
             previous = self.notifier
             if previous is not None:
                 previous.cancel()
-            if rotate:
-                self._new_token()
             if self.announcer is None:
                 log("notify.skipped", reason="no --notify-url")
                 return
 
             def first_the_previous_then_prepare() -> None:
-                # an attempt of the previous notifier still in flight must not land after ours (old token)
+                # an attempt of the previous notifier still in flight should not land after ours
                 if previous is not None:
                     previous.join(5.0)
                 if prepare is not None:
                     prepare()
 
-            self.notifier = Notifier(self.announcer, self.token, self.notify_deadline, first_the_previous_then_prepare)
+            self.notifier = Notifier(self.announcer, self.notify_deadline, first_the_previous_then_prepare)
             self.notifier.start()
 
 
@@ -727,19 +1380,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shoes-vz-runner-agent", description=(__doc__ or "").split("\n\n")[0],
         epilog="subcommands: `install` and `uninstall` set it up as a LaunchDaemon in a macOS guest "
-               "(see `install --help`). SIGHUP makes it re-announce itself (new token, DHCP renew).",
+               "(see `install --help`). SIGHUP makes it re-announce itself (DHCP renew, notify).",
     )
     p.add_argument("--notify-url", default="", type=parse_notify_url,
                    help="the host's IP-notify endpoint, e.g. http://192.168.64.1:8081/notify-ip; "
                         "'auto[:PORT]' = http://<default gateway>:PORT/notify-ip (PORT 8081), resolved at each try; "
                         "empty: no notify")
     p.add_argument("--listen", default="0.0.0.0:8080", type=parse_listen, help="host:port to serve on")
+    p.add_argument("--channel", default="", type=parse_channel,
+                   help=f"the runner channel the host says hello on: vsock:PORT (a Mac: vsock:{CHANNEL_PORT}) or "
+                        "unix:PATH (the sim); empty: none (the host then cannot make this VM a runner)")
+    p.add_argument("--state-dir", default="/var/run/shoes-vz" if sys.platform == "darwin" else "",
+                   help="this boot's SSH host key, trusted CA and principals (sshd's drop-in names them)")
+    p.add_argument("--clock", default="auto", choices=CLOCK_MODES,
+                   help="how the host's time is applied: system (settimeofday, root), model (the sim: an "
+                        "offset for our own timestamps), auto (system as root on macOS, else model)")
+    p.add_argument("--resumed", action="store_true", help=argparse.SUPPRESS)  # the sim's restore
     p.add_argument("--runner-dir", default=os.path.expanduser("~/actions-runner"),
                    help="the GitHub Actions runner directory (holds .runner and _diag/)")
     p.add_argument("--mac", default="", help="this guest's MAC (default: detect; en0 on macOS)")
     p.add_argument("--ip", default="",
                    help="this guest's IP (default: detect); when given, the notify is sent from it")
-    p.add_argument("--runner-id", default="", help="sent in the notify (default: the hostname)")
+    p.add_argument("--runner-id", default="", help="sent in the notify until the host names us (default: the hostname)")
     p.add_argument("--token-file", default="", help="also write the /exec token here (mode 0600)")
     p.add_argument("--resume-gap", type=float, default=RESUME_GAP,
                    help="re-announce when the guest stood still this many seconds (VM restored); 0: never")
@@ -751,20 +1413,35 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     host, port = args.listen
+    CLOCK.configure(args.clock)
     announcer = Announcer(args.notify_url, args.runner_id or socket.gethostname(), args.ip, args.mac) \
         if args.notify_url else None
-    agent = Agent(args.runner_dir, announcer, args.token_file, args.notify_deadline, args.resume_gap)
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
+    agent = Agent(args.runner_dir, announcer, args.token_file, args.notify_deadline, args.resume_gap,
+                  state_dir=args.state_dir, ip=args.ip, mac=args.mac)
+    if args.state_dir:
+        try:
+            os.makedirs(args.state_dir, mode=0o755, exist_ok=True)
+            if args.resumed:
+                agent.resume()
+            else:
+                agent.identity.clear()
+        except (OSError, ValueError, KeyError) as e:
+            log("state.failed", state_dir=args.state_dir, error=str(e))
+            return 1
+    channel = None
+    if args.channel[0]:
+        try:
+            channel = ChannelServer(channel_listener(*args.channel), agent.on_hello)
+        except OSError as e:
+            log("channel.failed", channel=":".join(args.channel), error=str(e))
+            return 1
     try:
-        server = Server((host, port), Handler)
+        server = Server((host, port), agent)
     except OSError as e:
         log("listen.failed", address=f"{host}:{port}", error=str(e))
+        if channel is not None:
+            channel.listener.close()
         return 1
-    server.agent = agent  # type: ignore[attr-defined]
 
     def stop(signum: int, _frame: Any) -> None:
         log("stopping", signal=signal.Signals(signum).name)
@@ -777,12 +1454,17 @@ def serve(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, hangup)
-    log("listening", address=f"{host}:{server.server_port}", runner_dir=args.runner_dir, pid=os.getpid())
+    log("listening", address=f"{host}:{server.server_port}", runner_dir=args.runner_dir, pid=os.getpid(),
+        channel=":".join(args.channel) or "none", clock=CLOCK.mode)
+    if channel is not None:
+        channel.start()
     agent.start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         agent.stop()
+        if channel is not None:
+            channel.stop()
         server.server_close()
     log("stopped")
     return 0
@@ -794,6 +1476,9 @@ LABEL = "dev.shoes-vz.runner-agent"
 PROGRAM = "/usr/local/libexec/shoes-vz-runner-agent"
 LAUNCH_DAEMONS = "/Library/LaunchDaemons"
 LOG_FILE = "/var/log/shoes-vz-runner-agent.log"
+GUEST_STATE_DIR = "/var/run/shoes-vz"  # this boot's host key, trusted CA and principals (Identity)
+SSHD_CONFIG = "/etc/ssh/sshd_config"
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/050-shoes-vz.conf"  # before macOS's own 100-macos.conf: first value wins
 GUEST_RUNNER_DIR = "/tmp/runner"  # myshoes: $RUNNER_BASE_DIRECTORY/runner, RUNNER_BASE_DIRECTORY=/tmp by default
 CLT_STUB = "/usr/bin/python3"  # runs the Command Line Tools' python3, or — without them — an install prompt
 DAEMON_PATH = ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
@@ -880,6 +1565,33 @@ def daemon_plist(label: str, daemon_args: list[str], path: str) -> bytes:
         "StandardErrorPath": LOG_FILE,
     }
     return plistlib.dumps(data, fmt=plistlib.FMT_XML, sort_keys=True)
+
+
+def sshd_dropin(state_dir: str = GUEST_STATE_DIR) -> bytes:
+    """sshd's part (docs/security.md §9): certificates of the agent's CA, for this runner's id alone;
+    the per-boot host key first (the image's own until the host's first hello); no other way in.
+    macOS starts sshd per connection (launchd, inetd style), so every file here is read afresh."""
+    return "\n".join([
+        "# shoes-vz runner-agent (written by `install`): per-runner SSH certificates, a per-boot host key",
+        f"HostKey {state_dir}/{HOST_KEY}",
+        "HostKey /etc/ssh/ssh_host_ed25519_key",
+        f"TrustedUserCAKeys {state_dir}/{USER_CA}",
+        f"AuthorizedPrincipalsFile {state_dir}/{PRINCIPALS}",
+        "AuthorizedKeysFile none",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "",
+    ]).encode()
+
+
+def sshd_includes_dropins(config_text: str) -> bool:
+    """Whether sshd_config includes sshd_config.d before anything else could set our keywords."""
+    for line in config_text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        return words[0].lower() == "include" and any("sshd_config.d" in w for w in words[1:])
+    return False
 
 
 def load_commands(label: str, plist: str) -> list[list[str]]:
@@ -1015,9 +1727,19 @@ def install(args: argparse.Namespace, run: RunCommand, euid: int, platform: str,
             program = program_bytes(f.read(), python)
     except (OSError, UnicodeDecodeError) as e:
         raise InstallError(f"cannot read my own source {__file__}: {e}") from None
-    daemon_args = ["--notify-url", args.notify_url, "--listen", args.listen, "--runner-dir", runner_dir]
+    daemon_args = ["--notify-url", args.notify_url, "--listen", args.listen, "--runner-dir", runner_dir,
+                   "--channel", f"vsock:{args.channel_port}", "--state-dir", GUEST_STATE_DIR]
     files = [(PROGRAM, program, 0o755),
-             (layout.plist, daemon_plist(layout.label, daemon_args, daemon_path(python)), 0o644)]
+             (layout.plist, daemon_plist(layout.label, daemon_args, daemon_path(python)), 0o644),
+             (SSHD_DROPIN, sshd_dropin(), 0o644)]
+    try:
+        with open(layout.on_disk(SSHD_CONFIG)) as f:
+            includes = sshd_includes_dropins(f.read())
+    except OSError:
+        includes = False
+    if not includes:
+        print(f"warning: {SSHD_CONFIG} does not start with `Include /etc/ssh/sshd_config.d/*`: add it as its "
+              f"first line, or sshd ignores {SSHD_DROPIN} and the agent's certificates are refused")
 
     if args.dry_run:
         for guest_path, data, mode in files:
@@ -1063,7 +1785,8 @@ def uninstall(args: argparse.Namespace, run: RunCommand, euid: int, platform: st
     layout.check_privileges(euid, args.dry_run)
     if args.unload:
         layout.check_live_system("--unload", platform, args.dry_run)
-    paths = [layout.on_disk(layout.plist), layout.on_disk(PROGRAM)]  # the plist first: no reload at boot
+    # the plist first: no reload at boot
+    paths = [layout.on_disk(layout.plist), layout.on_disk(PROGRAM), layout.on_disk(SSHD_DROPIN)]
     if args.dry_run:
         if args.unload:
             print(f"would run launchctl bootout system/{layout.label}")
@@ -1104,6 +1827,8 @@ def install_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--listen", default="0.0.0.0:8080", type=_listen_text, help="the daemon's --listen")
         p.add_argument("--runner-dir", default=GUEST_RUNNER_DIR,
                        help=f"the actions runner directory in the guest (default {GUEST_RUNNER_DIR})")
+        p.add_argument("--channel-port", type=int, default=CHANNEL_PORT,
+                       help=f"the vsock port the host says hello on (default {CHANNEL_PORT}; the agent's is fixed)")
         p.add_argument("--load", action="store_true", help="load it now: launchctl bootout, enable, bootstrap")
     else:
         p.add_argument("--unload", action="store_true", help="stop it now: launchctl bootout")

@@ -1,8 +1,10 @@
 """Read-only and back: the modes (and, on macOS, the `uchg` flag) that make a template frozen.
 
 Frozen: files 0444 (0555 when executable), directories 0555, and `chflags uchg` where the platform
-has it (so even root's tools cannot change a template by accident). Drafts and retired versions are
-made writable again before they are changed or removed.
+has it (so even root's tools cannot change a template by accident). Files that hold secrets
+(`is_private`: the disk image with the guest's host private key on it, a saved state with the guest's
+memory, any private key) are 0400: readable by the agent's user, who owns them, and nobody else.
+Drafts and retired versions are made writable again before they are changed or removed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,20 @@ from pathlib import Path
 
 IMMUTABLE: int = getattr(stat, "UF_IMMUTABLE", 0)
 WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+PRIVATE_NAMES = frozenset({"Disk.img", "State.save"})
+
+
+def is_private(path: str) -> bool:
+    """Whether a template's (or warm slot's) file holds secrets and so stays 0400 when frozen."""
+    name = os.path.basename(path)
+    return name in PRIVATE_NAMES or name.endswith("_key") or (name.startswith("id_") and not name.endswith(".pub"))
+
+
+def frozen_mode(path: str) -> int:
+    """The mode `make_read_only` gives the file at `path`."""
+    if is_private(path):
+        return 0o400
+    return 0o555 if os.stat(path).st_mode & 0o111 else 0o444
 
 
 def has_flags() -> bool:
@@ -32,12 +48,13 @@ def _set_immutable(path: str, on: bool) -> None:
 
 
 def make_read_only(root: Path) -> None:
-    """Files 0444 (0555 when executable), directories 0555, then `uchg` on everything (children first)."""
+    """Files 0444 (0555 when executable, 0400 when private), directories 0555, then `uchg` on
+    everything (children first)."""
     for dirpath, dirs, files in os.walk(root, topdown=False):
         for f in files:
             p = os.path.join(dirpath, f)
             if not os.path.islink(p):
-                os.chmod(p, 0o555 if os.stat(p).st_mode & 0o111 else 0o444)
+                os.chmod(p, frozen_mode(p))
                 _set_immutable(p, True)
         for d in dirs:
             p = os.path.join(dirpath, d)
@@ -99,4 +116,4 @@ def move_dir(src: Path, dst: Path) -> None:
         _set_immutable(str(dst), True)
 
 
-__all__ = ["has_flags", "make_read_only", "make_writable", "move_dir", "remove_tree"]
+__all__ = ["frozen_mode", "has_flags", "is_private", "make_read_only", "make_writable", "move_dir", "remove_tree"]

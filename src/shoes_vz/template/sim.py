@@ -26,7 +26,6 @@ def init_sim(
     *,
     resource_types: list[str] | None = None,
     disk_bytes: int = 64 * 1024**3,
-    authorized_key: str | None = None,
     cpu_count: int = 4,
     memory_bytes: int = 8 * 1024**3,
     ssh_port: int = 2222,
@@ -35,9 +34,12 @@ def init_sim(
 ) -> Template:
     """Make a sim template with the seed's layout, frozen read-only.
 
-    The guest's sshd host key and (unless `authorized_key` is given) a client key for the agent are
-    generated into `sim/`; freeze pins the host key. The guest sshd listens on `ssh_port` (2222: a
-    host sshd on *:22 would shadow port 22 of a loopback guest's 127.100/16).
+    The image's sshd host key is generated into `sim/` (0400 once frozen, like every private key in a
+    template); freeze pins it. There is no client key: the agent logs in with a certificate of its
+    own user CA made for one runner, which the guest's runner-agent is told to trust over the runner
+    channel, and the guest serves a per-boot host key from then on (docs/security.md §8–§9). The
+    guest sshd listens on `ssh_port` (2222: a host sshd on *:22 would shadow port 22 of a loopback
+    guest's 127.100/16).
 
     The login user (`ssh_user`) defaults to `runner` as root on Linux — the unprivileged user of a
     namespaced guest — and to the current user elsewhere, since a loopback guest's sshd runs as that
@@ -59,12 +61,9 @@ def init_sim(
         sim = tmp / "sim"
         sim.mkdir()
         host_key = asyncssh.generate_private_key("ssh-ed25519")
-        host_key.write_private_key(str(sim / "ssh_host_ed25519_key"))
-        if authorized_key is None:
-            client = asyncssh.generate_private_key("ssh-ed25519", comment="shoes-vz-sim")
-            client.write_private_key(str(sim / "id_ed25519"))
-            authorized_key = client.export_public_key().decode().strip()
-        (sim / "authorized_keys").write_text(authorized_key.strip() + "\n")
+        fd = os.open(sim / "ssh_host_ed25519_key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(host_key.export_private_key())
         if guest_root is not None:
             shutil.copytree(guest_root, sim / "root", symlinks=False)
         write_metadata(tmp, TemplateMetadata(
@@ -73,7 +72,7 @@ def init_sim(
         ))
         (tmp / "README.md").write_text(
             f"# {name}\n\nA shoes-vz **sim** template (simulated guest: OpenSSH sshd + runner-agent).\n"
-            "Frozen read-only; never edit. Make a new template instead.\n")
+            "Frozen read-only (its private key 0400); never edit. Make a new template instead.\n")
     # nothing older to replace (checked above), so no runners directory is needed
     return freeze(store, name, runners_dir=None)
 

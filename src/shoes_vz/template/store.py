@@ -56,10 +56,6 @@ class Template(VMFiles):
     def sim_dir(self) -> Path:
         return self.path / "sim"
 
-    @property
-    def sim_client_key(self) -> Path:
-        return self.sim_dir / "id_ed25519"
-
     def check(self) -> None:
         """Refuse a writable, tampered or unpinned template (DESIGN §9). Cheap when the template was
         verified at agent start: modes, small files and the big files' stat against the verified one;

@@ -49,8 +49,9 @@ class Verification:
     @property
     def fix(self) -> str:
         name = self.path.name
-        return (f"if only modes are wrong and the digests match, `chmod -R a-w {self.path}`; otherwise "
-                f"rebuild it: `shoes-vz template edit {name}`, fix the draft, `shoes-vz template freeze {name}`")
+        return (f"if only modes are wrong and the digests match, `chmod -R a-w {self.path}` (and `chmod 0400` "
+                "its Disk.img and private keys); otherwise rebuild it: "
+                f"`shoes-vz template edit {name}`, fix the draft, `shoes-vz template freeze {name}`")
 
 
 class DigestCache:
@@ -147,6 +148,9 @@ def _check_tree(root: Path, problems: list[str]) -> dict[str, os.stat_result]:
         if st.st_mode & modes.WRITE_BITS:
             problems.append(f"{rel} is writable (mode {stat.S_IMODE(st.st_mode):04o}); frozen templates "
                             "are read-only")
+        elif stat.S_ISREG(st.st_mode) and modes.is_private(rel) and st.st_mode & 0o007:
+            problems.append(f"{rel} is readable by every user (mode {stat.S_IMODE(st.st_mode):04o}): it holds "
+                            "secrets (a guest's host key, its disk or memory); frozen templates keep it 0400")
         elif modes.has_flags() and not getattr(st, "st_flags", 0) & modes.IMMUTABLE:
             problems.append(f"{rel} is not immutable (chflags uchg)")
         if stat.S_ISREG(st.st_mode):

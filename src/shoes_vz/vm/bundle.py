@@ -134,6 +134,17 @@ class Bundle(VMFiles):
         """Scratch space of a simulated guest (its "disk" as seen from inside)."""
         return self.path / "guest"
 
+    @property
+    def vsock_dir(self) -> Path:
+        """A sim guest's vsock device: the directory of its runner channel's socket (vm/channel.py),
+        seen by that guest alone."""
+        return self.guest_dir / "vsock"
+
+    @property
+    def guest_state_dir(self) -> Path:
+        """A sim guest's runner-agent state (per-boot host key, trusted CA, principals): its /run/shoes-vz."""
+        return self.guest_dir / "state"
+
     # metadata
     def read_metadata(self) -> dict[str, Any]:
         try:
@@ -194,11 +205,13 @@ class Bundle(VMFiles):
         return self.lock_holder() is not None
 
     def stray_pids(self, exclude: frozenset[int] = frozenset()) -> list[int]:
-        """Processes of the bundle's guest: their cwd, command line or environment names a path in it.
+        """Processes of the bundle's guest: their cwd, command line or environment names a path in it,
+        or they run as the bundle's own guest user (`guest_uid` in its metadata).
 
         A sim guest's processes live there (a loopback guest's sshd config, runner directory and home
-        are in it; its login sessions carry SHOESVZ_GUEST_HOME); once the VM is gone they are garbage,
-        as a real VM's would be. Linux only (/proc); elsewhere nothing is found.
+        are in it; its login sessions carry SHOESVZ_GUEST_HOME; a loopback guest of a root agent runs
+        as a user of its own); once the VM is gone they are garbage, as a real VM's would be. Linux
+        only (/proc); elsewhere nothing is found.
         """
         root = os.fsencode(self.path)
         inside = root + b"/"
@@ -206,15 +219,21 @@ class Bundle(VMFiles):
         proc = Path("/proc")
         if not proc.is_dir():
             return []
+        try:
+            guest_uid = int(self.read_metadata().get("guest_uid") or -1)
+        except (BundleError, ValueError, TypeError):
+            guest_uid = -1
         for p in proc.iterdir():
             if not p.name.isdigit() or int(p.name) in exclude or int(p.name) == os.getpid():
                 continue
             try:
                 cwd = os.readlink(os.fsencode(p / "cwd")).removesuffix(b" (deleted)")
                 cmdline = (p / "cmdline").read_bytes()
+                uid = p.stat().st_uid if guest_uid >= 0 else -2
             except OSError:
                 continue
-            if cwd == root or cwd.startswith(inside) or inside in cmdline or _environ_names(p, inside):
+            if (cwd == root or cwd.startswith(inside) or inside in cmdline or uid == guest_uid
+                    or _environ_names(p, inside)):
                 found.append(int(p.name))
         return found
 

@@ -1,7 +1,9 @@
 """`BUNDLE/control.sock`: one JSON line in, one JSON line out.
 
-Commands: `status`, `stop` (graceful, then hard after the grace period), `force-stop`, `save`.
-The server side runs in a thread of the `vm run` process; the client side is asyncio (the agent).
+Commands: `status`, `stop` (graceful, then hard after the grace period), `force-stop`, `save`,
+`channel` (one exchange on the guest's runner channel: `line` out, `answer` back; vm/channel.py) and
+`cold-boot` (a restored guest that did not re-announce boots cold, `reason` recorded). The server
+side runs in a thread of the `vm run` process; the client side is asyncio (the agent).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-COMMANDS = ("status", "stop", "force-stop", "save")
-Handler = Callable[[str], dict[str, Any]]
+COMMANDS = ("status", "stop", "force-stop", "save", "channel", "cold-boot")
+MAX_REQUEST = 64 * 1024  # one JSON line; a `channel` line carries a hello (about 1 KiB)
+Handler = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
 class ControlServer:
@@ -35,17 +38,18 @@ class ControlServer:
 
             def handle(self) -> None:
                 try:
-                    line = self.rfile.readline(4096)
+                    line = self.rfile.readline(MAX_REQUEST)
                 except OSError:
                     return
                 try:
-                    cmd = json.loads(line).get("command", "")
+                    req = json.loads(line)
+                    cmd = req.get("command", "") if isinstance(req, dict) else ""
                     if cmd not in COMMANDS:
                         reply: dict[str, Any] = {"ok": False, "error": f"unknown command {cmd!r}"}
                     else:
-                        reply = {"ok": True, **outer.handler(cmd)}
+                        reply = {"ok": True, **outer.handler(cmd, req)}
                 except Exception as e:  # a bad request or a driver failure: answer, never die
-                    reply = {"ok": False, "error": str(e)}
+                    reply = {"ok": False, "error": str(e), "retry": bool(getattr(e, "retry", False))}
                 self.wfile.write(json.dumps(reply).encode() + b"\n")
 
         _private_parent(path)
@@ -82,13 +86,14 @@ def _private_parent(path: Path) -> None:
         raise PermissionError(f"{parent} must be owned by uid {os.getuid()} with mode 0700")
 
 
-async def request(path: Path, command: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Send one command to a vm process; raises OSError/TimeoutError when it does not answer."""
+async def request(path: Path, command: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+    """Send one command (with its `fields`) to a vm process; raises OSError/TimeoutError when it does
+    not answer."""
 
     async def _go() -> dict[str, Any]:
-        reader, writer = await asyncio.open_unix_connection(str(path))
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_REQUEST)
         try:
-            writer.write(json.dumps({"command": command}).encode() + b"\n")
+            writer.write(json.dumps({**fields, "command": command}).encode() + b"\n")
             await writer.drain()
             line = await reader.readline()
         finally:

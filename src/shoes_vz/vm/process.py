@@ -61,7 +61,7 @@ class _Events:
 
 
 def _control_handler(driver: Driver, stop_grace: float) -> Any:
-    def handle(command: str) -> dict[str, Any]:
+    def handle(command: str, req: dict[str, Any]) -> dict[str, Any]:
         if command == "status":
             return driver.status()
         if command == "stop":
@@ -79,9 +79,23 @@ def _control_handler(driver: Driver, stop_grace: float) -> Any:
         if command == "save":
             driver.save_state()
             return {"saved": str(driver.bundle.saved_state)}
+        if command == "channel":
+            return {"answer": _exchange(driver, req)}
+        if command == "cold-boot":
+            driver.cold_boot(str(req.get("reason", "asked to"))[:500])
+            return {"cold_boot": True}
         raise ValueError(command)
 
     return handle
+
+
+def _exchange(driver: Driver, req: dict[str, Any]) -> str:
+    """The agent's `channel` request: its line to the guest, the guest's line back (both text)."""
+    line, timeout = req.get("line"), req.get("io_timeout", 5.0)
+    if not isinstance(line, str) or isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+            or not 0 < timeout <= 60:
+        raise ValueError("channel: wants a `line` and an `io_timeout` in (0, 60] seconds")
+    return driver.channel(line.encode(), float(timeout)).decode(errors="replace")
 
 
 def run(bundle_path: Path, driver_name: str, options: DriverOptions, slots: HostSlots) -> VMExit:

@@ -3,8 +3,8 @@
 `run()` is called on the main thread and blocks for the VM's whole life, waiting in short steps so
 the main thread keeps taking signals. No driver needs the main thread's run loop: the vz driver
 drives its VM from a private serial dispatch queue (why: `vz.py`). The control socket calls
-`request_stop`, `force_stop`, `save_state` and `status` from another thread; drivers make those
-thread-safe.
+`request_stop`, `force_stop`, `save_state`, `channel`, `cold_boot` and `status` from another
+thread; drivers make those thread-safe.
 """
 
 from __future__ import annotations
@@ -73,6 +73,20 @@ class Driver(ABC):
         from shoes_vz.core.errors import DriverError
 
         raise DriverError(f"the {self.name} driver cannot save state")
+
+    def channel(self, line: bytes, timeout: float) -> bytes:
+        """One exchange on the guest's runner channel (`vm/channel.py`): `line` out, the guest's
+        answer back. ChannelError(retry=True) while the guest does not listen yet."""
+        from shoes_vz.vm.channel import ChannelError
+
+        raise ChannelError(f"the {self.name} driver has no runner channel")
+
+    def cold_boot(self, reason: str) -> None:
+        """Give up on a restored guest that did not re-announce: boot this bundle cold with a fresh
+        MachineIdentifier (DESIGN §12), recording `reason` as the restore's error."""
+        from shoes_vz.core.errors import DriverError
+
+        raise DriverError(f"the {self.name} driver cannot cold-boot a restored VM")
 
     @abstractmethod
     def status(self) -> dict[str, Any]:

@@ -15,6 +15,12 @@
   the bundle's `guest/` directory, the template is read-only, nothing else of the host's is
   writable and no other guest, bundle or agent file is visible. The runner-agent watches
   `/tmp/runner`, where myshoes' setup script unpacks the runner (`RUNNER_BASE_DIRECTORY=/tmp`).
+- **vsock**: the bundle's `guest/vsock/` is the guest's `/run/vsock/`; the runner-agent listens on
+  `channel.sock` there and `vm run` connects to it from the host (the runner channel,
+  `vm/channel.py`). No other guest's mount namespace has it.
+- **sshd** trusts the agent's user CA for this runner's id alone and serves the runner-agent's
+  per-boot host key (both in `/run/shoes-vz`, the bundle's `guest/state/`), the template's key until
+  the host's first hello; there is no authorized key.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from typing import IO, Any
 from shoes_vz.core.errors import DriverError
 from shoes_vz.core.net import is_loopback
 from shoes_vz.vm.bundle import Bundle
-from shoes_vz.vm.drivers import sim_sys
+from shoes_vz.vm.channel import SOCKET_NAME
+from shoes_vz.vm.drivers import sim_state, sim_sys
 from shoes_vz.vm.drivers.sim_net import Membership, SimNetwork
 from shoes_vz.vm.drivers.sim_options import SimOptions, _which, dhcp_client
 from shoes_vz.vm.leases import MACAddress
@@ -47,6 +54,9 @@ from shoes_vz.vm.leases import MACAddress
 UID_BASE, UID_SPAN = 1 << 20, 1 << 24
 START_TIMEOUT = 15.0
 RUNNER_DIR = "/tmp/runner"  # myshoes: $RUNNER_BASE_DIRECTORY/runner, /tmp by default
+GUEST_VSOCK = "/run/vsock"       # the bundle's guest/vsock, as the guest sees it
+GUEST_STATE = "/run/shoes-vz"    # the bundle's guest/state: the runner-agent's per-boot files
+HOST_KEY = "ssh_host_ed25519_key"
 
 UDHCPC_SCRIPT = """#!/bin/sh
 # udhcpc's hook in a sim guest: configure eth0 and say the address (PID 1 reads it on stdout)
@@ -88,6 +98,14 @@ class GuestSpec:
             raise DriverError(f"{bundle.runtime_metadata}: incomplete launch spec: {e}") from e
 
 
+def sshd_trust_lines(state_dir: str, image_key: str) -> list[str]:
+    """What a guest's sshd trusts (docs/security.md §9): the runner-agent's per-boot host key (the
+    image's until the host's first hello), certificates of the agent's CA for this runner's id only."""
+    return [f"HostKey {state_dir}/{HOST_KEY}", f"HostKey {image_key}",
+            f"TrustedUserCAKeys {state_dir}/user_ca.pub", f"AuthorizedPrincipalsFile {state_dir}/principals",
+            "AuthorizedKeysFile none"]
+
+
 def guest_uid(runner_id: str) -> int:
     return UID_BASE + int.from_bytes(hashlib.sha256(runner_id.encode()).digest()[:3], "big") % UID_SPAN
 
@@ -106,8 +124,10 @@ def runner_agent_program() -> Path:
 class NamespacedGuest:
     def __init__(self, bundle: Bundle, spec: GuestSpec, options: SimOptions, lease_file: Path,
                  find_sshd: Callable[[], str], log: Callable[[str], None],
-                 on_reachable: Callable[[float], None]) -> None:
+                 on_reachable: Callable[[float], None], resumed: dict[str, Any] | None = None) -> None:
         self.bundle, self.spec, self.options, self.log = bundle, spec, options, log
+        self.resumed = resumed  # the State.save this guest is restored from (its runner-agent resumes)
+        self.agent_resumes = False
         self.on_reachable = on_reachable
         self.network = SimNetwork(lease_file, options)
         self.find_sshd = find_sshd
@@ -163,7 +183,9 @@ class NamespacedGuest:
             "dhcp_release": self.options.dhcp_release, "dhcp_timeout": self.options.dhcp_timeout,
             "request_ip": request_ip or "",
             "runner_agent": {"notify_url": self.spec.notify_url, "port": self.spec.runner_agent_port,
-                             "runner_dir": RUNNER_DIR, "runner_id": self.spec.runner_id},
+                             "runner_dir": RUNNER_DIR, "runner_id": self.spec.runner_id,
+                             "channel": f"unix:{GUEST_VSOCK}/{SOCKET_NAME}", "state_dir": GUEST_STATE,
+                             "resumed": self.agent_resumes},
         }
         unshare = _which("unshare") or "unshare"
         self.proc = subprocess.Popen(
@@ -239,11 +261,14 @@ class NamespacedGuest:
         """The guest's own files, in the bundle: home, /tmp, /var, its /etc entries, the driver's files."""
         g = self.bundle.guest_dir
         shutil.rmtree(g, ignore_errors=True)  # a restored guest's disk is the slot's clone; this is scratch
-        for d in ("root", "home", "tmp", "var/tmp", "var/log", "etc", "opt"):
+        for d in ("root", "home", "tmp", "var/tmp", "var/log", "etc", "opt", "vsock", "state"):
             (g / d).mkdir(parents=True, exist_ok=True)
         for d in ("tmp", "var/tmp"):
             os.chmod(g / d, 0o1777)
-        os.chown(g / "home", self.uid, self.uid)
+        for d in ("home", "vsock", "state"):
+            os.chown(g / d, self.uid, self.uid)
+        for d in ("vsock", "state"):
+            os.chmod(g / d, 0o700)  # the guest's, and root's (vm run) alone
         user, uid, name = self.spec.ssh_user, self.uid, hostname_for(self.spec.runner_id)
         files = {
             "etc/passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n{user}:x:{uid}:{uid}:shoes-vz sim guest:"
@@ -258,17 +283,18 @@ class NamespacedGuest:
             (g / rel).write_text(text)
         os.chmod(g / "opt/udhcpc.script", 0o755)
         shutil.copyfile(runner_agent_program(), g / "opt/runner-agent.py")
-        key = g / "opt/ssh_host_ed25519_key"  # sshd runs as the guest user and refuses a key others read
+        key = g / "opt" / HOST_KEY  # the image's key; sshd runs as the guest user and refuses a key others read
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write((self.spec.template_dir / "sim" / "ssh_host_ed25519_key").read_bytes())
+            f.write((self.spec.template_dir / "sim" / HOST_KEY).read_bytes())
         os.chown(key, uid, uid)
+        # a restored guest's runner-agent takes back what it held at the save (its token, host key, CA)
+        self.agent_resumes = self.resumed is not None and sim_state.restore_guest_state(self.bundle, self.resumed, uid)
 
     def _sshd_config(self) -> str:
         return "\n".join([
             f"ListenAddress 0.0.0.0:{self.spec.ssh_port}",
-            "HostKey /opt/shoes-vz/ssh_host_ed25519_key",
-            "AuthorizedKeysFile /template/sim/authorized_keys",
+            *sshd_trust_lines(GUEST_STATE, f"/opt/shoes-vz/{HOST_KEY}"),
             f"PidFile /run/user/{self.uid}/sshd.pid",
             f"AllowUsers {self.spec.ssh_user}",
             "StrictModes no", "UsePAM no", "PermitRootLogin no", "PasswordAuthentication no",
@@ -279,6 +305,13 @@ class NamespacedGuest:
     # -- running and stopping ----------------------------------------------------------------------
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and not self._sshd_gone.is_set()
+
+    def freeze(self, on: bool = True) -> None:
+        """Stop (or continue) every process of the guest but its PID 1: a paused VM runs no code."""
+        for pid in self.pids():
+            if pid != self.init_pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP if on else signal.SIGCONT)
 
     def pids(self) -> list[int]:
         """Host pids of every process in the guest's PID namespace."""

@@ -9,9 +9,10 @@ stdout (`ready` with its pid as the host sees it, `address`, `sshd`, `exit`), co
 The guest's root is a fresh tmpfs, then `pivot_root`, so nothing of the host is mounted in it but:
 `/usr` and `/etc` read-only (with the template's `sim/root/usr` and `sim/root/etc` layered over them
 when it has them) and the guest's own `/etc/passwd`, `group`, `hosts`, `hostname`; the template
-read-only at `/template` (its `sim/id_ed25519`, the agent's key, masked); its own `/proc` (PID
+read-only at `/template` (a `sim/id_ed25519` of an older template masked); its own `/proc` (PID
 namespace), `/sys` (network namespace), `/dev`, `/run`; and from the bundle's `guest/` directory its
-writable `/tmp`, `/var` and home. Every mount is nosuid and the daemons run with no_new_privs as the
+writable `/tmp`, `/var`, home, `/run/vsock` (the runner channel) and `/run/shoes-vz` (the
+runner-agent's per-boot files). Every mount is nosuid and the daemons run with no_new_privs as the
 unprivileged guest user: set-uid binaries of the host give nothing. As PID 1 it reaps orphans; when
 it dies, for whatever reason, the kernel kills every process of the guest.
 """
@@ -90,7 +91,7 @@ def build_root(cfg: dict[str, Any]) -> None:
         bind(f"{template_root}/opt", _dir(f"{root}/opt"))
     bind(f"{guest}/opt", _dir(f"{root}{OPT}"))
     bind(template, _dir(f"{root}/template"))
-    secret = f"{root}/template/sim/id_ed25519"  # the agent's SSH client key: never the guest's to read
+    secret = f"{root}/template/sim/id_ed25519"  # an older template's shared client key: never the guest's
     if os.path.exists(secret):
         bind("/dev/null", secret)
     mount("proc", _dir(f"{root}/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -99,6 +100,9 @@ def build_root(cfg: dict[str, Any]) -> None:
     mount("tmpfs", _dir(f"{root}/run"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=8m")
     user_run = _dir(f"{root}/run/user/{cfg['uid']}", 0o700)
     os.chown(user_run, cfg["uid"], cfg["gid"])
+    # the VM's vsock device (the runner channel's socket) and the runner-agent's per-boot files
+    bind(f"{guest}/vsock", _dir(f"{root}/run/vsock"), read_only=False, extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    bind(f"{guest}/state", _dir(f"{root}/run/shoes-vz"), read_only=False, extra=MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for name in ("tmp", "var"):
         bind(f"{guest}/{name}", _dir(f"{root}/{name}"), read_only=False)
     bind(f"{guest}/home", _dir(f"{root}{cfg['home']}"), read_only=False)
@@ -183,7 +187,9 @@ class Guest:
         ra = c["runner_agent"]
         self.spawn("runner-agent", [c["python"], "-I", f"{OPT}/runner-agent.py", "--notify-url", ra["notify_url"],
                                     "--listen", f"0.0.0.0:{ra['port']}", "--runner-dir", ra["runner_dir"],
-                                    "--runner-id", ra["runner_id"]], as_guest=True)
+                                    "--runner-id", ra["runner_id"], "--channel", ra["channel"],
+                                    "--state-dir", ra["state_dir"], "--clock", "model",
+                                    *(["--resumed"] if ra.get("resumed") else [])], as_guest=True)
 
     def stop(self, grace: float) -> None:
         """A shutdown: every process is asked to end, the DHCP client last (it releases the address

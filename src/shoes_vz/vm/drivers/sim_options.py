@@ -43,6 +43,9 @@ class SimOptions:
     # while this file exists a start is refused as VZ refuses one over its VM limit (error code 6): the
     # VM-limit leak, switched on and off by a test (agent/degraded.py); empty: never
     refuse_start_file: str = ""
+    # models a restored guest that runs no code (VZ restores into a mismatched device set and resumes a
+    # guest that never runs: tailscale PR #19331): its processes stop right after a restore
+    restore_stalls: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -55,8 +58,9 @@ class SimOptions:
         if type(self.lease_seconds) is not int or self.lease_seconds < MIN_LEASE_SECONDS:
             problems.append(f"lease_seconds: a whole number >= {MIN_LEASE_SECONDS} (dnsmasq's minimum), "
                             f"not {self.lease_seconds!r}")
-        if type(self.dhcp_release) is not bool:
-            problems.append(f"dhcp_release: true or false, not {self.dhcp_release!r}")
+        for flag in ("dhcp_release", "restore_stalls"):
+            if type(getattr(self, flag)) is not bool:
+                problems.append(f"{flag}: true or false, not {getattr(self, flag)!r}")
         if type(self.refuse_start_file) is not str:
             problems.append(f"refuse_start_file: a path, not {self.refuse_start_file!r}")
         for name, low in (("network_linger", 0.0), ("dhcp_timeout", 0.1)):

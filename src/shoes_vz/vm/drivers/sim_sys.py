@@ -1,4 +1,4 @@
-"""The few Linux system calls the namespaced sim needs and Python lacks (mount, pivot_root, prctl).
+"""The few Linux system calls the sim needs and Python lacks (mount, pivot_root, prctl, unshare).
 
 ctypes on the C library; every failure is an OSError with errno and the call that failed.
 """
@@ -69,6 +69,28 @@ def no_new_privs() -> None:
     """PR_SET_NO_NEW_PRIVS: no set-uid binary or file capability ever raises this process's rights."""
     if _libc is not None:
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+CLONE_NEWNS = 0x00020000
+
+
+def enter_guest_view(guest_dir: str, mount_point: str, uid: int | None) -> None:
+    """In a child before exec (preexec_fn), as root: a mount namespace of its own in which `guest_dir`
+    is `mount_point` (writable) and its `etc/passwd` and `etc/group` are /etc/passwd and /etc/group
+    (the host's account database is never changed); no_new_privs (no set-uid binary raises anything
+    it starts); then, given `uid`, that unprivileged user for good (the loopback sim's guest)."""
+    lib = _lib()
+    _check(lib.unshare(ctypes.c_int(CLONE_NEWNS)), "unshare(CLONE_NEWNS)")
+    mount("none", "/", None, MS_REC | MS_PRIVATE)  # our binds stay ours
+    bind(guest_dir, mount_point, read_only=False)
+    bind(f"{mount_point}/etc/passwd", "/etc/passwd")
+    bind(f"{mount_point}/etc/group", "/etc/group")
+    no_new_privs()
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    die_with_parent()  # last: a change of credentials clears it
 
 
 def package_env() -> dict[str, str]:

@@ -45,6 +45,7 @@ from typing import Any
 
 from shoes_vz.core.errors import BundleError
 from shoes_vz.vm.drivers.base import Driver, DriverEvents
+from shoes_vz.vm.drivers.vz_channel import ChannelMixin
 from shoes_vz.vm.drivers.vz_config import MIN_MACOS, LaunchSpec, build_configuration, check_save_restore
 from shoes_vz.vm.drivers.vz_errors import VZDriverError, config_error, from_nserror
 from shoes_vz.vm.drivers.vz_host import host_macos, refuse_root
@@ -75,7 +76,7 @@ def delegate_class(foundation: Any, objc: Any) -> Any:
     return ShoesVZMachineDelegate
 
 
-class VZDriver(SavedStateMixin, Driver):
+class VZDriver(ChannelMixin, SavedStateMixin, Driver):
     name = "vz"
     min_macos = MIN_MACOS
 
