@@ -62,11 +62,17 @@ def _t(text: str) -> str:
     return escape(text)  # names, errors and template names come from outside: never markup
 
 
+def _condition(c: Any) -> str:
+    if c.reason == "drained":
+        return "drained since " + time.strftime("%Y-%m-%d %H:%M", time.localtime(c.since.ToNanoseconds() / 1e9))
+    return f"{c.reason}: {c.message}"
+
+
 def agents_table(agents: list[Any], now: float) -> Table:
     table = Table("agent", "host", "driver", "version", "status", "placement", "runners", "templates (warm free/all)",
                   "last seen", title=f"{len(agents)} agents, {sum(a.online for a in agents)} online")
     for a in agents:
-        placement = "; ".join(f"{c.reason}: {c.message}" for c in a.conditions) or "ok"
+        placement = "; ".join(_condition(c) for c in a.conditions) or "ok"
         templates = ", ".join(f"{t.name} {t.version} {t.digest[:12]} ({t.free_warm_slots}/{t.warm_slots})"
                               for t in a.templates) or "-"
         table.add_row(_t(a.agent_id), _t(a.hostname), _t(a.driver), _t(a.agent_version),
