@@ -36,8 +36,9 @@ body{font:14px/1.4 -apple-system,system-ui,sans-serif;margin:1.5em;color:#222;ba
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}
 table{border-collapse:collapse;background:#fff;min-width:40%}th,td{border:1px solid #ddd;padding:3px 8px;
 text-align:left;vertical-align:top}th{background:#f0f0f0}.muted{color:#777}.bad{color:#b00}.warn{color:#a60}
-.ok{color:#070}.bar{display:inline-block;height:8px;background:#4a8;vertical-align:middle}
+.ok{color:#070}.bar{display:block;height:8px;background:#4a8}
 .barbg{display:inline-block;width:80px;height:8px;background:#ddd;margin-right:6px;vertical-align:middle}
+td:has(.barbg){white-space:nowrap}
 .pill{display:inline-block;padding:0 6px;border-radius:8px;background:#eee;margin-right:4px}
 """
 
