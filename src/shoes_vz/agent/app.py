@@ -22,6 +22,7 @@ from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.metrics import AgentMetrics
 from shoes_vz.agent.notify import NotifyApp
 from shoes_vz.agent.runner import Runner, RunnerSpec
+from shoes_vz.agent.runner_access import client_key_path
 from shoes_vz.agent.state_file import StateFile
 from shoes_vz.agent.sync import SyncClient
 from shoes_vz.agent.warm import WarmPool, WarmSlot
@@ -368,7 +369,7 @@ class Agent:
         runner.delete()
 
     def _client_key(self, template: Template) -> asyncssh.SSHKey:
-        path = self.settings.ssh_key or template.sim_client_key
+        path = client_key_path(self.settings, template)
         if str(path) not in self._keys:
             if not path.is_file():
                 raise ConfigError(f"no SSH key for guests: set agent.ssh_key (looked at {path})")
