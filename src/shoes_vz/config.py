@@ -136,8 +136,12 @@ class ServerSettings(_Base):
         None, description="bearer token an agent sends once to enrol (agent.enrollment_token); it buys that agent "
                           "its own secret, and can never take over an enrolled agent id; unset: anyone may enrol "
                           "(loopback only)")
-    operator_token: str | None = Field(None, description="bearer token of operators (the admin surface); unset: none")
-    viewer_token: str | None = Field(None, description="bearer token of read-only viewers; unset: none")
+    operator_token: str | None = Field(
+        None, description="bearer token of operators: AdminService (shoes-vz agents, runners, drain, undrain, delete) "
+                          "and the status page; unset: on loopback anyone may call AdminService, elsewhere nobody")
+    viewer_token: str | None = Field(
+        None, description="bearer token of read-only viewers: AdminService's lists and the status page; unset: on "
+                          "loopback anyone may read them, elsewhere only the operator")
     tls_cert: Path | None = Field(None, description="PEM certificate chain for gRPC TLS (with tls_key)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     allow_plaintext: bool = Field(False, description="allow plaintext gRPC on a non-loopback address")

@@ -123,7 +123,11 @@ class AgentRow:
     last_seen: float
     blocked_until: float = 0.0
     conditions: list[HostCondition] = field(default_factory=list)  # as the agent reported them
-    drained_since: float | None = None
+    drained_since: float | None = None  # an operator's drain (the drains table, server/fleet.py)
+
+    @property
+    def drained(self) -> bool:
+        return self.drained_since is not None
 
     def out_of_placement(self) -> list[HostCondition]:
         """Every condition that keeps new runners off this host: the agent's and an operator's drain."""
