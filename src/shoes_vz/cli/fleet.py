@@ -6,6 +6,7 @@ top). Reading takes the operator or the viewer token, changing anything the oper
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -104,13 +105,24 @@ def _show(fetch: Callable[[], list[Any]], render: Callable[[list[Any]], Renderab
         else:
             out.print(render(items))
         return
-    if as_json:  # one JSON document per line and refresh: for `| jq` and logs
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch: not an error
+        _watch(fetch, render, as_json, watch)
+
+
+def _watch(fetch: Callable[[], list[Any]], render: Callable[[list[Any]], RenderableType], as_json: bool,
+           every: float) -> None:
+    if as_json or not out.is_terminal:  # piped: one document (JSON on one line) per refresh, for jq and logs
         while True:
-            out.print(json.dumps(json.loads(_json(fetch()))), markup=False, highlight=False, soft_wrap=True)
-            time.sleep(watch)
-    with Live(render(fetch()), console=out, auto_refresh=False) as live:
+            items = fetch()
+            if as_json:
+                out.print(json.dumps(json.loads(_json(items))), markup=False, highlight=False, soft_wrap=True)
+            else:
+                out.print(f"-- {time.strftime('%H:%M:%S')}", markup=False, highlight=False)
+                out.print(render(items))
+            time.sleep(every)
+    with Live(render(fetch()), console=out, auto_refresh=False, screen=False) as live:
         while True:
-            time.sleep(watch)
+            time.sleep(every)
             live.update(render(fetch()), refresh=True)
 
 

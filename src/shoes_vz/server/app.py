@@ -150,6 +150,8 @@ class ServerApp:
             self.status_port = await self.status_page.start(host, port, tls)
         except OSError:
             raise self._cannot_listen(s.status_listen, "server.status_listen") from None
+        log.info("status page on %s://%s:%d/ (%s)", "https" if tls else "http", host, self.status_port,
+                 "the viewer or operator token" if self.status_page.require_auth else "open: loopback")
 
     def _authenticator(self) -> Authenticator:
         """Every call's principal (server/auth.py); a role left without a token is open to anyone, which
