@@ -23,6 +23,7 @@ from rich.table import Table
 from shoes_vz.cli.console import fail, out
 from shoes_vz.cli.options import ConfigOpt
 from shoes_vz.core.errors import ShoesVzError
+from shoes_vz.core.timings import ago
 
 ServerOpt = Annotated[str | None, typer.Option("--server", help="the server's gRPC HOST:PORT (admin.server_addr)")]
 TokenOpt = Annotated[str | None, typer.Option(
@@ -42,17 +43,6 @@ def _client(config: Path | None, server: str | None, token: str | None) -> Any:
 def _json(messages: list[Any]) -> str:
     return json.dumps([MessageToDict(m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
                        for m in messages], indent=2)
-
-
-def ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 def _s(value: float) -> str:

@@ -24,6 +24,7 @@ from html import escape
 from aiohttp import web
 
 from shoes_vz.core.states import Phase
+from shoes_vz.core.timings import ago
 from shoes_vz.server.fleet import AgentView, Fleet, StartupStat, Summary
 from shoes_vz.server.store import RunnerRow, Store
 
@@ -45,15 +46,6 @@ td:has(.barbg){white-space:nowrap}
 
 def h(value: object) -> str:
     return escape(str(value), quote=True)
-
-
-def ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def _table(head: Iterable[str], rows: list[str], empty: str, cls: str) -> str:
