@@ -92,6 +92,7 @@ async def _reaped_without_myshoes(stack: SimStack, name: str, script: str, reaso
         assert record["reaped"] == reason.value and record["error"] == runner.error
         row = await eventually(lambda: _gone_row(stack, runner_id), timeout=10)
         assert row.error == runner.error
+        assert row.reap_reason == (reason.value if runner.reaped else "")  # what `shoes-vz runners` shows
         with pytest.raises(grpc.aio.AioRpcError) as e:  # myshoes' own delete, late: done
             await stub.DeleteInstance(spb.DeleteInstanceRequest(cloud_id=reply.cloud_id), metadata=stack.metadata,
                                       timeout=10)
@@ -166,6 +167,7 @@ async def test_the_runners_of_an_agent_gone_too_long_are_reaped_and_torn_down_on
             await stack.agent.stop()  # the agent goes (its VM runs on), and stays away
             row = await eventually(lambda: _gone_row(stack, runner_id), timeout=20)
             assert row.error.startswith(f"reaped ({ReapReason.AGENT_GONE}): agent {stack.agent.agent_id}")
+            assert row.reap_reason == ReapReason.AGENT_GONE
             assert stack.server.metrics.registry.get_sample_value(
                 "shoesvz_runners_reaped_total", {"reason": "agent_gone"}) == 1
             with pytest.raises(grpc.aio.AioRpcError) as e:

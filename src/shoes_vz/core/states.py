@@ -39,3 +39,11 @@ class ReapReason(StrEnum):
 
 # the guest runner states that mean it registered with GitHub (it reached IDLE, perhaps on to a job)
 REGISTERED_STATES = frozenset({GuestState.IDLE, GuestState.RUNNING, GuestState.FINISHED})
+
+
+def reap_reason_of(error: str) -> str:
+    """The reason of a runner torn down without myshoes: its error starts `reaped (<reason>): …`
+    (agent/reaper.py and server/reaper.py write it so, and the agent's reports carry it); '' otherwise."""
+    head, sep, _ = error.partition("):")
+    reason = head.removeprefix("reaped (")
+    return reason if sep and head.startswith("reaped (") and reason in set(ReapReason) else ""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shoes_vz.core.conditions import HostCondition
+from shoes_vz.core.states import reap_reason_of
 from shoes_vz.server.db_files import secure_files
 
 T = TypeVar("T")
@@ -333,6 +334,9 @@ class Store:
         for k in ("capacity_error", "delete_requested"):
             if k in fields:
                 fields[k] = int(fields[k])
+        reason = reap_reason_of(str(fields.get("error", "")))
+        if reason:
+            fields["reap_reason"] = reason
         fields["updated_at"] = time.time()
         cols = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE runners SET {cols} WHERE runner_id=?", (*fields.values(), runner_id))
@@ -356,8 +360,9 @@ class Store:
         is withdrawn; True when it was live. A later DeleteInstance answers NOT_FOUND."""
         now = time.time()
         with self._tx():
-            done = self.db.execute("UPDATE runners SET state='gone', error=?, deleted_at=?, updated_at=? "
-                                   "WHERE runner_id=? AND deleted_at IS NULL", (error, now, now, runner_id)).rowcount
+            done = self.db.execute("UPDATE runners SET state='gone', error=?, reap_reason=?, deleted_at=?, "
+                                   "updated_at=? WHERE runner_id=? AND deleted_at IS NULL",
+                                   (error, reap_reason_of(error), now, now, runner_id)).rowcount
             self.db.execute("UPDATE outbox SET acked_at=?, ok=0, error='reaped' WHERE runner_id=? AND kind='create' "
                             "AND acked_at IS NULL AND sent_at IS NULL", (now, runner_id))
         return bool(done)
