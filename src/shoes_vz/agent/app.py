@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,9 @@ class Agent:
         self._handled: dict[str, Ack] = {}
         self._deletes: dict[str, list[str]] = {}  # runner id → delete request ids waiting for "gone"
         self._keys: dict[str, asyncssh.SSHKey] = {}
-        self._observed: set[str] = set()
         self._state = StateFile(settings.runner_state_file)
         self.host_slots = supervisor.host_slots(settings)
-        self.metrics = AgentMetrics(lambda: (r.phase for r in self.runners.values()), self.capacity)
+        self.metrics = AgentMetrics(self)
         self.evidence = Evidence(settings.state_dir / "evidence", keep=settings.evidence_keep,
                                  max_age=settings.evidence_max_age)
         self.conditions = HostConditions()
@@ -377,16 +377,12 @@ class Agent:
 
     # -- state fan-out ----------------------------------------------------------------------------
     def _runner_changed(self, runner: Runner) -> None:
-        if runner.phase == Phase.RUNNING and runner.runner_id not in self._observed:
-            self._observed.add(runner.runner_id)
-            t = runner.timings
-            self.metrics.observe(t.clone, t.boot_to_ssh, t.total)
+        self.metrics.runner_changed(runner, time.monotonic())
         if runner.phase == Phase.GONE:
             if runner.error:
                 self._failed_and_gone.append(runner)
             self.runners.pop(runner.runner_id, None)
             self.warm.release(runner.runner_id)
-            self._observed.discard(runner.runner_id)
             for rid in self._deletes.pop(runner.runner_id, []):
                 self._ack(Ack(rid, True))
         self._publish()

@@ -47,6 +47,11 @@ class ShoesService(pbg.ShoesServiceServicer):
 
     async def AddInstance(self, request: pb.AddInstanceRequest, context: grpc.aio.ServicerContext
                           ) -> pb.AddInstanceResponse:
+        async with self.app.metrics.request("add", context):
+            return await self._add_instance(request, context)
+
+    async def _add_instance(self, request: pb.AddInstanceRequest, context: grpc.aio.ServicerContext
+                            ) -> pb.AddInstanceResponse:
         await allow(context, Role.MYSHOES)
         try:
             ids.validate_runner_name(request.runner_name)
@@ -116,6 +121,7 @@ class ShoesService(pbg.ShoesServiceServicer):
                     raise TimeoutError
                 await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:
+                self.app.metrics.failures.labels(reason="not_ready_in_time").inc()
                 await self._delete(row)
                 raise Failed(grpc.StatusCode.DEADLINE_EXCEEDED,
                              f"runner {runner_id} not ready within {which} (still {row.state}); torn down") from None
@@ -123,12 +129,18 @@ class ShoesService(pbg.ShoesServiceServicer):
     async def _delete(self, row: RunnerRow) -> None:
         if row.delete_requested:
             return
+        self.app.metrics.runner_gone(row.runner_id)
         cmd = Command(new_request_id(), row.agent_id, row.runner_id, "delete", {})
         await self.store.call(self.store.request_delete, row.runner_id, cmd)
         await self.hub.send([cmd])
 
     async def DeleteInstance(self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
                              ) -> pb.DeleteInstanceResponse:
+        async with self.app.metrics.request("delete", context):
+            return await self._delete_instance(request, context)
+
+    async def _delete_instance(self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
+                               ) -> pb.DeleteInstanceResponse:
         await allow(context, Role.MYSHOES)
         runner_id = ids.runner_id_from_cloud_id(request.cloud_id)
         row = await self.store.call(self.store.runner, runner_id) if runner_id else None

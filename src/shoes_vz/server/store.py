@@ -117,6 +117,7 @@ class AgentRow:
     last_seen: float
     blocked_until: float = 0.0
     conditions: list[HostCondition] = field(default_factory=list)
+    drained: bool = False  # an operator's drain (issue 14, the fleet API): no new runners here
 
 
 @dataclass
@@ -164,6 +165,7 @@ def _agent(row: sqlite3.Row) -> AgentRow:
     d["templates"] = [HeldTemplate.from_json(t) for t in json.loads(d["templates"])]
     d["conditions"] = [HostCondition(**c) for c in json.loads(d["conditions"])]
     d["online"] = bool(d["online"])
+    d["drained"] = bool(d.get("drained", False))
     return AgentRow(**d)
 
 
