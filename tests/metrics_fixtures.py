@@ -1,6 +1,4 @@
-"""A sim stack that has done some work, for the metrics, Prometheus and log tests: one runner ran a
-job to its end, one waits idle, myshoes' usual refusals happened (a bad name, a delete of a runner
-that is gone)."""
+"""A sim stack that has done some work (`do_work`), for the metrics and Prometheus tests."""
 
 from __future__ import annotations
 
@@ -38,32 +36,39 @@ def promtool() -> str:
     return path
 
 
+async def do_work(stack: SimStack) -> None:
+    """One runner runs a job to its end, one waits idle, a third finds no slot, myshoes' usual
+    refusals happen (a bad name, a delete of a runner that is gone)."""
+    async with stack.channel() as ch:
+        stub = sgrpc.ShoesServiceStub(ch)
+        await stack.add(stub, "job-done", JOB_SCRIPT.replace("__NAME__", "job-done"))
+        await stack.add(stub, "job-idle", FAKE_RUNNER_SCRIPT.replace("__NAME__", "job-idle"))
+        for name, code in (("job-waits", grpc.StatusCode.RESOURCE_EXHAUSTED),
+                           ("bad name with spaces", grpc.StatusCode.INVALID_ARGUMENT)):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stack.add(stub, name)
+            assert refused.value.code() == code, name
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await stub.DeleteInstance(spb.DeleteInstanceRequest(cloud_id="shoes-vz-nosuchrunner"),
+                                      metadata=stack.metadata, timeout=10)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    runners = {r.spec.runner_name: r for r in stack.agent.runners.values()}
+    await eventually(lambda: runners["job-done"].guest_state == GuestState.FINISHED
+                     and runners["job-idle"].guest_state == GuestState.IDLE, timeout=30)
+    store = stack.server.store
+
+    async def server_sees() -> bool:
+        rows = {r.runner_name: r for r in await store.call(store.live_runners)}
+        return rows["job-done"].guest_state == "finished" and rows["job-idle"].guest_state == "idle"
+
+    await eventually(server_sees, timeout=15)
+
+
 @asynccontextmanager
 async def worked_stack(root: Path) -> AsyncIterator[SimStack]:
     async with make_stack(root, max_runners=2) as stack:
-        async with stack.channel() as ch:
-            stub = sgrpc.ShoesServiceStub(ch)
-            done = await stack.add(stub, "job-done", JOB_SCRIPT.replace("__NAME__", "job-done"))
-            idle = await stack.add(stub, "job-idle", FAKE_RUNNER_SCRIPT.replace("__NAME__", "job-idle"))
-            with pytest.raises(grpc.aio.AioRpcError) as bad:
-                await stack.add(stub, "bad name with spaces")
-            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            with pytest.raises(grpc.aio.AioRpcError) as gone:
-                await stub.DeleteInstance(spb.DeleteInstanceRequest(cloud_id="shoes-vz-nosuchrunner"),
-                                          metadata=stack.metadata, timeout=10)
-            assert gone.value.code() == grpc.StatusCode.NOT_FOUND
-            runners = {r.spec.runner_name: r for r in stack.agent.runners.values()}
-            await eventually(lambda: runners["job-done"].guest_state == GuestState.FINISHED
-                             and runners["job-idle"].guest_state == GuestState.IDLE, timeout=30)
-            store = stack.server.store
-
-            async def server_sees() -> bool:
-                rows = {r.runner_name: r for r in await store.call(store.live_runners)}
-                return rows["job-done"].guest_state == "finished" and rows["job-idle"].guest_state == "idle"
-
-            await eventually(server_sees, timeout=15)
-            assert done.cloud_id and idle.cloud_id
-            yield stack
+        await do_work(stack)
+        yield stack
 
 
 async def scrape(port: int) -> str:

@@ -58,6 +58,7 @@ async def test_metrics_follow_conventions_and_cover_the_job(tmp_path: Path) -> N
     assert value(server, "shoesvz_capacity_utilization_ratio") == 1
     assert value(server, 'shoesvz_add_instance_requests_total{code="OK"}') == 2
     assert value(server, 'shoesvz_add_instance_requests_total{code="INVALID_ARGUMENT"}') == 1
+    assert value(server, 'shoesvz_add_instance_requests_total{code="RESOURCE_EXHAUSTED"}') == 1
     assert value(server, 'shoesvz_delete_instance_requests_total{code="NOT_FOUND"}') == 1
     assert value(server, 'shoesvz_add_instance_duration_seconds_count{code="OK"}') == 2
     assert value(server, 'shoesvz_delete_instance_duration_seconds_count{code="NOT_FOUND"}') == 1

@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from shoes_vz import __version__
+from shoes_vz.core.conditions import Reason
 from shoes_vz.core.states import GuestState, Phase, ReapReason
 from shoes_vz.vm.leases import read_leases
 
@@ -165,6 +166,8 @@ class AgentMetrics:
             self.warm.labels(template=t.name, state="total").set(total)
             self.warm.labels(template=t.name, state="free").set(free)
         self.conditions.clear()
+        for reason in Reason:
+            self.conditions.labels(reason=reason.value).set(0)
         for c in a.conditions.list():
             self.conditions.labels(reason=c.reason).set(1)
         host = await asyncio.to_thread(read_host, s.runners_dir, a.lease_file)

@@ -17,6 +17,7 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from shoes_vz.core.conditions import Reason
 from shoes_vz.core.states import LIVE_PHASES, GuestState, Phase, ReapReason
 from shoes_vz.server.store import AgentRow, RunnerRow, Store
 
@@ -151,6 +152,8 @@ class ServerMetrics:
         self._capacity(online, live)
         self._templates(agents)
         self.out_of_placement.clear()
+        for reason in Reason:  # shown at 0: an alert's series exists before the first host has one
+            self.out_of_placement.labels(reason=reason.value)
         for a in online:
             for c in a.conditions:
                 self.out_of_placement.labels(reason=c.reason).inc()
