@@ -18,7 +18,9 @@ from typing import Any
 import asyncssh
 from aiohttp import web
 
+from shoes_vz import __version__
 from shoes_vz.agent import supervisor
+from shoes_vz.agent.credential import SECRET_FILE
 from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.metrics import AgentMetrics
 from shoes_vz.agent.notify import NotifyApp
@@ -152,8 +154,27 @@ class Agent:
         await asyncio.to_thread(self.lock.update, address=f"notify {s.notify_listen.rpartition(':')[0]}:"
                                 f"{self.notify_port}, server {s.server_addr}, agent id {self.agent_id}")
         self._publish()
+        self._log_start()
         self._sync_task = asyncio.create_task(self.sync.run(), name="sync")
         self._recheck_task = asyncio.create_task(self._recheck_conditions(), name="host-conditions")
+
+    def _log_start(self) -> None:
+        """One line that says what this agent is: version, id, driver, addresses, paths, which
+        credentials it has (never their values)."""
+        s = self.settings
+        metrics = f"{s.metrics_listen.rpartition(':')[0]}:{self.metrics_port}" if s.metrics_listen else "off"
+        notify = f"{s.notify_listen.rpartition(':')[0]}:{self.notify_port}"
+        creds = {"agent_secret": (s.state_dir / SECRET_FILE).is_file(), "enrollment_token": bool(s.enrollment_token),
+                 "ssh_key": s.ssh_key is not None, "tls_ca": s.tls_ca is not None}
+        given = [k for k, v in creds.items() if v]
+        kv = {"version": __version__, "agent_id": self.agent_id, "driver": s.driver, "server": s.server_addr,
+              "notify": notify, "metrics": metrics, "templates_dir": str(s.templates_dir),
+              "runners_dir": str(s.runners_dir), "state_dir": str(s.state_dir), "capacity": self.capacity,
+              "credentials_set": ",".join(given)}
+        log.info("shoes-vz %s agent %s: driver %s, server %s (TLS %s), notify %s, /metrics %s, templates %s, "
+                 "runners %s, state %s, %d runner(s) at once; credentials set: %s", __version__, self.agent_id,
+                 s.driver, s.server_addr, "on" if s.tls_ca else "off", notify, metrics, s.templates_dir,
+                 s.runners_dir, s.state_dir, self.capacity, ", ".join(given) or "none", extra={"kv": kv})
 
     def _check_clones(self) -> None:
         """Runners are clones: a runners directory that cannot clone the templates stops the agent

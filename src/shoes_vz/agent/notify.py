@@ -63,5 +63,5 @@ class NotifyApp:
                 return self._refuse(source, "no MAC given and no single live runner holds this lease")
             runner = matches[0]
         runner.notified(source, str(body.get("token", "")))
-        log.info("notify: runner %s is at %s", runner.runner_id, source)
+        runner.log.info("notify: runner %s is at %s", runner.runner_id, source)
         return web.json_response({"runner_id": runner.runner_id})

@@ -266,7 +266,8 @@ class AgentService(pbg.AgentServiceServicer):
         if cmd.kind == "create":
             capacity = "capacity" in ack.error
             self.app.metrics.failures.labels(reason="refused_capacity" if capacity else "refused").inc()
-            log.warning("agent %s refused runner %s: %s", cmd.agent_id, cmd.runner_id, shown(ack.error, 300))
+            log.warning("agent %s refused runner %s: %s", cmd.agent_id, cmd.runner_id, shown(ack.error, 300),
+                        extra={"runner_id": cmd.runner_id, "runner_name": cmd.payload.get("runner_name", "")})
             await self.store.call(self.store.update_runner, cmd.runner_id, state=Phase.ERROR.value,
                                   error=error, capacity_error=capacity)
             await self.store.call(self.store.mark_gone, cmd.runner_id)

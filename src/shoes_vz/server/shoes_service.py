@@ -16,6 +16,7 @@ import grpc
 
 from shoes_vz.core import ids
 from shoes_vz.core.errors import CapacityExhausted, InvalidInput
+from shoes_vz.core.logs import runner_context
 from shoes_vz.core.logsafe import shown
 from shoes_vz.core.resources import normalize_resource_type
 from shoes_vz.core.states import Phase
@@ -85,9 +86,10 @@ class ShoesService(pbg.ShoesServiceServicer):
             await self._delete(existing)  # never repair a failed runner: replace it
             existing = None
         if existing is not None:
-            log.info("AddInstance %s: runner %s exists (%s)", request.runner_name, existing.runner_id,
-                     existing.state)
-            return await self._wait_running(existing.runner_id, deadline, which)
+            with runner_context(existing.runner_id, existing.runner_name):
+                log.info("AddInstance %s: runner %s exists (%s)", request.runner_name, existing.runner_id,
+                         existing.state)
+                return await self._wait_running(existing.runner_id, deadline, which)
         try:
             row, cmd = await self.app.scheduler.reserve(request.runner_name, rtype, request.setup_script,
                                                         list(request.labels))
@@ -97,10 +99,11 @@ class ShoesService(pbg.ShoesServiceServicer):
             raise Failed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
         except NoAgents as e:
             raise Failed(grpc.StatusCode.UNAVAILABLE, str(e)) from e
-        log.info("AddInstance %s: runner %s on agent %s (%s)", request.runner_name, row.runner_id,
-                 row.agent_id, row.template)
-        await self.hub.send([cmd])
-        return await self._wait_running(row.runner_id, deadline, which)
+        with runner_context(row.runner_id, row.runner_name):  # this call's lines about it name it
+            log.info("AddInstance %s: runner %s on agent %s (%s)", request.runner_name, row.runner_id,
+                     row.agent_id, row.template)
+            await self.hub.send([cmd])
+            return await self._wait_running(row.runner_id, deadline, which)
 
     async def _wait_running(self, runner_id: str, deadline: float, which: str) -> RunnerRow:
         """Until the runner is SSH-ready with setup_script started; tear down on failure/deadline."""
@@ -147,6 +150,7 @@ class ShoesService(pbg.ShoesServiceServicer):
         if row is None or row.deleted_at is not None or row.delete_requested:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no runner {shown(request.cloud_id)}")
         assert row is not None
-        log.info("DeleteInstance %s (%s)", request.cloud_id, row.runner_name)
-        await self._delete(row)
+        with runner_context(row.runner_id, row.runner_name):
+            log.info("DeleteInstance %s (%s)", request.cloud_id, row.runner_name)
+            await self._delete(row)
         return pb.DeleteInstanceResponse()
