@@ -15,6 +15,7 @@ import typer
 
 from shoes_vz import __version__
 from shoes_vz.cli import console, template_create, template_warm
+from shoes_vz.cli import service as service_cli
 from shoes_vz.cli import template as template_cli
 from shoes_vz.cli.console import fail, out
 from shoes_vz.cli.options import (
@@ -38,6 +39,7 @@ app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
 for _part in (template_cli, template_create, template_warm):
     _part.register(template_app)
+service_cli.register(app)
 
 def _logging(verbose: bool, fmt: str = "text") -> None:
     from shoes_vz.core import logs
