@@ -107,6 +107,24 @@ def server(
         raise fail(e) from None
 
 
+@server_app.command("backup")
+def backup(
+    dest: Annotated[Path, typer.Argument(help="the new file to write (e.g. server-$(date +%F).db)")],
+    config: ConfigOpt = None,
+    db: Annotated[Path | None, typer.Option(help="SQLite database path (server.db_path)")] = None,
+) -> None:
+    """Copy the database while the server runs (SQLite's online backup): consistent, 0600."""
+    from shoes_vz import config as cfg
+    from shoes_vz.server.db_files import backup as backup_db
+
+    try:
+        settings = cfg.load(cfg.ServerSettings, config, db_path=db)
+        runners = backup_db(settings.db_path, dest)
+    except (ShoesVzError, OSError) as e:
+        raise fail(e) from None
+    out.print(f"backed up {settings.db_path} to {dest} ({runners} runner rows)", markup=False, highlight=False)
+
+
 @server_app.command("forget-agent")
 def forget_agent(
     agent_id: Annotated[str, typer.Argument(help="the agent id to release (the server's log and /metrics name it)")],
