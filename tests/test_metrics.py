@@ -109,3 +109,18 @@ async def test_a_failed_runner_is_counted_by_the_phase_it_failed_in(tmp_path: Pa
     assert value(server, 'shoesvz_add_instance_requests_total{code="UNAVAILABLE"}') == 1
     assert value(agent, 'shoesvz_agent_runner_failures_total{phase="booting"}') == 1
     assert value(agent, 'shoesvz_agent_runner_failures_total{phase="creating"}') == 0
+
+
+def test_host_readings_say_unknown_not_full(tmp_path: Path) -> None:
+    """A runners directory that is gone reads NaN (no "volume full" alert from a 0); a lease file
+    bootpd has not made yet is no leases; a malformed one is unknown."""
+    import math
+
+    from shoes_vz.agent.metrics import read_host
+
+    gone = read_host(tmp_path / "no-such-dir", tmp_path / "no-leases")
+    assert math.isnan(gone.free_bytes) and math.isnan(gone.size_bytes)
+    assert gone.active_leases == 0
+    (tmp_path / "leases").write_text("{\n\tname=x\n")
+    assert math.isnan(read_host(tmp_path, tmp_path / "leases").active_leases)
+    assert read_host(tmp_path, tmp_path / "no-leases").free_bytes > 0

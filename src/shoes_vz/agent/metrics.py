@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +37,12 @@ DEFAULT_DHCP_POOL = 253
 
 @dataclass
 class HostReadings:
-    """What a scrape reads from the host (in a thread)."""
+    """What a scrape reads from the host (in a thread); NaN where it could not (a gone runners
+    directory: the agent's host conditions say so), never a 0 that reads as "full"."""
 
-    free_bytes: int = 0
-    size_bytes: int = 0
-    active_leases: int = 0
-    problems: list[str] = field(default_factory=list)
+    free_bytes: float = math.nan
+    size_bytes: float = math.nan
+    active_leases: float = math.nan
 
 
 def read_host(runners_dir: Path, lease_file: Path) -> HostReadings:
@@ -49,12 +50,12 @@ def read_host(runners_dir: Path, lease_file: Path) -> HostReadings:
     try:
         usage = shutil.disk_usage(runners_dir)
         out.free_bytes, out.size_bytes = usage.free, usage.total
-    except OSError as e:
-        out.problems.append(f"runners volume: {e}")
+    except OSError:
+        pass  # stays NaN
     try:
         out.active_leases = sum(1 for lease in read_leases(lease_file) if not lease.expired())
-    except OSError as e:
-        out.problems.append(f"lease file: {e}")
+    except (OSError, ValueError):  # a missing file is no leases; an unreadable or malformed one is unknown
+        pass
     return out
 
 
@@ -98,7 +99,7 @@ class AgentMetrics:
                               "by reason", ["reason"], registry=r)
         self.warm = Gauge("shoesvz_agent_warm_slots", "warm slots on this host by template (state total|free)",
                           ["template", "state"], registry=r)
-        self.conditions = Gauge("shoesvz_agent_out_of_placement", "1 while this host has the condition "
+        self.conditions = Gauge("shoesvz_agent_host_conditions", "1 while this host has the condition "
                                 "(core/conditions.py) and gets no new runners", ["reason"], registry=r)
         self.free = Gauge("shoesvz_agent_runners_volume_free_bytes", "free bytes on the runners volume", registry=r)
         self.size = Gauge("shoesvz_agent_runners_volume_size_bytes", "size of the runners volume", registry=r)
