@@ -96,3 +96,48 @@ def test_a_log_format_that_does_not_exist_is_one_clear_error(tmp_path: Path) -> 
     p = subprocess.run([*CLI, "server"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                        env=cli_env(SHOESVZ_SERVER_LOG_FORMAT="yaml"))
     assert "log_format" in one_error_line(p.stderr) and p.returncode == 1
+
+
+def test_text_lines_name_the_runner_and_libraries_keep_quiet() -> None:
+    """In text mode a runner's line gets `[runner ID NAME]` unless it names the id itself; a
+    library's INFO is dropped unless --debug; lines inside a task made in the runner's context
+    carry it too."""
+    import asyncio
+    import io
+    import logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in logs.THIRD_PARTY})
+    try:
+        logs.configure("text", stream=stream)
+        ours, lib = logging.getLogger("shoes_vz.test"), logging.getLogger("asyncssh")
+
+        async def in_task() -> None:
+            ours.info("from a task")
+
+        async def main() -> None:
+            await asyncio.create_task(in_task(), context=logs.runner_task_context("r2", "job-2"))
+
+        with logs.runner_context("r1", "job-1"):
+            ours.info("cloning")
+            ours.info("runner r1 (job-1): booting")
+            lib.info("connection from a guest")
+            lib.warning("auth failed")
+        asyncio.run(main())
+        ours.info("no runner")
+        logs.configure("text", debug=True, stream=stream)
+        lib.info("now shown")
+    finally:  # this process's logging as pytest set it up
+        root.handlers[:], level, levels = saved
+        root.setLevel(level)
+        for name, value in levels.items():
+            logging.getLogger(name).setLevel(value)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith("INFO cloning [runner r1 job-1]")
+    assert lines[1].endswith("INFO runner r1 (job-1): booting")  # it names the runner: nothing added
+    assert lines[2].endswith("asyncssh WARNING auth failed [runner r1 job-1]")
+    assert lines[3].endswith("INFO from a task [runner r2 job-2]")
+    assert lines[4].endswith("INFO no runner")
+    assert lines[5].endswith("asyncssh INFO now shown")
+    assert len(lines) == 6
