@@ -104,6 +104,8 @@ class SimVM:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shoes_vz.vm.process", str(b.path), "--driver", "sim",
                  "--lease-file", str(self.lease_file), "--stop-grace", "2",
+                 # the test's own slots, never the host's default (other suites may run beside this one)
+                 "--host-slots", str(self.runners.parent / "vm-slots"), "--host-limit", "16",
                  "--driver-options", json.dumps(self.driver_options)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         return self
