@@ -9,6 +9,7 @@ never count one runner twice.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
 JOB_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 21600)
 # the codes ShoesService answers (server/shoes_service.py), shown at 0 before the first
 CODES = ("OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "NOT_FOUND",
-         "PERMISSION_DENIED", "UNAUTHENTICATED", "UNKNOWN")
+         "PERMISSION_DENIED", "UNAUTHENTICATED", "CANCELLED", "UNKNOWN")
 # why a runner failed, seen from the server: refused by its agent (for capacity or otherwise), not
 # ready within AddInstance's time, or reported failed by its agent — in which step the timings it
 # reported tell: no clone yet, cloned but never SSH-ready, or after SSH (setup_script, the job)
@@ -123,8 +124,11 @@ class ServerMetrics:
         try:
             yield
             code = "OK"
+        except asyncio.CancelledError:  # the caller went away (myshoes' deadline, a killed plugin)
+            code = "CANCELLED"
+            raise
         finally:
-            if code != "OK":
+            if code not in ("OK", "CANCELLED"):
                 answered = context.code()
                 code = answered.name if isinstance(answered, grpc.StatusCode) else "UNKNOWN"
             counter, hist = ((self.add_requests, self.add_duration) if method == "add"
