@@ -11,6 +11,8 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 from simvm import SimVM, guest_processes, links_of, wait_until
 from stack_fixtures import have_sshd, require, require_namespaced
 
+from shoes_vz.stack import LocalStack
 from shoes_vz.template import Template, init_sim
 from shoes_vz.vm.leases import read_leases
 
@@ -261,6 +264,69 @@ def test_a_killed_network_holder_is_replaced_and_its_bridge_swept(template: Temp
     assert "swept a dead sim network" in fourth.log()
     assert fourth.stop() == 0
     assert wait_until(lambda: not links_of(lease_file), 15)
+
+
+# A VM process creating its agent's network (as `vm run` does, through SimNetwork.join), SIGKILLed —
+# by the agent or a stopping `shoes-vz up` — before it starts the holder, or while it waits for the
+# holder's `ready`; or one that joins and leaves normally (the network then lingers LINGER seconds).
+CREATOR = """  # LEASE_FILE HOW [LINGER]
+import os, signal, sys
+from pathlib import Path
+from shoes_vz.vm.drivers import sim_net
+from shoes_vz.vm.drivers.sim_options import SimOptions
+
+def sigkill(*_args, **_kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if sys.argv[2] == "before-the-holder":
+    sim_net.SimNetwork._start_holder = sigkill
+elif sys.argv[2] == "awaiting-ready":
+    sim_net.select.select = sigkill  # _start_holder waits for the holder's line with select()
+linger = float(sys.argv[3]) if len(sys.argv) > 3 else 0.5
+sim_net.SimNetwork(Path(sys.argv[1]), SimOptions(network_linger=linger)).join(print).close()
+"""
+
+
+@pytest.mark.parametrize("moment", ["before-the-holder", "awaiting-ready"])
+def test_a_vm_killed_while_it_creates_the_network_leaves_no_link(tmp_path: Path, moment: str) -> None:
+    """An interrupted `shoes-vz up` left a bridge: its creator was SIGKILLed after `ip link add`, and
+    either no holder had started or the holder's `ready` hit a closed pipe and it died. Now the holder
+    makes the bridge and outlives a creator gone, so nothing stays, and the next VM gets a network."""
+    require_namespaced()
+    lease_file = tmp_path / "dhcpd_leases"
+
+    killed = creator(lease_file, moment)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    runtime = str(tmp_path / ".dhcpd_leases.simnet")
+    log = tmp_path / "dhcpd_leases.dhcp.log"
+    assert wait_until(lambda: not links_of(lease_file) and not _cmdline_pids(runtime), 15), (
+        links_of(lease_file), log.read_text(errors="replace") if log.exists() else "no holder log")
+    normal = creator(lease_file, "normally")
+    assert normal.returncode == 0 and "sim network svz" in normal.stdout, normal.stdout + normal.stderr
+    assert wait_until(lambda: not links_of(lease_file) and not _cmdline_pids(runtime), 15)
+
+
+def test_a_stack_that_stopped_its_agent_sweeps_what_a_dead_holder_left(tmp_path: Path) -> None:
+    """A holder killed with no VM left leaves its bridge to the agent's next VM; `shoes-vz up` stops
+    its agent for good, so its LocalStack sweeps it (and leaves a live holder's network alone)."""
+    require_namespaced()
+    lease_file = tmp_path / "dhcpd_leases"
+    stack = LocalStack(tmp_path)
+    assert creator(lease_file, "normally", "60").returncode == 0
+    asyncio.run(stack.stop())
+    assert links_of(lease_file), "a live holder's network was swept"
+    holder = _holder_pid(tmp_path)
+    os.kill(holder, signal.SIGKILL)
+    assert wait_until(lambda: not _alive(holder), 10)
+    assert links_of(lease_file)
+    asyncio.run(stack.stop())
+    assert not links_of(lease_file)
+    assert "swept a dead sim network" in (tmp_path / "agent.log").read_text()
+
+
+def creator(lease_file: Path, how: str, linger: str = "0.5") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", CREATOR, str(lease_file), how, linger], capture_output=True,
+                          text=True, timeout=60)
 
 
 def _comm(pid: int) -> str:

@@ -1,7 +1,8 @@
 """`LocalStack`: the server and one sim agent as real processes on loopback, in one directory.
 
 Used by `shoes-vz up` (`make run`) and the benchmarks. Nothing is left behind: `stop()` ends both
-processes, and the agent tears its runners down first.
+processes, and the agent tears its runners down first; it kills the VM processes left and sweeps
+the bridge of a namespaced sim network whose holder died (no VM of this agent will come to).
 """
 
 from __future__ import annotations
@@ -233,6 +234,7 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
                 p.kill()
                 await p.wait()
         await asyncio.to_thread(self._reap_vms)
+        await asyncio.to_thread(self._sweep_network)
 
     def _reap_vms(self, settle: float = 5.0) -> None:
         """Kill the VM processes the agent left running, then give their guests (which die with
@@ -246,6 +248,17 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
         deadline = time.monotonic() + settle
         while _pids_mentioning(str(self.root)) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def _sweep_network(self) -> None:
+        """A dead holder's bridge waits for the agent's next VM, which a stopped stack never starts."""
+        from shoes_vz.vm.drivers.sim_net import SimNetwork
+        from shoes_vz.vm.drivers.sim_options import SimOptions
+
+        def log(line: str) -> None:
+            with open(self.root / "agent.log", "a") as f:
+                f.write(f"stack: {line}\n")
+
+        SimNetwork(self.root / "dhcpd_leases", SimOptions()).sweep_if_dead(log)
 
     def leftovers(self, wait: float = 10.0) -> list[str]:
         """Bundles, live vm processes or sim network links still here (after every runner was deleted:

@@ -1,13 +1,16 @@
-"""The sim network's holder: dnsmasq on one agent's bridge while any VM uses it, then nothing.
+"""The sim network's holder: the bridge and dnsmasq on it while any VM uses it, then nothing.
 
     python -m shoes_vz.vm.drivers.sim_holder RUNTIME_DIR
 
 Started detached by the `vm run` that creates the network (`sim_net`), as PID 1 of a PID namespace
-of its own (`unshare --pid --fork`). It prints `ready` once dnsmasq serves DHCP, restarts dnsmasq
-should it die, and when no VM has held `refs.lock` for `linger` seconds it stops dnsmasq and
-removes the bridge and the runtime state. SIGTERM tears the network down at once. When the holder
-dies, however, the kernel kills its namespace and so dnsmasq: even a SIGKILLed holder leaves no
-DHCP server; the bridge it leaves is swept by the next VM of the same agent.
+of its own (`unshare --pid --fork`). It makes the bridge (its creator only wrote the state, so a
+creator killed at any moment leaves nothing the holder does not remove), prints `ready` once
+dnsmasq serves DHCP (to a creator that may be gone by then), restarts dnsmasq should it die, and
+when no VM has held `refs.lock` for `linger` seconds it stops dnsmasq and removes the bridge and
+the runtime state. SIGTERM tears the network down at once. When the holder dies, however, the
+kernel kills its namespace and so dnsmasq: even a SIGKILLed holder leaves no DHCP server; the
+bridge it leaves is swept by the next VM of the same agent (or by the `LocalStack` that stopped
+the agent).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from shoes_vz.core.errors import DriverError
 from shoes_vz.vm.drivers import sim_sys
 from shoes_vz.vm.drivers.sim_net import NetworkState, SimNetwork, _lock, ip_command, link_alias, link_exists
 from shoes_vz.vm.drivers.sim_options import SimOptions, _which
@@ -65,6 +69,14 @@ class Holder:
         os.chmod(tmp, 0o755)
         os.replace(tmp, script)
         return script
+
+    def make_bridge(self) -> None:
+        """The bridge of a new network (its creator only wrote the state); a repaired one has it."""
+        bridge = self.state.bridge
+        if not link_exists(bridge):
+            self.net._make_bridge(self.state)
+        elif link_alias(bridge) != self.net.alias:
+            raise DriverError(f"a link named {bridge} exists that is not this network's bridge")
 
     def start_dnsmasq(self) -> bool:
         """Start dnsmasq; True once it says it serves DHCP on the bridge."""
@@ -169,19 +181,33 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    if not holder.start_dnsmasq():
-        sys.stderr.write("dnsmasq did not start\n")
-        holder.tear_down()
-        return 1
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+    try:
+        try:
+            holder.make_bridge()
+        except (DriverError, OSError) as e:
+            _tell(f"failed: {e}")
+            return 1
+        if not holder.start_dnsmasq():
+            _tell("failed: dnsmasq did not start")
+            return 1
+        _tell("ready")
+        holder.wait_unused()
+        return 0
+    finally:
+        holder.tear_down()  # whatever ended us but SIGKILL: the bridge goes with the holder
+        assert me is not None  # a blocking lock
+        os.close(me)
+
+
+def _tell(line: str) -> None:
+    """Answer the VM process that started us, once; it may be gone (SIGKILLed while it waited), and
+    the network is ours to remove all the same."""
+    sys.stderr.write(line + "\n")
+    with contextlib.suppress(OSError):  # BrokenPipeError: no reader
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
     with contextlib.suppress(OSError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-    holder.wait_unused()
-    holder.tear_down()
-    assert me is not None  # a blocking lock
-    os.close(me)
-    return 0
 
 
 if __name__ == "__main__":

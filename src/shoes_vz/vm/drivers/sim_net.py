@@ -3,9 +3,10 @@
 As vmnet's bridge100 on a Mac, it appears with the first VM and goes after the last. `vm run`
 processes share it by reference count: each holds a shared flock on `refs.lock` for its whole
 life (the kernel drops it however the process ends, SIGKILL included). A detached **holder**
-process (`sim_holder`) owns dnsmasq and waits for the count to reach zero; it then lingers a
-moment (`network_linger`) and removes the bridge. `setup.lock` serialises creating, joining and
-removing; `holder.lock` is held by a live holder.
+process (`sim_holder`) makes the bridge, owns dnsmasq and waits for the count to reach zero; it then
+lingers a moment (`network_linger`) and removes the bridge. The creating VM only picks the subnet
+and writes the state, so it can be killed at any moment without leaving a link. `setup.lock`
+serialises creating, joining and removing; `holder.lock` is held by a live holder.
 
 Names come from the agent's lease file (one lease file = one NAT network, as bootpd's on a Mac):
 `svz<7 hex>` for the bridge, `svz<7 hex><5 hex>` for each guest's host-side veth (≤ 15 bytes), and
@@ -223,6 +224,15 @@ class SimNetwork:
             assert setup is not None
             os.close(setup)
 
+    def sweep_if_dead(self, log: Callable[[str], None]) -> None:
+        """Remove what a dead holder left, for whoever stopped this agent (no VM of it will come to
+        sweep); a live holder removes its own."""
+        if not self.runtime.is_dir():
+            return
+        with locked(self.lock_path("setup"), fcntl.LOCK_EX):
+            if not self.holder_alive():
+                self._sweep(self._read_state(), log)
+
     def holder_alive(self) -> bool:
         fd = _lock(self.lock_path("holder"), fcntl.LOCK_SH, block=False)
         if fd is None:
@@ -273,19 +283,20 @@ class SimNetwork:
             state = NetworkState(self.bridge, str(subnet), str(gateway), str(pool[0]), str(pool[-1]),
                                  self.options.lease_seconds, self.identity, self.options.network_linger,
                                  time.time())
-            self._make_bridge(state)
-        finally:
-            assert glock is not None
-            os.close(glock)
-        try:
             tmp = self.state_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(asdict(state)))
             os.replace(tmp, self.state_file)
-            self._start_holder(state)
-        except BaseException:
-            self._remove_links()
-            self.state_file.unlink(missing_ok=True)
-            raise
+            # the holder makes the bridge: however this process dies from here on, it leaves nothing that
+            # the holder (or, without one, the next sweep) does not remove. The subnet lock stays held
+            # until the bridge carries its address.
+            try:
+                self._start_holder(state)
+            except BaseException:
+                self._sweep(None, lambda _: None)  # a holder that never got ready, and what it made
+                raise
+        finally:
+            assert glock is not None
+            os.close(glock)
         log(f"sim network {state.bridge} up: {state.subnet}, gateway {state.gateway}, "
             f"pool {state.first}–{state.last} ({state.pool_size}), leases {state.lease_seconds}s")
         return state
@@ -306,7 +317,7 @@ class SimNetwork:
             raise
 
     def _start_holder(self, state: NetworkState) -> None:
-        """Start the holder (it runs dnsmasq) and wait until DHCP is served."""
+        """Start the holder (it makes the bridge if there is none, runs dnsmasq) and wait until DHCP is served."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             # PID 1 of its own PID namespace: when the holder dies, however, the kernel kills its dnsmasq
@@ -324,7 +335,9 @@ class SimNetwork:
         if line.strip() != b"ready":
             with contextlib.suppress(ProcessLookupError):
                 holder.kill()
-            raise DriverError(f"the sim network's DHCP server did not start (see {self.log_file})")
+            said = line.decode(errors="replace").strip()
+            why = said.removeprefix("failed: ") if said.startswith("failed: ") else "its DHCP server did not start"
+            raise DriverError(f"the sim network {state.bridge} did not come up: {why} (see {self.log_file})")
 
     def _sweep(self, state: NetworkState | None, log: Callable[[str], None]) -> None:
         """Remove what a dead (or bridge-less) holder of THIS network left: processes, links, state."""
