@@ -35,3 +35,7 @@ class ReapReason(StrEnum):
     MAX_LIFETIME = "max_lifetime"          # older than agent.max_lifetime
     VM_DIED = "vm_died"                    # its VM process exited
     AGENT_GONE = "agent_gone"              # the server: its agent was gone longer than reap_after_agent_gone
+
+
+# the guest runner states that mean it registered with GitHub (it reached IDLE, perhaps on to a job)
+REGISTERED_STATES = frozenset({GuestState.IDLE, GuestState.RUNNING, GuestState.FINISHED})
