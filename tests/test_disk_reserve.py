@@ -63,7 +63,7 @@ async def test_a_clone_below_the_reserve_is_refused_and_the_host_leaves_placemen
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"http://127.0.0.1:{agent.metrics_port}/metrics") as resp:
                     text = await resp.text()
-            free = [line for line in text.splitlines() if line.startswith("shoesvz_runners_volume_free_bytes ")]
+            free = [line for line in text.splitlines() if line.startswith("shoesvz_agent_runners_volume_free_bytes ")]
             assert free and float(free[0].split()[1]) > 0
         assert not list((tmp_path / "runners").iterdir()) or all(
             p.name.startswith(".") for p in (tmp_path / "runners").iterdir())  # nothing half-created

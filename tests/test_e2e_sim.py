@@ -203,7 +203,8 @@ async def test_metrics_expose_design_names(sim_stack: SimStack) -> None:
                  'shoesvz_runners_total{state="running"} 1.0', "shoesvz_capacity_total_runners 2.0",
                  'shoesvz_runner_startup_duration_seconds_count{phase="boot_to_ssh"} 1.0'):
         assert name in text
-    assert 'shoesvz_runner_startup_duration_seconds_count{phase="clone"} 1.0' in agent_text
+    assert ('shoesvz_agent_runner_startup_duration_seconds_count{phase="clone",start="cold",template="sim-test"} 1.0'
+            in agent_text)
 
 
 async def test_agent_restart_keeps_and_readopts_vms(tmp_path) -> None:

@@ -65,7 +65,7 @@ def test_rules(case: GuestSeen, policy: ReapPolicy, expected: ReapReason | None)
 
 
 def reaped_count(agent: Agent, reason: ReapReason) -> float:
-    return agent.metrics.registry.get_sample_value("shoesvz_runners_reaped_total", {"reason": reason.value}) or 0
+    return agent.metrics.registry.get_sample_value("shoesvz_agent_runners_reaped_total", {"reason": reason.value}) or 0
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -29,6 +29,8 @@ from shoes_vz.core.host_defaults import DEFAULTS, HOST_VM_LIMIT, vm_slots_dir
 from shoes_vz.core.ids import validate_template_name
 from shoes_vz.core.net import is_loopback, split_hostport
 from shoes_vz.core.resources import RESOURCE_TYPES, canonical_resource_type
+
+LogFormat = Literal["text", "json"]  # core/logs.py LOG_FORMATS
 
 DEFAULT_TEMPLATES_DIR = DEFAULTS.templates_dir
 DEFAULT_RUNNERS_DIR = DEFAULTS.runners_dir
@@ -131,6 +133,8 @@ class ServerSettings(_Base):
     status_listen: str = Field(
         "127.0.0.1:9092", description="HTTP address of the status page; empty disables. Open on loopback; anywhere "
                                       "else it takes the viewer or operator token (and needs one to start)")
+    log_format: LogFormat = Field("text", description="stderr log lines: text, or json (one object a line, "
+                                  "to ship)")
     db_path: Path = Field(DEFAULT_STATE_DIR / "server.db", description="SQLite database (WAL)")
     shoes_token: str | None = Field(
         None, description="bearer token of the myshoes side, good for ShoesService only (the plugin sends it as "
@@ -284,6 +288,8 @@ class AgentSettings(_Base):
         "", description="URL guests POST to; default http://<gateway>:<notify port>/notify-ip"
     )
     metrics_listen: str = Field("127.0.0.1:9091", description="agent /metrics; empty disables")
+    log_format: LogFormat = Field("text", description="stderr log lines: text, or json (one object a line, "
+                                  "to ship)")
     runner_agent_port: int = Field(8080, description="port of the runner-agent in the guest (/health, /status)")
     boot_to_ip_timeout: float = Field(180.0, gt=0, description="seconds from VM start to the guest's address")
     ip_to_ssh_timeout: float = Field(60.0, gt=0, description="seconds from the address to SSH with the pinned key")

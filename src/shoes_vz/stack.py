@@ -165,8 +165,9 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
         for name in ("server", "agent"):
             log = open(self.root / f"{name}.log", "ab")
             self.procs[name] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shoes_vz.cli.main", name, "--config", str(cfg),
-                *(["--verbose"] if self.verbose else []),
+                # verbose: our debug lines (--verbose) and the libraries' too (--debug)
+                sys.executable, "-m", "shoes_vz.cli.main", *(["--debug"] if self.verbose else []), name,
+                "--config", str(cfg), *(["--verbose"] if self.verbose else []),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True,  # a Ctrl-C is for `up`, which stops them in order (stop())
             )

@@ -10,21 +10,25 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from shoes_vz import __version__
 from shoes_vz.agent import supervisor
+from shoes_vz.agent.credential import SECRET_FILE
 from shoes_vz.agent.degraded import Degraded
-from shoes_vz.agent.disk import check_reserve, free_bytes, reserve_bytes
+from shoes_vz.agent.disk import check_reserve, reserve_bytes
 from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.mac_pool import MacPool
 from shoes_vz.agent.metrics import AgentMetrics
 from shoes_vz.agent.notify import NotifyServer
 from shoes_vz.agent.reaper import ReapPolicy, keep_reaping
 from shoes_vz.agent.runner import Runner, RunnerSpec
+from shoes_vz.agent.ssh_ca import FILE_NAME as SSH_CA_FILE
 from shoes_vz.agent.ssh_ca import UserCA
 from shoes_vz.agent.state_file import StateFile
 from shoes_vz.agent.sync import SyncClient
@@ -98,9 +102,7 @@ class Agent:
         self._state = StateFile(settings.runner_state_file)
         self.host_slots = supervisor.host_slots(settings)
         self.conditions = HostConditions()
-        self.metrics = AgentMetrics(lambda: (r.phase for r in self.runners.values()), self.capacity,
-                                    lambda: free_bytes(self.settings.runners_dir),
-                                    lambda: [c.reason for c in self.conditions.list()])
+        self.metrics = AgentMetrics(self)
         self.evidence = Evidence(settings.state_dir / "evidence", keep=settings.evidence_keep,
                                  max_age=settings.evidence_max_age)
         self.degraded = Degraded(self.conditions, self._publish, self._probe_vm, settings.degraded_probe_after)
@@ -169,10 +171,29 @@ class Agent:
         await asyncio.to_thread(self.lock.update, address=f"notify {s.notify_listen.rpartition(':')[0]}:"
                                 f"{self.notify_port}, server {s.server_addr}, agent id {self.agent_id}")
         self._publish()
+        self._log_start()
         self._sync_task = asyncio.create_task(self.sync.run(), name="sync")
         self._recheck_task = asyncio.create_task(self._recheck_conditions(), name="host-conditions")
         self._reap_task = asyncio.create_task(keep_reaping(
             lambda: self.runners.values(), ReapPolicy.of(s), s.guest_poll_interval), name="reaper")
+
+    def _log_start(self) -> None:
+        """One line that says what this agent is: version, id, driver, addresses, paths, which
+        credentials it has (never their values)."""
+        s = self.settings
+        metrics = f"{s.metrics_listen.rpartition(':')[0]}:{self.metrics_port}" if s.metrics_listen else "off"
+        notify = f"{s.notify_listen.rpartition(':')[0]}:{self.notify_port}"
+        creds = {"agent_secret": (s.state_dir / SECRET_FILE).is_file(), "enrollment_token": bool(s.enrollment_token),
+                 "ssh_user_ca": (s.state_dir / SSH_CA_FILE).is_file(), "tls_ca": s.tls_ca is not None}
+        given = [k for k, v in creds.items() if v]
+        kv = {"version": __version__, "agent_id": self.agent_id, "driver": s.driver, "server": s.server_addr,
+              "notify": notify, "metrics": metrics, "templates_dir": str(s.templates_dir),
+              "runners_dir": str(s.runners_dir), "state_dir": str(s.state_dir), "capacity": self.capacity,
+              "credentials_set": ",".join(given)}
+        log.info("shoes-vz %s agent %s: driver %s, server %s (TLS %s), notify %s, /metrics %s, templates %s, "
+                 "runners %s, state %s, %d runner(s) at once; credentials set: %s", __version__, self.agent_id,
+                 s.driver, s.server_addr, "on" if s.tls_ca else "off", notify, metrics, s.templates_dir,
+                 s.runners_dir, s.state_dir, self.capacity, ", ".join(given) or "none", extra={"kv": kv})
 
     def _check_clones(self) -> None:
         """Runners are clones: a runners directory that cannot clone the templates stops the agent
@@ -427,10 +448,7 @@ class Agent:
     def _runner_changed(self, runner: Runner) -> None:
         if runner.phase == Phase.ERROR and runner.exit_code == VMExit.HOST_QUOTA:
             self.degraded.enter(f"runner {runner.runner_id}: {runner.error}")
-        if runner.phase == Phase.RUNNING and runner.runner_id not in self._observed:
-            self._observed.add(runner.runner_id)
-            t = runner.timings
-            self.metrics.observe(t.clone, t.boot_to_ssh, t.total)
+        self.metrics.runner_changed(runner, time.monotonic())
         if runner.phase == Phase.GONE:
             if runner.error:
                 self._failed_and_gone.append(runner)
@@ -440,7 +458,6 @@ class Agent:
             self.warm.release(runner.runner_id)
             if runner.spec.warm_slot is None:
                 self.macs.release(runner.runner_id, vm_gone=runner.vm_gone)
-            self._observed.discard(runner.runner_id)
             for rid in self._deletes.pop(runner.runner_id, []):
                 self._ack(Ack(rid, True))
         self._publish()

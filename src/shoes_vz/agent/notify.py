@@ -140,7 +140,7 @@ class NotifyServer:
                 return 403, {"error": "no MAC given and no single live runner holds this lease"}
             runner = matches[0]
         runner.notified(source)
-        log.info("notify: runner %s hinted from %s", runner.runner_id, source)
+        runner.log.info("notify: runner %s hinted from %s", runner.runner_id, source)
         return 200, {"runner_id": runner.runner_id}
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from shoes_vz.agent.vm_files import fill_bundle, fill_from_slot
 from shoes_vz.agent.warm import WarmSlot
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.errors import CloneError, RunnerFailed, ShoesVzError
+from shoes_vz.core.logs import runner_task_context
 from shoes_vz.core.states import LIVE_PHASES, GuestState, Phase, ReapReason
 from shoes_vz.template import Template
 from shoes_vz.template.use_lock import UseLock
@@ -103,6 +104,12 @@ class Runner:
         self.exit_code: int | None = None  # the VM process's, once it exited by itself (vm/exit_status.py)
         self.vm_gone = True  # at teardown: its VM process had exited (its MAC may go to another VM)
         self.gone = asyncio.Event()
+        # every line about this runner names it: its own (the adapter), its tasks' and their threads' (context)
+        self.log = logging.LoggerAdapter(log, {"runner_id": spec.runner_id, "runner_name": spec.runner_name})
+        self._log_context = runner_task_context(spec.runner_id, spec.runner_name)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        return asyncio.create_task(coro, name=name, context=self._log_context)
 
     @property
     def runner_id(self) -> str:
@@ -116,7 +123,7 @@ class Runner:
     def _on(self, event: Event) -> None:
         new = advance(self.phase, event)
         if new != self.phase:
-            log.info("runner %s (%s): %s → %s", self.runner_id, self.spec.runner_name, self.phase, new)
+            self.log.info("runner %s (%s): %s → %s", self.runner_id, self.spec.runner_name, self.phase, new)
             self.phase = new
             self.on_change(self)
 
@@ -132,7 +139,7 @@ class Runner:
             message = message if kept in message else f"{message} (log: {kept})"
         self.error = message
         self.capacity_error = capacity
-        log.warning("runner %s failed: %s", self.runner_id, message)
+        self.log.warning("runner %s failed: %s", self.runner_id, message)
         self._on(Event.FAILED)
         self.delete()  # never repair: destroy, myshoes retries
 
@@ -150,8 +157,8 @@ class Runner:
         self.timings = Timings(timings.get("clone"), timings.get("boot_to_ssh"), timings.get("total"))
         if self.ip and meta.get("ssh_ready_at"):
             self.phase = Phase.RUNNING
-            self._watcher = asyncio.create_task(self._watch_adopted_vm())
-            self._task = asyncio.create_task(self._poll_guest(), name=f"runner-{self.runner_id}")
+            self._watcher = self._spawn(self._watch_adopted_vm(), f"vm-watch-{self.runner_id}")
+            self._task = self._spawn(self._poll_guest(), f"runner-{self.runner_id}")
         else:
             self.phase = Phase.BOOTING
             self.fail("the agent restarted while this runner was starting")
@@ -167,7 +174,7 @@ class Runner:
 
     # -- create -----------------------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.create_task(self._create(), name=f"runner-{self.runner_id}")
+        self._task = self._spawn(self._create(), f"runner-{self.runner_id}")
 
     async def _create(self) -> None:
         s = self.settings
@@ -188,7 +195,7 @@ class Runner:
                 finally:
                     self._release_template()
                 self._on(Event.CLONED)
-                self._watcher = asyncio.create_task(self._watch_vm())
+                self._watcher = self._spawn(self._watch_vm(), f"vm-watch-{self.runner_id}")
                 ident = self.identity = await self._identify()
                 self.ip, self.token = ident.ip, ident.token
                 meta = self.spec.template.meta
@@ -291,7 +298,7 @@ class Runner:
         """A matched IP notify: only a hint to say hello now (the address comes from the channel)."""
         self.channel.hint()
         if self.ip and ip != self.ip:
-            log.warning("runner %s notified from another address %s (it is at %s)", self.runner_id, ip, self.ip)
+            self.log.warning("runner %s notified from another address %s (it is at %s)", self.runner_id, ip, self.ip)
 
     async def _watch_vm(self) -> None:
         assert self.proc is not None
@@ -382,7 +389,7 @@ class Runner:
 
     def delete(self) -> asyncio.Task[None]:
         if self._teardown is None:
-            self._teardown = asyncio.create_task(self._tear_down(), name=f"teardown-{self.runner_id}")
+            self._teardown = self._spawn(self._tear_down(), f"teardown-{self.runner_id}")
         return self._teardown
 
     async def _tear_down(self) -> None:
@@ -402,6 +409,6 @@ class Runner:
                 shutil.rmtree, Bundle.temporary_for(self.settings.runners_dir, self.runner_id).path, True
             )
         except Exception as e:  # teardown must finish; report what was left
-            log.error("runner %s teardown problem: %s", self.runner_id, e)
+            self.log.error("runner %s teardown problem: %s", self.runner_id, e)
         self._on(Event.TORN_DOWN)
         self.gone.set()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import logging
 import os
 import signal
 import sys
@@ -16,9 +15,18 @@ import typer
 
 from shoes_vz import __version__
 from shoes_vz.cli import console, fleet, runner_host, template_create, template_warm
+from shoes_vz.cli import service as service_cli
 from shoes_vz.cli import template as template_cli
 from shoes_vz.cli.console import fail, out
-from shoes_vz.cli.options import ConfigOpt, DriverOpt, RunnersDirOpt, TemplatesDirOpt, VerboseOpt, agent_settings
+from shoes_vz.cli.options import (
+    ConfigOpt,
+    DriverOpt,
+    LogFormatOpt,
+    RunnersDirOpt,
+    TemplatesDirOpt,
+    VerboseOpt,
+    agent_settings,
+)
 from shoes_vz.core.errors import ShoesVzError
 
 app = typer.Typer(help="Ephemeral macOS VMs on Apple Silicon as GitHub Actions runners for myshoes.",
@@ -33,10 +41,12 @@ for _part in (template_cli, template_create, template_warm):
     _part.register(template_app)
 fleet.register(app)  # agents, runners, drain, undrain, delete
 runner_host.register(app)  # ssh, logs (on the agent host)
+service_cli.register(app)
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def _logging(verbose: bool, fmt: str = "text") -> None:
+    from shoes_vz.core import logs
+
+    logs.configure(fmt, verbose=verbose, debug=console.debug())
 
 
 async def _serve_until_signal(obj: Any) -> None:
@@ -80,6 +90,7 @@ def server(
     metrics_listen: Annotated[str | None, typer.Option(
         help="/metrics HOST:PORT, '' disables (server.metrics_listen)")] = None,
     db: Annotated[Path | None, typer.Option(help="SQLite database path (server.db_path)")] = None,
+    log_format: LogFormatOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the server: ShoesService for myshoes, AgentService for agents, /metrics."""
@@ -90,10 +101,30 @@ def server(
         return
     _logging(verbose)
     try:
-        settings = cfg.load(cfg.ServerSettings, config, listen=listen, metrics_listen=metrics_listen, db_path=db)
+        settings = cfg.load(cfg.ServerSettings, config, listen=listen, metrics_listen=metrics_listen, db_path=db,
+                            log_format=log_format.value if log_format else None)
+        _logging(verbose, settings.log_format)
         asyncio.run(_serve_until_signal(ServerApp(settings)))
     except ShoesVzError as e:
         raise fail(e) from None
+
+
+@server_app.command("backup")
+def backup(
+    dest: Annotated[Path, typer.Argument(help="the new file to write (e.g. server-$(date +%F).db)")],
+    config: ConfigOpt = None,
+    db: Annotated[Path | None, typer.Option(help="SQLite database path (server.db_path)")] = None,
+) -> None:
+    """Copy the database while the server runs (SQLite's online backup): consistent, 0600."""
+    from shoes_vz import config as cfg
+    from shoes_vz.server.db_files import backup as backup_db
+
+    try:
+        settings = cfg.load(cfg.ServerSettings, config, db_path=db)
+        runners = backup_db(settings.db_path, dest)
+    except (ShoesVzError, OSError) as e:
+        raise fail(e) from None
+    out.print(f"backed up {settings.db_path} to {dest} ({runners} runner rows)", markup=False, highlight=False)
 
 
 @server_app.command("forget-agent")
@@ -127,6 +158,7 @@ def agent(
     state_dir: Annotated[Path | None, typer.Option(
         help="agent id, lock, SSH keys and failed runners' evidence (agent.state_dir)")] = None,
     max_runners: Annotated[int | None, typer.Option(help="VMs at once (agent.max_runners)")] = None,
+    log_format: LogFormatOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the agent on this host: clones, boots and tears down runners."""
@@ -135,7 +167,9 @@ def agent(
     _logging(verbose)
     try:
         settings = agent_settings(config, server_addr=server_addr, driver=driver, templates_dir=templates_dir,
-                                  runners_dir=runners_dir, state_dir=state_dir, max_runners=max_runners)
+                                  runners_dir=runners_dir, state_dir=state_dir, max_runners=max_runners,
+                                  log_format=log_format.value if log_format else None)
+        _logging(verbose, settings.log_format)
         asyncio.run(_serve_until_signal(_KeepVMs(Agent(settings))))
     except ShoesVzError as e:
         raise fail(e) from None

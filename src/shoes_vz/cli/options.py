@@ -21,6 +21,15 @@ ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", envvar="SHOESVZ_CONFIG", show_envvar=True,
     help=r"TOML file with the \[server] and \[agent] tables (environment and flags override it)")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+
+
+class LogFormatName(StrEnum):
+    text = "text"
+    json = "json"
+
+
+LogFormatOpt = Annotated[LogFormatName | None, typer.Option(
+    "--log-format", help="stderr log lines: text, or json to ship (server./agent.log_format)")]
 TemplatesDirOpt = Annotated[Path | None, typer.Option(
     help="templates directory (default: the agent's templates_dir)")]
 RunnersDirOpt = Annotated[Path | None, typer.Option(

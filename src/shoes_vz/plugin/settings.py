@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoes_vz.core.errors import ConfigError
+from shoes_vz.core.logs import LOG_FORMATS
 from shoes_vz.core.net import is_loopback, split_hostport
 from shoes_vz.core.resources import ALIASES, RESOURCE_TYPES
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
-LOG_FORMATS = ("text", "json")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 

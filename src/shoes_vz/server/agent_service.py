@@ -267,7 +267,9 @@ class AgentService(pbg.AgentServiceServicer):
             return
         if cmd.kind == "create":
             capacity = "capacity" in ack.error
-            log.warning("agent %s refused runner %s: %s", cmd.agent_id, cmd.runner_id, shown(ack.error, 300))
+            self.app.metrics.failures.labels(reason="refused_capacity" if capacity else "refused").inc()
+            log.warning("agent %s refused runner %s: %s", cmd.agent_id, cmd.runner_id, shown(ack.error, 300),
+                        extra={"runner_id": cmd.runner_id, "runner_name": cmd.payload.get("runner_name", "")})
             await self.store.call(self.store.update_runner, cmd.runner_id, state=Phase.ERROR.value,
                                   error=error, capacity_error=capacity)
             await self.store.call(self.store.mark_gone, cmd.runner_id)
@@ -289,6 +291,8 @@ class AgentService(pbg.AgentServiceServicer):
         if r.capacity_error and not row.capacity_error:
             await self.store.call(self.store.block_agent, agent_id, time.time() + CAPACITY_BLOCK_SECONDS)
         error = limits.capped(r.error_message, limits.MAX_ERROR_CHARS)
+        self.app.metrics.runner_reported(row, error, wire_to_guest(r.guest_runner_state).value, timings,
+                                         time.monotonic())
         changed = (phase.value, r.ip_address, wire_to_guest(r.guest_runner_state).value, error) != (
             row.state, row.ip_address, row.guest_state, row.error)
         if changed:

@@ -16,7 +16,8 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from shoes_vz.config import ServerSettings
+from shoes_vz import __version__
+from shoes_vz.config import SERVER_TOKENS, ServerSettings
 from shoes_vz.core.errors import ConfigError, InUse, ShoesVzError
 from shoes_vz.core.listeners import cannot_bind
 from shoes_vz.core.net import is_loopback, split_hostport
@@ -129,7 +130,7 @@ class ServerApp:
         await asyncio.to_thread(self.lock.update, address=f"{host}:{self.port}")
         self.reaper.started_at = time.time()  # gone agents count from here at the earliest
         self._monitor = asyncio.create_task(self._watch_agents(), name="agent-monitor")
-        log.info("server listening on %s (gRPC port %d)", s.listen, self.port)
+        self._log_start()
         if s.open_roles():
             doors = {"shoes_token": "call ShoesService", "enrollment_token": "enrol an agent"}
             log.warning("server: no %s: anyone who can reach %s may %s (allowed on loopback only; set them for "
@@ -158,6 +159,19 @@ class ServerApp:
             raise self._cannot_listen(s.status_listen, "server.status_listen") from None
         log.info("status page on %s://%s:%d/ (%s)", "https" if tls else "http", host, self.status_port,
                  "the viewer or operator token" if self.status_page.require_auth else "open: loopback")
+    def _log_start(self) -> None:
+        """One line that says what this server is: version, addresses, files, which credentials are
+        set (never their values)."""
+        s = self.settings
+        metrics = f"{s.metrics_listen.rpartition(':')[0]}:{self.metrics_port}" if s.metrics_listen else "off"
+        given = [name for name in SERVER_TOKENS if getattr(s, name)]
+        unset = [name for name in SERVER_TOKENS if not getattr(s, name)]
+        kv = {"version": __version__, "listen": s.listen, "grpc_port": self.port, "metrics": metrics,
+              "db_path": str(s.db_path), "tls": bool(s.tls_cert), "credentials_set": ",".join(given),
+              "credentials_unset": ",".join(unset)}
+        log.info("shoes-vz %s server listening on %s (gRPC port %d, TLS %s), /metrics %s, database %s; "
+                 "credentials set: %s; not set: %s", __version__, s.listen, self.port, "on" if s.tls_cert else "off",
+                 metrics, s.db_path, ", ".join(given) or "none", ", ".join(unset) or "none", extra={"kv": kv})
 
     def _authenticator(self) -> Authenticator:
         """Every call's principal (server/auth.py); a role left without a token is open to anyone, which

@@ -69,3 +69,39 @@ def secure_files(db: Path) -> None:
 
 
 __all__ = ["DIR_MODE", "FILE_MODE", "secure_directory", "secure_files"]
+
+
+def backup(db: Path, dest: Path) -> int:
+    """A consistent copy of `db` at `dest` while a server uses it (SQLite's online backup API: it
+    copies the pages of one read transaction, the WAL's committed ones included), 0600 like the
+    original; the number of runner rows it holds. `dest` appears whole or not at all."""
+    import sqlite3
+
+    if not db.is_file():
+        raise ConfigError(f"no database at {db} (server.db_path, --db)")
+    if dest.exists():
+        raise ConfigError(f"{dest} exists: back up to a new file")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)  # never readable by others, not even briefly
+    os.close(fd)
+    try:
+        src = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        out = sqlite3.connect(tmp)
+        try:
+            src.backup(out)
+            out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+            runners = int(out.execute("SELECT COUNT(*) FROM runners").fetchone()[0])
+            ok = out.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            out.close()
+            src.close()
+        if ok != "ok":
+            raise ConfigError(f"the backup of {db} failed its integrity check: {ok}")
+        os.replace(tmp, dest)
+    except sqlite3.Error as e:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot back up {db}: {e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return runners

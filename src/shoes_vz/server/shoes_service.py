@@ -16,6 +16,7 @@ import grpc
 
 from shoes_vz.core import ids
 from shoes_vz.core.errors import CapacityExhausted, InvalidInput
+from shoes_vz.core.logs import runner_context
 from shoes_vz.core.logsafe import shown
 from shoes_vz.core.resources import normalize_resource_type
 from shoes_vz.core.states import Phase
@@ -49,6 +50,11 @@ class ShoesService(pbg.ShoesServiceServicer):
 
     async def AddInstance(self, request: pb.AddInstanceRequest, context: grpc.aio.ServicerContext
                           ) -> pb.AddInstanceResponse:
+        async with self.app.metrics.request("add", context):
+            return await self._add_instance(request, context)
+
+    async def _add_instance(self, request: pb.AddInstanceRequest, context: grpc.aio.ServicerContext
+                            ) -> pb.AddInstanceResponse:
         await allow(context, Role.MYSHOES)
         try:
             ids.validate_runner_name(request.runner_name)
@@ -78,9 +84,10 @@ class ShoesService(pbg.ShoesServiceServicer):
             await self._delete(existing)  # never repair a failed runner: replace it
             existing = None
         if existing is not None:
-            log.info("AddInstance %s: runner %s exists (%s)", request.runner_name, existing.runner_id,
-                     existing.state)
-            return await self._wait_running(existing.runner_id, deadline, which)
+            with runner_context(existing.runner_id, existing.runner_name):
+                log.info("AddInstance %s: runner %s exists (%s)", request.runner_name, existing.runner_id,
+                         existing.state)
+                return await self._wait_running(existing.runner_id, deadline, which)
         try:
             row, cmd = await self.app.scheduler.reserve(request.runner_name, rtype, request.setup_script,
                                                         list(request.labels))
@@ -90,10 +97,11 @@ class ShoesService(pbg.ShoesServiceServicer):
             raise Failed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
         except NoAgents as e:
             raise Failed(grpc.StatusCode.UNAVAILABLE, str(e)) from e
-        log.info("AddInstance %s: runner %s on agent %s (%s)", request.runner_name, row.runner_id,
-                 row.agent_id, row.template)
-        await self.hub.send([cmd])
-        return await self._wait_running(row.runner_id, deadline, which)
+        with runner_context(row.runner_id, row.runner_name):  # this call's lines about it name it
+            log.info("AddInstance %s: runner %s on agent %s (%s)", request.runner_name, row.runner_id,
+                     row.agent_id, row.template)
+            await self.hub.send([cmd])
+            return await self._wait_running(row.runner_id, deadline, which)
 
     async def _wait_running(self, runner_id: str, deadline: float, which: str) -> RunnerRow:
         """Until the runner is SSH-ready with setup_script started; tear down on failure/deadline."""
@@ -114,21 +122,29 @@ class ShoesService(pbg.ShoesServiceServicer):
                     raise TimeoutError
                 await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:
+                self.app.metrics.failures.labels(reason="not_ready_in_time").inc()
                 await self._delete(row)
                 raise Failed(grpc.StatusCode.DEADLINE_EXCEEDED,
                              f"runner {runner_id} not ready within {which} (still {row.state}); torn down") from None
 
     async def _delete(self, row: RunnerRow) -> None:
-        await request_delete(self.store, self.hub, row)
+        if await request_delete(self.store, self.hub, row):
+            self.app.metrics.runner_gone(row.runner_id)
 
     async def DeleteInstance(self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
                              ) -> pb.DeleteInstanceResponse:
+        async with self.app.metrics.request("delete", context):
+            return await self._delete_instance(request, context)
+
+    async def _delete_instance(self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
+                               ) -> pb.DeleteInstanceResponse:
         await allow(context, Role.MYSHOES)
         runner_id = ids.runner_id_from_cloud_id(request.cloud_id)
         row = await self.store.call(self.store.runner, runner_id) if runner_id else None
         if row is None or row.deleted_at is not None or row.delete_requested:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no runner {shown(request.cloud_id)}")
         assert row is not None
-        log.info("DeleteInstance %s (%s)", request.cloud_id, row.runner_name)
-        await self._delete(row)
+        with runner_context(row.runner_id, row.runner_name):
+            log.info("DeleteInstance %s (%s)", request.cloud_id, row.runner_name)
+            await self._delete(row)
         return pb.DeleteInstanceResponse()
