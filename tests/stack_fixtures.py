@@ -153,6 +153,7 @@ def agent_settings(root: Path, server_port: int, **kw: Any) -> AgentSettings:
         runner_state_file=root / "runner-state.json", lease_file=root / "dhcpd_leases",
         notify_listen="0.0.0.0:0", metrics_listen="127.0.0.1:0", stop_grace=2.0,
         guest_poll_interval=0.2, allow_copy=not can_reflink(root),
+        disk_reserve=1 << 30,  # a sim template's 64 GiB disk is sparse and never written: not the test's to need
     )
     base.update(kw)
     return AgentSettings(**base)
@@ -160,10 +161,10 @@ def agent_settings(root: Path, server_port: int, **kw: Any) -> AgentSettings:
 
 @contextlib.asynccontextmanager
 async def make_stack(root: Path, *, max_runners: int = 2, template_kw: dict[str, Any] | None = None,
-                     **agent_kw: Any) -> AsyncIterator[SimStack]:
+                     server_kw: dict[str, Any] | None = None, **agent_kw: Any) -> AsyncIterator[SimStack]:
     require(have_sshd(), "OpenSSH sshd (apt-get install openssh-server)")
     template = await asyncio.to_thread(init_sim, root / "templates", "sim-test", **(template_kw or {}))
-    async with ServerApp(server_settings(root)) as server:
+    async with ServerApp(server_settings(root, **(server_kw or {}))) as server:
         agent_kw.setdefault("host_vm_limit", max_runners)  # sim guests: no Apple limit of 2 to respect
         agent = Agent(agent_settings(root, server.port, max_runners=max_runners, **agent_kw))
         async with agent:

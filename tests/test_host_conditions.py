@@ -81,7 +81,7 @@ async def test_a_full_disk_takes_the_host_out_of_placement_until_it_clears(
         (mnt / "a" / "agent" / "agent-id").write_text("agent-a\n")  # placed first (same load: by id)
         (tmp_path / "b" / "agent" / "agent-id").write_text("agent-b\n")
         async with ServerApp(server_settings(tmp_path)) as server:
-            a = Agent(agent_settings(mnt / "a", server.port))
+            a = Agent(agent_settings(mnt / "a", server.port, disk_reserve=0))  # no reserve: a clone meets ENOSPC
             b = Agent(agent_settings(tmp_path / "b", server.port, max_runners=1))
             async with a, b, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
                 await eventually(lambda: {"agent-a", "agent-b"} <= set(server.hub.connections), timeout=20)

@@ -18,7 +18,7 @@ from shoes_vz.wire import shoes_pb2_grpc as sgrpc
 
 async def test_a_pool_spent_by_fresh_macs_gives_the_next_vm_no_address(tmp_path: Path) -> None:
     require_namespaced()
-    async with make_stack(tmp_path, max_runners=3, driver_options={"pool_size": 2},
+    async with make_stack(tmp_path, max_runners=3, host_vm_limit=3, driver_options={"pool_size": 2},
                           boot_to_ip_timeout=4.0) as stack:
         async with stack.channel() as ch:
             stub = sgrpc.ShoesServiceStub(ch)

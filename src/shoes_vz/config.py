@@ -151,6 +151,10 @@ class ServerSettings(_Base):
     sync_interval: float = Field(5.0, gt=0, description="agent heartbeat period, seconds")
     agent_offline_after: float = Field(20.0, gt=0, description="no heartbeat for this long → offline")
     command_resend_after: float = Field(10.0, gt=0, description="re-send an unacked command after")
+    reap_after_agent_gone: float = Field(
+        3600.0, ge=0, description="an agent gone (no Sync stream) this long has its runners reaped: gone in the "
+        "database, so myshoes' deletes answer NOT_FOUND, and torn down if it comes back (server/reaper.py); longer "
+        "than an agent restart, upgrade or host reboot; counted from this server's start at the earliest; 0: never")
 
     _hostport = field_validator("listen")(_check_hostport)
     _tokens = field_validator(*SERVER_TOKENS)(_check_token)
@@ -258,6 +262,26 @@ class AgentSettings(_Base):
     sim_boot_delay: float = Field(0.0, ge=0, description="sim: seconds a guest takes to 'boot'")
     sim_restore_delay: float = Field(0.0, ge=0, description="sim: seconds a restore from State.save takes")
     use_warm_slots: bool = Field(True, description="restore runners from free warm slots when there are any")
+    # runners torn down without myshoes (agent/reaper.py); 0 turns a rule off
+    reap_finished_after: float = Field(
+        600.0, ge=0, description="seconds after the guest's runner FINISHED that the agent tears it down itself; "
+        "myshoes deletes a completed runner within its 1-minute loop, so its own delete normally wins")
+    registration_timeout: float = Field(
+        900.0, ge=0, description="seconds from creation within which the guest's runner must reach IDLE "
+        "(registered with GitHub), else it is torn down; above myshoes' strict-mode 5 minutes")
+    max_lifetime: float = Field(
+        5 * 86400.0 + 3600.0, ge=0, description="seconds a runner may live at all; GitHub lets a job on a "
+        "self-hosted runner run 5 days, so the default (5 days + 1 h) never ends a job GitHub would still run")
+    degraded_probe_after: float = Field(
+        30.0, gt=0, description="a degraded host (the framework refused a VM below its limit) starts a probe VM "
+        "after this many seconds, then twice as long each time up to 10 minutes, and is back in service once one "
+        "starts (agent/degraded.py)")
+    disk_reserve: int | None = Field(
+        None, ge=0, description="bytes the runners volume must have free before a clone (else the host is out of "
+        "placement until it has); default: the largest template's disk size, enough for one disk to fill")
+    mac_recycling: bool = Field(
+        True, description="cold runners reuse this host's MACs (<state_dir>/mac-pool.json) once their VMs are gone, "
+                          "so bootpd's leases stay few; off: a fresh MAC per runner (about 253 a lease time)")
     restore_timeout: float = Field(60.0, gt=0, description="vz: a restore + resume that takes longer boots cold")
     restore_live_timeout: float = Field(
         30.0, ge=0, description="vz: a restored guest that does not answer on vsock this long boots cold (0: no check)")

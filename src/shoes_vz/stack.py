@@ -67,10 +67,14 @@ def prerequisites() -> list[str]:
 class LocalStack:
     def __init__(self, root: Path, *, max_runners: int = 2, boot_delay: float = 0.0, restore_delay: float = 0.0,
                  guest_poll_interval: float = 0.25, keep_evidence: bool = False,
-                 driver_options: dict[str, str] | None = None, verbose: bool = False) -> None:
+                 driver_options: dict[str, Any] | None = None, server_settings: dict[str, Any] | None = None,
+                 agent_settings: dict[str, Any] | None = None, verbose: bool = False) -> None:
         self.root = root
         self.driver_options = dict(driver_options or {})
         self.verbose = verbose  # debug logs from the server and the agent
+        # a sim template's 64 GiB disk is sparse and never written: 1 GiB free is reserve enough here
+        self.extra = {"server": dict(server_settings or {}),
+                      "agent": {"disk_reserve": 1 << 30, **(agent_settings or {})}}
         self.keep_evidence = keep_evidence
         self.max_runners = max_runners
         self.boot_delay = boot_delay
@@ -122,7 +126,7 @@ db_path = "{self.db_path}"
 shoes_token = "{self.token}"
 enrollment_token = "{self.enrollment_token}"
 sync_interval = 2.0
-
+{self._extra("server")}
 [agent]
 server_addr = "{self.server_addr}"
 enrollment_token = "{self.enrollment_token}"
@@ -142,8 +146,12 @@ guest_poll_interval = {self.guest_poll_interval}
 stop_grace = 2.0
 allow_copy = {'false' if self.reflink else 'true'}
 evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
-""" + "".join(f"driver_options.{k} = {json.dumps(v)}\n" for k, v in self.driver_options.items()))
+{self._extra("agent")}""" + "".join(f"driver_options.{k} = {json.dumps(v)}\n" for k, v in self.driver_options.items()))
         return cfg
+
+    def _extra(self, table: str) -> str:
+        """Further settings of `table` as TOML lines (the values JSON-spelled, which TOML reads alike)."""
+        return "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.extra[table].items())
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -249,14 +257,13 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
 
     def _sweep_network(self) -> None:
         """A dead holder's bridge waits for the agent's next VM, which a stopped stack never starts."""
-        from shoes_vz.vm.drivers.sim_net import SimNetwork
-        from shoes_vz.vm.drivers.sim_options import SimOptions
+        from shoes_vz.vm.process import sweep_sim_network
 
         def log(line: str) -> None:
             with open(self.root / "agent.log", "a") as f:
                 f.write(f"stack: {line}\n")
 
-        SimNetwork(self.root / "dhcpd_leases", SimOptions()).sweep_if_dead(log)
+        sweep_sim_network(self.root / "dhcpd_leases", log)
 
     def leftovers(self, wait: float = 10.0) -> list[str]:
         """Bundles, live vm processes or sim network links still here (after every runner was deleted:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,14 @@ from shoes_vz.macos.interpreter import (
     running_image,
 )
 from shoes_vz.macos.sign import ENTITLEMENT, check_new_process, probe_command, sign_command, sign_python
+from shoes_vz.vm.identity import new_mac
 from shoes_vz.vm.identity_files import (
     is_placeholder,
     new_machine_identifier_file,
     read_data_representation,
     write_data_representation,
 )
+from shoes_vz.vm.leases import Lease, format_leases
 
 HOME = Path("/Users/svc")
 
@@ -46,7 +49,7 @@ def good_probes(**over: Any) -> Probes:
         translated=lambda: False, euid=lambda: 501, vm_user=lambda: HostUser("svc", 501, HOME),
         console_uid=lambda: 501, vz_supported=lambda: True, entitlement_error=lambda: None,
         image=lambda: Path("/p/Python"), sign_record=lambda home: None,
-        device_of=lambda p: 1, can_clone=lambda p: True, lease_seconds=lambda: 600,
+        device_of=lambda p: 1, can_clone=lambda p: True, lease_seconds=lambda: 600, leases=lambda p: [],
         keychain_problem=lambda path: None, local_network_ranges=lambda: ["192.168.0.0/16"])
     base.update(over)
     return Probes(**base)
@@ -64,7 +67,8 @@ def test_all_good() -> None:
     checks = run_checks(good_probes(), Path("/t"), Path("/r"))
     assert not has_fatal(checks) and all(c.level is Level.OK for c in checks)
     assert [c.name for c in checks] == ["platform", "user", "macos-version", "apple-silicon", "virtualization",
-                                        "entitlement", "clone-volume", "dhcp-lease-time", "login-keychain",
+                                        "entitlement", "clone-volume", "dhcp-lease-time", "dhcp-leases",
+                                        "login-keychain",
                                         "gui-login", "local-network"]
 
 
@@ -87,7 +91,6 @@ def test_linux_is_fatal_not_a_crash() -> None:
          "entitlement", Level.FATAL, "shoes-vz sign-python"),
         ({"device_of": lambda p: 1 if p == Path("/t") else 2}, "clone-volume", Level.FATAL, "one APFS"),
         ({"can_clone": lambda p: False}, "clone-volume", Level.FATAL, "APFS"),
-        ({"lease_seconds": lambda: 86400}, "dhcp-lease-time", Level.WARN, "DHCPLeaseTimeSecs -int 600"),
         ({"keychain_problem": lambda p: "security: SecKeychainGetStatus: The user name or passphrase you entered "
                                         "is not correct."}, "login-keychain", Level.FATAL, "unlock-keychain"),
         ({"console_uid": lambda: 0}, "gui-login", Level.WARN, "Automatically log in as"),
@@ -376,3 +379,47 @@ def test_identity_files_round_trip(tmp_path: Path) -> None:
             read_data_representation(p)
     with pytest.raises(BundleError, match="missing"):
         read_data_representation(tmp_path / "nope.json")
+
+
+def _write_bootpd_leases(path: Path, held: int, expired: int) -> None:
+    """A real /var/db/dhcpd_leases (bootpd's format, as vm/leases.py writes and reads it)."""
+    now = datetime.now(UTC)
+    leases = [Lease(f"192.168.64.{2 + i}", new_mac(set()), now + timedelta(hours=12)) for i in range(held)]
+    leases += [Lease(f"192.168.64.{2 + held + i}", new_mac(set()), now - timedelta(hours=1)) for i in range(expired)]
+    path.write_text(format_leases(leases))
+
+
+@pytest.mark.parametrize(("held", "expired", "level"), [(5, 100, Level.OK), (210, 20, Level.WARN)])
+def test_doctor_reports_bootpds_pool_use_from_its_lease_file(tmp_path: Path, held: int, expired: int,
+                                                             level: Level) -> None:
+    lease_file = tmp_path / "dhcpd_leases"
+    _write_bootpd_leases(lease_file, held, expired)
+    checks = {c.name: c for c in run_checks(good_probes(leases=Probes().leases), Path("/t"), Path("/r"),
+                                            lease_file=lease_file)}
+    c = checks["dhcp-leases"]
+    assert c.level is level and f"{held} of bootpd's 253 addresses held by unexpired leases" in c.message
+    if level is Level.WARN:  # with when it eases, and the fix
+        assert "new MACs may soon get no address" in c.message and "expires" in c.message
+        assert "DHCPLeaseTimeSecs" in c.fix
+
+
+def test_doctor_says_when_the_lease_file_cannot_be_read(tmp_path: Path) -> None:
+    broken = tmp_path / "dhcpd_leases"
+    broken.write_text("{\n\tip_address=192.168.64.2\n")  # cut short
+    checks = {c.name: c for c in run_checks(good_probes(leases=Probes().leases), Path("/t"), Path("/r"),
+                                            lease_file=broken)}
+    assert checks["dhcp-leases"].level is Level.WARN and "could not read" in checks["dhcp-leases"].message
+    missing = {c.name: c for c in run_checks(good_probes(leases=Probes().leases), Path("/t"), Path("/r"),
+                                             lease_file=tmp_path / "none")}  # bootpd makes it on demand
+    assert missing["dhcp-leases"].level is Level.OK and "0 of bootpd's 253" in missing["dhcp-leases"].message
+
+
+@pytest.mark.parametrize(("recycling", "level"), [(True, Level.OK), (False, Level.WARN)])
+def test_a_day_long_lease_is_a_problem_only_with_a_fresh_mac_per_runner(recycling: bool, level: Level) -> None:
+    checks = {c.name: c for c in run_checks(good_probes(lease_seconds=lambda: 86400), Path("/t"), Path("/r"),
+                                            mac_recycling=recycling)}
+    c = checks["dhcp-lease-time"]
+    assert c.level is level
+    if level is Level.WARN:  # the rate it sustains, and both fixes
+        assert "253 runners per 86400s (11 an hour)" in c.message
+        assert "agent.mac_recycling = true" in c.fix and "DHCPLeaseTimeSecs -int 600" in c.fix

@@ -10,16 +10,20 @@ import contextlib
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from shoes_vz.agent import supervisor
+from shoes_vz.agent.degraded import Degraded
+from shoes_vz.agent.disk import check_reserve, free_bytes, reserve_bytes
 from shoes_vz.agent.evidence import Evidence
+from shoes_vz.agent.mac_pool import MacPool
 from shoes_vz.agent.metrics import AgentMetrics
 from shoes_vz.agent.notify import NotifyServer
+from shoes_vz.agent.reaper import ReapPolicy, keep_reaping
 from shoes_vz.agent.runner import Runner, RunnerSpec
 from shoes_vz.agent.ssh_ca import UserCA
 from shoes_vz.agent.state_file import StateFile
@@ -27,8 +31,8 @@ from shoes_vz.agent.sync import SyncClient
 from shoes_vz.agent.warm import WarmPool, WarmSlot
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.conditions import HostConditions, Reason, reason_for
-from shoes_vz.core.errors import CloneError, ConfigError, InvalidInput, TemplateError
-from shoes_vz.core.ids import new_agent_id, validate_agent_id
+from shoes_vz.core.errors import CloneError, ConfigError, DiskBelowReserve, InvalidInput, TemplateError
+from shoes_vz.core.ids import new_agent_id, new_runner_id, validate_agent_id
 from shoes_vz.core.net import split_hostport
 from shoes_vz.core.pidlock import PIDLock
 from shoes_vz.core.states import Phase
@@ -36,7 +40,7 @@ from shoes_vz.template import Template, TemplateStore, UsableTemplates
 from shoes_vz.template.metadata import FILE_NAME
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.clone import check_clone
-from shoes_vz.vm.identity import new_mac
+from shoes_vz.vm.exit_status import VMExit
 from shoes_vz.vm.leases import MACAddress
 from shoes_vz.vm.process import preflight
 
@@ -93,16 +97,21 @@ class Agent:
         self._observed: set[str] = set()
         self._state = StateFile(settings.runner_state_file)
         self.host_slots = supervisor.host_slots(settings)
-        self.metrics = AgentMetrics(lambda: (r.phase for r in self.runners.values()), self.capacity)
+        self.conditions = HostConditions()
+        self.metrics = AgentMetrics(lambda: (r.phase for r in self.runners.values()), self.capacity,
+                                    lambda: free_bytes(self.settings.runners_dir),
+                                    lambda: [c.reason for c in self.conditions.list()])
         self.evidence = Evidence(settings.state_dir / "evidence", keep=settings.evidence_keep,
                                  max_age=settings.evidence_max_age)
-        self.conditions = HostConditions()
+        self.degraded = Degraded(self.conditions, self._publish, self._probe_vm, settings.degraded_probe_after)
+        self.macs = MacPool(settings.state_dir, recycle=settings.mac_recycling)
         self.lock = PIDLock(settings.state_dir / "agent.lock", "agent")
 
         self.sync = SyncClient(self)
         self._sites: list[web.AppRunner] = []
         self._sync_task: asyncio.Task[None] | None = None
         self._recheck_task: asyncio.Task[None] | None = None
+        self._reap_task: asyncio.Task[None] | None = None
 
     @property
     def capacity(self) -> int:
@@ -140,9 +149,12 @@ class Agent:
         await asyncio.to_thread(self.warm.refresh, self.templates.list())
         s.runners_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._check_clones)
+        await self._check_disk_reserve()  # a host that starts below it is out of placement from its first Sync
         await asyncio.to_thread(self.evidence.prune)
         await asyncio.to_thread(self._sweep_stale_bundles)
+        await asyncio.to_thread(self.macs.load)
         await self._adopt_live_bundles()
+        self.macs.reconcile({r.runner_id: r.mac for r in self.runners.values() if r.spec.warm_slot is None})
         self._notify = NotifyServer(lambda: list(self.runners.values()), self.lease_file)
         try:
             self.notify_port = await self._notify.start(s.notify_listen)
@@ -159,6 +171,8 @@ class Agent:
         self._publish()
         self._sync_task = asyncio.create_task(self.sync.run(), name="sync")
         self._recheck_task = asyncio.create_task(self._recheck_conditions(), name="host-conditions")
+        self._reap_task = asyncio.create_task(keep_reaping(
+            lambda: self.runners.values(), ReapPolicy.of(s), s.guest_poll_interval), name="reaper")
 
     def _check_clones(self) -> None:
         """Runners are clones: a runners directory that cannot clone the templates stops the agent
@@ -178,16 +192,19 @@ class Agent:
         host out of placement until the re-check passes."""
         reason = reason_for(e)
         where = self.settings.runners_dir
-        fix = f"free space on the volume of {where}" if reason == Reason.DISK_FULL else f"make {where} clone again"
+        fix = (f"free space on the volume of {where}" if reason in (Reason.DISK_FULL, Reason.DISK_RESERVE)
+               else f"make {where} clone again")
         if reason is not None and self.conditions.set(reason, f"{e}; fix: {fix} (the agent re-checks by itself)"):
             log.error("host condition %s: %s; no new runners here until it clears", reason, e)
-            self.changed.set()
+            self._publish()
 
     async def _recheck_conditions(self) -> None:
-        """Clear the clone and disk conditions once a probe clone into the runners directory works again."""
+        """The runners volume's free space against the reserve (either way); the clone and disk-full
+        conditions cleared once a probe clone into the runners directory works again."""
         while True:
             await asyncio.sleep(CONDITION_RECHECK_INTERVAL)
-            if not self.conditions:
+            await self._check_disk_reserve()
+            if not ({Reason.CLONE_FAILED, Reason.DISK_FULL} & {c.reason for c in self.conditions.list()}):
                 continue
             try:
                 await asyncio.to_thread(check_clone, self.templates.list()[0].path / FILE_NAME,
@@ -196,7 +213,20 @@ class Agent:
                 continue
             if self.conditions.clear(Reason.CLONE_FAILED, Reason.DISK_FULL):
                 log.info("host conditions cleared: the runners directory clones again")
-                self.changed.set()
+                self._publish()
+
+    async def _check_disk_reserve(self) -> None:
+        reserve = reserve_bytes(self.settings.disk_reserve, self.templates.list())
+        try:
+            await asyncio.to_thread(check_reserve, self.settings.runners_dir, reserve)
+        except DiskBelowReserve as e:
+            self.host_problem(e)
+            return
+        except OSError:
+            return  # the runners directory itself: the clone check's to tell
+        if self.conditions.clear(Reason.DISK_RESERVE):
+            log.info("host condition cleared: the runners volume has its reserve free again")
+            self._publish()
 
     async def _verify_templates(self) -> None:
         """Fully verify every frozen template (off the loop; digests cached by stat in the state dir).
@@ -222,7 +252,9 @@ class Agent:
         """`shoes-vz doctor` at start: warnings are logged, a fatal check stops the agent."""
         from shoes_vz.macos.doctor import Level, Probes, run_checks
 
-        checks = run_checks(Probes(), self.settings.templates_dir, self.settings.runners_dir)
+        s = self.settings
+        checks = run_checks(Probes(), s.templates_dir, s.runners_dir, lease_file=s.lease_file,
+                            mac_recycling=s.mac_recycling)
         for c in checks:
             if c.level is Level.WARN:
                 log.warning("doctor: %s: %s (fix: %s)", c.name, c.message, c.fix)
@@ -233,14 +265,19 @@ class Agent:
 
     async def stop(self, *, tear_down: bool = False) -> None:
         """Stop serving. VMs keep running unless `tear_down` (a restarted agent re-adopts them)."""
-        for task in (self._sync_task, self._recheck_task):
+        for task in (self._sync_task, self._recheck_task, self._reap_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._sync_task = self._recheck_task = None
+        self._sync_task = self._recheck_task = self._reap_task = None
+        await self.degraded.close()
         if tear_down:
             await asyncio.gather(*(r.delete() for r in list(self.runners.values())), return_exceptions=True)
+        # a teardown under way finishes (bounded): no half-removed bundle is left for the next start
+        started = [t for r in self.runners.values() if (t := r.teardown) is not None and not t.done()]
+        if started:
+            await asyncio.wait(started, timeout=self.settings.stop_grace + 10.0)
         for site in reversed(self._sites):
             await site.cleanup()
         self._sites = []
@@ -248,6 +285,7 @@ class Agent:
             await self._notify.close()
             self._notify = None
         await self._state.drain()
+        await self.macs.drain()
         self.lock.release()
 
     async def __aenter__(self) -> Agent:
@@ -279,7 +317,10 @@ class Agent:
                 shutil.rmtree(p, ignore_errors=True)
         for b in Bundle.all_in(self.settings.runners_dir):
             if not b.is_running():
-                log.info("removing stale bundle %s", b.path)
+                # its VM died while no agent watched: what its guest started dies with it, before the
+                # bundle (which finds those processes) goes
+                killed = b.kill_strays()
+                log.info("removing stale bundle %s%s", b.path, f" (killed {killed} guest processes)" if killed else "")
                 shutil.rmtree(b.path, ignore_errors=True)
 
     async def _adopt_live_bundles(self) -> None:
@@ -355,8 +396,10 @@ class Agent:
             return
         slot = self.warm.claim(template, runner_id) if self.settings.use_warm_slots else None
         spec = RunnerSpec(runner_id, runner_name, setup_script, template, resource_type, labels, slot)
-        # a slot's identity is its own (held by this runner alone); a cold runner avoids every slot's MAC
-        mac = slot.mac if slot is not None else new_mac({r.mac for r in self.runners.values()} | self.warm.macs())
+        # a slot's identity is its own (held by this runner alone); a cold runner takes a recycled MAC that
+        # no live VM and no slot has (agent/mac_pool.py)
+        mac = slot.mac if slot is not None else self.macs.acquire(
+            runner_id, {r.mac for r in self.runners.values()} | self.warm.macs())
         assert self.ca is not None
         runner = Runner(spec, mac, self.settings, self.lease_file, self.ca, self._runner_changed, self.evidence,
                         self.host_problem, others=self._runner_ips)
@@ -382,6 +425,8 @@ class Agent:
 
     # -- state fan-out ----------------------------------------------------------------------------
     def _runner_changed(self, runner: Runner) -> None:
+        if runner.phase == Phase.ERROR and runner.exit_code == VMExit.HOST_QUOTA:
+            self.degraded.enter(f"runner {runner.runner_id}: {runner.error}")
         if runner.phase == Phase.RUNNING and runner.runner_id not in self._observed:
             self._observed.add(runner.runner_id)
             t = runner.timings
@@ -389,8 +434,12 @@ class Agent:
         if runner.phase == Phase.GONE:
             if runner.error:
                 self._failed_and_gone.append(runner)
+            if runner.reaped is not None:
+                self.metrics.reaped.labels(reason=runner.reaped.value).inc()
             self.runners.pop(runner.runner_id, None)
             self.warm.release(runner.runner_id)
+            if runner.spec.warm_slot is None:
+                self.macs.release(runner.runner_id, vm_gone=runner.vm_gone)
             self._observed.discard(runner.runner_id)
             for rid in self._deletes.pop(runner.runner_id, []):
                 self._ack(Ack(rid, True))
@@ -406,7 +455,29 @@ class Agent:
             "driver": self.settings.driver,
             "max_runners": self.capacity,
             "runners": [r.record() for r in self.runners.values()],
+            "conditions": [asdict(c) for c in self.conditions.list()],  # why no runners are taken here now
         }
+
+    async def _probe_vm(self) -> tuple[bool, str]:
+        """Does a VM start here? One of the first template, booted to SSH, then torn down (agent/degraded.py).
+        It is no runner: the server never hears of it."""
+        probe_id = new_runner_id()
+        try:
+            template = self.templates.list()[0]
+        except (IndexError, TemplateError, ConfigError, OSError) as e:
+            return False, f"no probe possible: {e}"
+        assert self.ca is not None
+        mac = self.macs.acquire(probe_id, {r.mac for r in self.runners.values()} | self.warm.macs())
+        probe = Runner(RunnerSpec(probe_id, "degraded-probe", "true\n", template), mac, self.settings,
+                       self.lease_file, self.ca, lambda _r: None, others=self._runner_ips)
+        probe.start()
+        try:
+            while probe.live and probe.phase not in (Phase.SSH_READY, Phase.RUNNING):
+                await asyncio.sleep(0.1)  # bounded by create_timeout
+            return probe.phase in (Phase.SSH_READY, Phase.RUNNING), probe.error
+        finally:
+            await probe.delete()
+            self.macs.release(probe_id, vm_gone=probe.vm_gone)
 
     def warm_slot_counts(self, template: Template) -> tuple[int, int]:
         """(warm slots, free warm slots) this host holds for `template`."""

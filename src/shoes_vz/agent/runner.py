@@ -16,20 +16,22 @@ from typing import Any
 import aiohttp
 
 from shoes_vz.agent import ssh, supervisor
+from shoes_vz.agent.disk import check_reserve, reserve_bytes
 from shoes_vz.agent.evidence import Evidence
 from shoes_vz.agent.lifecycle import Event, advance
+from shoes_vz.agent.reaper import GuestSeen, registered
 from shoes_vz.agent.runner_channel import ChannelRefused, Identity, RunnerChannel
 from shoes_vz.agent.ssh_ca import UserCA, source_address_toward
 from shoes_vz.agent.vm_files import fill_bundle, fill_from_slot
 from shoes_vz.agent.warm import WarmSlot
 from shoes_vz.config import AgentSettings
 from shoes_vz.core.errors import CloneError, RunnerFailed, ShoesVzError
-from shoes_vz.core.states import LIVE_PHASES, GuestState, Phase
+from shoes_vz.core.states import LIVE_PHASES, GuestState, Phase, ReapReason
 from shoes_vz.template import Template
 from shoes_vz.template.use_lock import UseLock
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.exit_status import describe, is_capacity
-from shoes_vz.vm.leases import MACAddress, no_lease_reason
+from shoes_vz.vm.leases import Lease, MACAddress, newest_lease_for, no_lease_reason, read_leases
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,13 @@ class Runner:
         self._teardown: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._use: UseLock | None = None  # the template's use lock, until the VM process holds it
+        self._old_lease: Lease | None = None  # the MAC's lease before its VM started
+        self.reaped: ReapReason | None = None  # torn down without myshoes, and why (agent/reaper.py)
+        self.polled = False  # the guest's /status was asked since this agent tracks the runner
+        self.registered_at: float | None = None
+        self.finished_at: float | None = None
+        self.exit_code: int | None = None  # the VM process's, once it exited by itself (vm/exit_status.py)
+        self.vm_gone = True  # at teardown: its VM process had exited (its MAC may go to another VM)
         self.gone = asyncio.Event()
 
     @property
@@ -153,6 +162,7 @@ class Runner:
         if self.live:
             words = await asyncio.to_thread(self._last_words)
             if self.live:
+                self.reaped = ReapReason.VM_DIED
                 self.fail(f"VM process exited while {self.phase}{words}", with_log=True)
 
     # -- create -----------------------------------------------------------------------------------
@@ -166,6 +176,8 @@ class Runner:
             async with asyncio.timeout(s.create_timeout):
                 self._use = await asyncio.to_thread(self._make_bundle)
                 self.timings.clone = time.monotonic() - started
+                # a recycled MAC's lease from its last VM is no address of this one's (agent/mac_pool.py)
+                self._old_lease = newest_lease_for(await asyncio.to_thread(read_leases, self.lease_file), self.mac)
                 try:
                     self.proc = await supervisor.spawn(
                         self.bundle, s.driver, lease_file=self.lease_file, boot_delay=s.sim_boot_delay,
@@ -240,6 +252,7 @@ class Runner:
         t.check()
         tmp = Bundle.temporary_for(self.settings.runners_dir, self.runner_id)
         self.settings.runners_dir.mkdir(parents=True, exist_ok=True)
+        check_reserve(self.settings.runners_dir, reserve_bytes(self.settings.disk_reserve, [t]))  # agent/disk.py
         shutil.rmtree(tmp.path, ignore_errors=True)
         tmp.path.mkdir()
         try:
@@ -285,8 +298,10 @@ class Runner:
         code = await self.proc.wait()
         if not self.live:
             return
+        self.exit_code = code
         words = await asyncio.to_thread(self._last_words)
         if self.live:
+            self.reaped = ReapReason.VM_DIED
             self.fail(f"VM process exited while {self.phase}: {describe(code)}{words}",
                       capacity=is_capacity(code), with_log=True)
 
@@ -317,9 +332,21 @@ class Runner:
             "template": self.spec.template.name, "resource_type": self.spec.resource_type,
             "warm_slot": str(self.spec.warm_slot.path) if self.spec.warm_slot else "", "restored": self.restored,
             "error": self.error, "created_at": self.created_at, "timings": dict(self.timings.__dict__),
-            "bundle": str(self.bundle.path),
+            "bundle": str(self.bundle.path), "reaped": self.reaped.value if self.reaped else "",
         }
 
+    # -- reaping (agent/reaper.py) ------------------------------------------------------------------
+    def seen(self) -> GuestSeen:
+        return GuestSeen(self.created_at, self.polled, self.registered_at, self.finished_at, self.guest_state)
+
+    def reap(self, reason: ReapReason, message: str) -> None:
+        """Tear down without myshoes; the error (kept by the server, the evidence) says why."""
+        if self.phase != Phase.RUNNING:
+            return
+        self.reaped = reason
+        self.error = f"reaped ({reason}): {message}"
+        log.warning("runner %s (%s) %s", self.runner_id, self.spec.runner_name, self.error)
+        self.delete()
 
     async def _poll_guest(self) -> None:
         """Track the runner inside the guest through the runner-agent's /status."""
@@ -333,12 +360,23 @@ class Runner:
                     state = GuestState(str(data.get("state", "")).lower())
                 except (aiohttp.ClientError, TimeoutError, ValueError):
                     state = GuestState.OFFLINE if self.guest_state != GuestState.UNSPECIFIED else self.guest_state
+                self.polled = True
                 if state != self.guest_state:
                     self.guest_state = state
+                    now = time.time()
+                    if registered(state) and self.registered_at is None:
+                        self.registered_at = now
+                    if state == GuestState.FINISHED and self.finished_at is None:
+                        self.finished_at = now
                     self.on_change(self)
                 await asyncio.sleep(self.settings.guest_poll_interval)
 
     # -- teardown ---------------------------------------------------------------------------------
+    @property
+    def teardown(self) -> asyncio.Task[None] | None:
+        """The teardown under way (or done), if one started."""
+        return self._teardown
+
     def delete(self) -> asyncio.Task[None]:
         if self._teardown is None:
             self._teardown = asyncio.create_task(self._tear_down(), name=f"teardown-{self.runner_id}")
@@ -353,6 +391,7 @@ class Runner:
         self._release_template()
         try:
             await supervisor.stop(self.bundle, self.proc, self.settings.stop_grace)
+            self.vm_gone = not await asyncio.to_thread(self.bundle.is_running)
             if self.evidence is not None and (self.error or self.settings.evidence_for_every_runner):
                 await asyncio.to_thread(self.evidence.keep_runner, self.bundle, self.record())
             await asyncio.to_thread(shutil.rmtree, self.bundle.path, True)

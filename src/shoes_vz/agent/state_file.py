@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 class StateFile:
     """Coalesces bursts of changes: at most one write in flight, the newest snapshot wins."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = False) -> None:
         self.path = path
+        self.durable = durable
         self._pending: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._problem = ""
@@ -36,8 +37,8 @@ class StateFile:
         """A write that fails (a full disk) is logged once and tried again with the next change."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # atomic but not fsynced: it lives on /var/run (tmpfs) and is rewritten on every change
-            write_json_atomic(self.path, data, durable=False)
+            # runner-state.json: atomic but not fsynced (it lives on /var/run, tmpfs, rewritten on every change)
+            write_json_atomic(self.path, data, durable=self.durable)
         except OSError as e:
             if str(e) != self._problem:
                 log.error("cannot write %s: %s (the next change tries again)", self.path, e)

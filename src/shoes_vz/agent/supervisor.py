@@ -62,16 +62,19 @@ async def wait_gone(bundle: Bundle, proc: asyncio.subprocess.Process | None, tim
 
 
 async def stop(bundle: Bundle, proc: asyncio.subprocess.Process | None, grace: float) -> None:
-    """Graceful stop through the control socket, then SIGKILL to the whole session."""
+    """Graceful stop through the control socket, then SIGKILL to the whole session; then whatever the
+    guest started is killed — also when the VM process was already dead (killed, crashed): its
+    session may outlive it, and a guest's processes are found by the bundle they belong to."""
     pid = proc.pid if proc is not None and proc.returncode is None else bundle.lock_holder()
-    if not pid or pid < 0:
-        return
-    with contextlib.suppress(OSError, TimeoutError, ValueError):
-        await control.request(bundle.control_socket, "stop", timeout=2.0)
-    if not await wait_gone(bundle, proc, grace + 2.0):
-        _kill_session(pid)
-        await wait_gone(bundle, proc, 5.0)
-    _kill_session(pid)  # leftovers of a guest, if any
+    if pid and pid > 0:
+        with contextlib.suppress(OSError, TimeoutError, ValueError):
+            await control.request(bundle.control_socket, "stop", timeout=2.0)
+        if not await wait_gone(bundle, proc, grace + 2.0):
+            _kill_session(pid)
+            await wait_gone(bundle, proc, 5.0)
+    session = proc.pid if proc is not None else pid
+    if session and session > 0:
+        _kill_session(session)  # leftovers of a guest in the VM process's session, if any
     await asyncio.to_thread(bundle.kill_strays)
 
 

@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
         from shoes_vz.macos.doctor import Probes, has_fatal, run_checks
 
         s = agent_settings(config, templates_dir=templates_dir, runners_dir=runners_dir)
-        checks = run_checks(Probes(), s.templates_dir, s.runners_dir)
+        checks = run_checks(Probes(), s.templates_dir, s.runners_dir, lease_file=s.lease_file,
+                            mac_recycling=s.mac_recycling)
         table = Table("check", "result", "details", "fix")
         for c in checks:
             table.add_row(c.name, f"[{_STYLE[c.level.value]}]{c.level.value}[/]", c.message, c.fix)

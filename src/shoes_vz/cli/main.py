@@ -237,6 +237,8 @@ def status(
     for r in data.get("runners", []):  # in full: an error names the kept VM log, a path to copy
         if r.get("error"):
             out.print(f"{r['runner_id']}: {r['error']}", markup=False, highlight=False)
+    for c in data.get("conditions", []):  # why this host takes no runners now (with the fix)
+        out.print(f"out of placement: {c['reason']}: {c['message']}", markup=False, highlight=False)
 
 
 def _start_kind(runner: dict[str, Any]) -> str:

@@ -15,10 +15,14 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
+from shoes_vz.core.errors import DiskBelowReserve
+
 
 class Reason(StrEnum):
     CLONE_FAILED = "clone_failed"  # the runners directory stopped cloning templates (volume, permissions)
     DISK_FULL = "disk_full"        # no space left on the runners volume
+    DISK_RESERVE = "disk_below_reserve"  # the runners volume's free space is below agent.disk_reserve
+    DEGRADED = "degraded"          # the framework refuses VMs below its limit (agent/degraded.py)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ _BROKEN = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENO
 
 def reason_for(e: BaseException) -> Reason | None:
     """The condition an error while making a bundle means for the host, if any."""
+    if isinstance(e, DiskBelowReserve):
+        return Reason.DISK_RESERVE
     os_error = e if isinstance(e, OSError) else e.__cause__ if isinstance(e.__cause__, OSError) else None
     code = os_error.errno if os_error is not None else None
     if code in _FULL:

@@ -7,6 +7,7 @@
     ├── NotFound               unknown runner / cloud_id (gRPC NOT_FOUND)
     ├── CapacityExhausted      no free slot now; retry later (gRPC RESOURCE_EXHAUSTED)
     ├── CloneError             the volume cannot clone (EXDEV, ENOTSUP, ...)
+    │   └── DiskBelowReserve   its free space is below agent.disk_reserve (retried elsewhere)
     ├── BundleError            a runner bundle is missing, locked or malformed
     ├── DriverError            the VM driver failed (carries an exit status)
     ├── TemplateError          a template is missing, writable or fails its digest
@@ -44,6 +45,10 @@ class CapacityExhausted(ShoesVzError):
 
 
 class CloneError(ShoesVzError):
+    pass
+
+
+class DiskBelowReserve(CloneError):
     pass
 
 

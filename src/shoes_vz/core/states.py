@@ -25,3 +25,17 @@ class GuestState(StrEnum):
     PREPARING = "preparing"
     RUNNING = "running"
     FINISHED = "finished"
+
+
+class ReapReason(StrEnum):
+    """Why a runner was torn down without myshoes asking (agent/reaper.py, server/reaper.py)."""
+
+    FINISHED = "finished"                  # the guest's runner finished and myshoes did not delete it in time
+    REGISTRATION_TIMEOUT = "registration_timeout"  # the guest's runner never reached IDLE
+    MAX_LIFETIME = "max_lifetime"          # older than agent.max_lifetime
+    VM_DIED = "vm_died"                    # its VM process exited
+    AGENT_GONE = "agent_gone"              # the server: its agent was gone longer than reap_after_agent_gone
+
+
+# the guest runner states that mean it registered with GitHub (it reached IDLE, perhaps on to a job)
+REGISTERED_STATES = frozenset({GuestState.IDLE, GuestState.RUNNING, GuestState.FINISHED})

@@ -20,6 +20,7 @@ import pwd
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -28,11 +29,15 @@ from shoes_vz.macos.interpreter import this_image as interpreter_image
 from shoes_vz.vm.drivers.vz_config import MIN_MACOS
 from shoes_vz.vm.drivers.vz_errors import KEYCHAIN_INTERACTION_NOT_ALLOWED
 from shoes_vz.vm.drivers.vz_host import ROOT_REASON, host_macos
+from shoes_vz.vm.leases import Lease, read_leases
 
 SEED_MACOS = (26, 0)      # what the project is built and tested for (MIN_MACOS: the driver's floor)
 KEYCHAIN_MACOS = (15, 0)  # from 15 VZ needs an unlocked login keychain (reference §5.5)
 MAX_LEASE_SECONDS = 600
 NAT_NETWORK = ipaddress.ip_network("192.168.64.0/24")
+NAT_POOL = NAT_NETWORK.num_addresses - 3  # bootpd hands out .2–.254 (.1 is the host)
+LEASES_FULL = 0.8  # of the pool unexpired: new MACs may soon get no address
+BOOTPD_LEASES = Path("/var/db/dhcpd_leases")
 LEASE_PLIST = Path("/Library/Preferences/SystemConfiguration/com.apple.InternetSharing.default.plist")
 LOCAL_NETWORK_PLIST = Path("/Library/Preferences/com.apple.network.local-network.plist")
 LOGIN_KEYCHAIN = Path("Library/Keychains/login.keychain-db")
@@ -101,6 +106,7 @@ class Probes:
     device_of: Callable[[Path], int] = lambda p: os.stat(p).st_dev
     can_clone: Callable[[Path], bool] = lambda p: _can_clone(p)
     lease_seconds: Callable[[], int] = lambda: _lease_seconds()
+    leases: Callable[[Path], list[Lease]] = read_leases  # bootpd's lease file, as the agent reads it
     keychain_problem: Callable[[Path], str | None] = lambda keychain: _keychain_problem(keychain)
     local_network_ranges: Callable[[], list[str]] = lambda: _local_network_ranges()
 
@@ -159,7 +165,8 @@ def _try(probe: Callable[[], object]) -> tuple[object, str | None]:
         return None, f"{type(e).__name__}: {e}"
 
 
-def run_checks(probes: Probes, templates_dir: Path, runners_dir: Path) -> list[Check]:
+def run_checks(probes: Probes, templates_dir: Path, runners_dir: Path, *, lease_file: Path = BOOTPD_LEASES,
+               mac_recycling: bool = True) -> list[Check]:
     """Every check in order. Later checks that need macOS or PyObjC are skipped once one is fatal."""
     system = probes.system()
     if system != "Darwin":
@@ -199,7 +206,8 @@ def run_checks(probes: Probes, templates_dir: Path, runners_dir: Path) -> list[C
     user, _ = _try(probes.vm_user)
     out.append(_entitlement_check(probes, user if isinstance(user, HostUser) else None))
     out.append(_volume_check(probes, templates_dir, runners_dir))
-    out.append(_lease_check(probes))
+    out.append(_lease_check(probes, mac_recycling))
+    out.append(_lease_use_check(probes, lease_file, mac_recycling))
     if ver >= KEYCHAIN_MACOS:
         out += _session_checks(probes, user if isinstance(user, HostUser) else None)
         out.append(_local_network_check(probes))
@@ -277,16 +285,46 @@ def _volume_check(probes: Probes, templates_dir: Path, runners_dir: Path) -> Che
     return Check("clone-volume", Level.OK, "templates and runners share one clone-capable volume")
 
 
-def _lease_check(probes: Probes) -> Check:
+LEASE_TIME_FIX = ("sudo defaults write /Library/Preferences/SystemConfiguration/com.apple.InternetSharing.default"
+                  f".plist bootpd -dict DHCPLeaseTimeSecs -int {MAX_LEASE_SECONDS}")
+
+
+def _lease_check(probes: Probes, mac_recycling: bool) -> Check:
     seconds, err = _try(probes.lease_seconds)
-    fix = ("sudo defaults write /Library/Preferences/SystemConfiguration/com.apple.InternetSharing.default"
-           f".plist bootpd -dict DHCPLeaseTimeSecs -int {MAX_LEASE_SECONDS}")
     if err is not None or not isinstance(seconds, int):
-        return Check("dhcp-lease-time", Level.WARN, f"could not read the bootpd lease time ({err})", fix)
-    if seconds > MAX_LEASE_SECONDS:
-        return Check("dhcp-lease-time", Level.WARN, f"bootpd leases last {seconds}s: about 253 runners "
-                     "per lease period exhaust 192.168.64.0/24", fix)
-    return Check("dhcp-lease-time", Level.OK, f"bootpd lease time {seconds}s")
+        return Check("dhcp-lease-time", Level.WARN, f"could not read the bootpd lease time ({err})", LEASE_TIME_FIX)
+    if seconds > MAX_LEASE_SECONDS and not mac_recycling:
+        return Check("dhcp-lease-time", Level.WARN, f"bootpd leases last {seconds}s and every runner takes a fresh "
+                     f"MAC (agent.mac_recycling is off): {NAT_POOL} runners per {seconds}s "
+                     f"({NAT_POOL * 3600 / seconds:.0f} an hour) spend {NAT_NETWORK}",
+                     f"set agent.mac_recycling = true, or shorten the lease: {LEASE_TIME_FIX}")
+    return Check("dhcp-lease-time", Level.OK, f"bootpd lease time {seconds}s"
+                 + (" (runners recycle their MACs: the leases stay few)" if mac_recycling else ""))
+
+
+def _lease_use_check(probes: Probes, lease_file: Path, mac_recycling: bool) -> Check:
+    """How much of bootpd's pool unexpired leases hold now."""
+    leases, err = _try(lambda: probes.leases(lease_file))
+    if err is not None or not isinstance(leases, list):
+        return Check("dhcp-leases", Level.WARN, f"could not read {lease_file} ({err})",
+                     "check agent.lease_file (bootpd's: /var/db/dhcpd_leases)")
+    now = datetime.now(UTC)
+    held = [le for le in leases if not le.expired(now) and _in_nat(le.ip)]
+    use = f"{len(held)} of bootpd's {NAT_POOL} addresses held by unexpired leases ({lease_file})"
+    if len(held) >= LEASES_FULL * NAT_POOL:
+        soonest = min(le.expiry for le in held)
+        return Check("dhcp-leases", Level.WARN, f"{use}: new MACs may soon get no address (the first lease "
+                     f"expires {soonest:%Y-%m-%d %H:%M} UTC)",
+                     ("" if mac_recycling else "set agent.mac_recycling = true; ") + "stop whatever else makes "
+                     f"new MACs on this host (other VM tools); leases expire by themselves; {LEASE_TIME_FIX}")
+    return Check("dhcp-leases", Level.OK, use)
+
+
+def _in_nat(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip) in NAT_NETWORK
+    except ValueError:
+        return False
 
 
 def _local_network_check(probes: Probes) -> Check:

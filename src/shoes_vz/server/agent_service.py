@@ -257,6 +257,8 @@ class AgentService(pbg.AgentServiceServicer):
         for reason in before.keys() - now.keys():
             log.info("agent %s condition %s cleared%s", agent_id, reason,
                      "" if now else ": back in placement")
+        if "degraded" in before.keys() - now.keys():  # a probe VM started there: its capacity block is stale
+            await self.store.call(self.store.block_agent, agent_id, 0.0)
 
     async def _ack(self, agent_id: str, ack: pb.CommandAck) -> None:
         error = limits.capped(ack.error, limits.MAX_ERROR_CHARS)

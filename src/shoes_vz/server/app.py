@@ -20,6 +20,7 @@ from shoes_vz.core.errors import ConfigError, InUse, ShoesVzError
 from shoes_vz.core.listeners import cannot_bind
 from shoes_vz.core.net import split_hostport
 from shoes_vz.core.pidlock import PIDLock
+from shoes_vz.core.states import ReapReason
 from shoes_vz.server import limits
 from shoes_vz.server.agent_service import AgentService
 from shoes_vz.server.auth import Authenticator
@@ -27,6 +28,7 @@ from shoes_vz.server.db_files import secure_directory
 from shoes_vz.server.hub import Hub
 from shoes_vz.server.metrics import ServerMetrics
 from shoes_vz.server.principal import Role
+from shoes_vz.server.reaper import AgentReaper
 from shoes_vz.server.scheduler import Scheduler, describe_mapping
 from shoes_vz.server.shoes_service import ShoesService
 from shoes_vz.server.store import Store
@@ -46,6 +48,7 @@ class ServerApp:
         self.hub = Hub(self.store)
         self.scheduler = Scheduler(self.store, settings.resource_types)
         self.metrics = ServerMetrics(self.store)
+        self.reaper = AgentReaper(self.store, settings.reap_after_agent_gone)
         self.agent_service = AgentService(self)
         self.port = 0
         self.metrics_port = 0
@@ -70,6 +73,8 @@ class ServerApp:
         await asyncio.to_thread(self.lock.acquire, f"the database {s.db_path}",
                                 "Stop that server, or give this one another database (server.db_path, --db).")
         await self.store.aopen()
+        # every agent is offline until its Sync stream connects to this server (not until agent_offline_after)
+        await self.store.call(self.store.mark_all_agents_offline)
         self._grpc = server = grpc.aio.server(interceptors=[self._authenticator()], options=[
             ("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", limits.MAX_MESSAGE_BYTES),
@@ -113,6 +118,7 @@ class ServerApp:
             sockets = getattr(site._server, "sockets", None) or []
             self.metrics_port = int(sockets[0].getsockname()[1]) if sockets else port
         await asyncio.to_thread(self.lock.update, address=f"{host}:{self.port}")
+        self.reaper.started_at = time.time()  # gone agents count from here at the earliest
         self._monitor = asyncio.create_task(self._watch_agents(), name="agent-monitor")
         log.info("server listening on %s (gRPC port %d)", s.listen, self.port)
         if s.open_roles():
@@ -177,7 +183,8 @@ class ServerApp:
         await self.stop()
 
     async def _watch_agents(self) -> None:
-        """Heartbeats: silent agents go offline; unacked commands are re-sent."""
+        """Heartbeats: silent agents go offline (and their runners are reaped once they are gone long
+        enough); unacked commands are re-sent."""
         s = self.settings
         while True:
             await asyncio.sleep(min(s.sync_interval, s.command_resend_after) / 2)
@@ -187,6 +194,9 @@ class ServerApp:
                 conn = self.hub.connections.get(agent_id)
                 if conn is not None:
                     conn.close()
+            for runner_id in await self.reaper.reap(set(self.hub.connections), now):
+                self.metrics.reaped.labels(reason=ReapReason.AGENT_GONE.value).inc()
+                self.hub.changed(runner_id)
             for agent_id in list(self.hub.connections):
                 stale = await self.store.call(self.store.pending_commands, agent_id, now - s.command_resend_after)
                 await self.hub.send(stale)

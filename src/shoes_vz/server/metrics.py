@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from shoes_vz.core.states import Phase
+from shoes_vz.core.states import Phase, ReapReason
 from shoes_vz.server.store import AgentRow, Store
 
 STARTUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -27,6 +27,10 @@ class ServerMetrics:
                                       "by reason (core/conditions.py)", ["reason"], registry=r)
         self.startup = Histogram("shoesvz_runner_startup_duration_seconds", "runner startup phases", ["phase"],
                                  buckets=STARTUP_BUCKETS, registry=r)
+        # the server's own reaps; an agent counts its own (shoesvz_runners_reaped_total on the agent's /metrics)
+        self.reaped = Counter("shoesvz_runners_reaped", "runners the server gave up without myshoes, by reason "
+                              "(server/reaper.py)", ["reason"], registry=r)
+        self.reaped.labels(reason=ReapReason.AGENT_GONE.value)
 
     def observe(self, timings: dict[str, float]) -> None:
         for phase in ("clone", "boot_to_ssh", "total"):

@@ -19,6 +19,7 @@ from shoes_vz.core.errors import CapacityExhausted, InvalidInput
 from shoes_vz.core.logsafe import shown
 from shoes_vz.core.resources import normalize_resource_type
 from shoes_vz.core.states import Phase
+from shoes_vz.server.name_locks import NameLocks
 from shoes_vz.server.principal import Role, allow
 from shoes_vz.server.scheduler import NoAgents, new_request_id
 from shoes_vz.server.store import Command, RunnerRow
@@ -43,7 +44,7 @@ class ShoesService(pbg.ShoesServiceServicer):
         self.app = app
         self.store = app.store
         self.hub = app.hub
-        self._names: dict[str, asyncio.Lock] = {}
+        self._names = NameLocks()
 
     async def AddInstance(self, request: pb.AddInstanceRequest, context: grpc.aio.ServicerContext
                           ) -> pb.AddInstanceResponse:
@@ -62,15 +63,11 @@ class ShoesService(pbg.ShoesServiceServicer):
             budget = remaining - DEADLINE_MARGIN
             which = f"the caller's deadline ({remaining:.0f}s, less {DEADLINE_MARGIN:g}s to answer)"
         deadline = time.monotonic() + max(0.0, budget)
-        lock = self._names.setdefault(request.runner_name, asyncio.Lock())
         try:
-            async with lock:  # one job name, one runner: myshoes retries with the same name
+            async with self._names.hold(request.runner_name):  # one job name, one runner: myshoes retries
                 row = await self._add(request, rtype, deadline, which)
         except Failed as e:
             await context.abort(e.code, str(e))
-        finally:
-            if not lock.locked():
-                self._names.pop(request.runner_name, None)
         return pb.AddInstanceResponse(cloud_id=ids.cloud_id(row.runner_id), shoes_type=ids.SHOES_TYPE,
                                       ip_address=row.ip_address, resource_type=row.resource_type)
 

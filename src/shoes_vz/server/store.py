@@ -246,6 +246,10 @@ class Store:
     def block_agent(self, agent_id: str, until: float) -> None:
         self.db.execute("UPDATE agents SET blocked_until=? WHERE agent_id=?", (until, agent_id))
 
+    def mark_all_agents_offline(self) -> int:
+        """At start: no agent is connected to a server that has just started (a crash left them online)."""
+        return self.db.execute("UPDATE agents SET online=0 WHERE online=1").rowcount
+
     def mark_stale_agents_offline(self, older_than: float) -> list[str]:
         rows = self.db.execute("SELECT agent_id FROM agents WHERE online=1 AND last_seen < ?",
                                (older_than,)).fetchall()
@@ -325,6 +329,17 @@ class Store:
         marks = ",".join("?" * len(runner_ids))
         rows = self.db.execute(f"SELECT runner_id, agent_id FROM runners WHERE runner_id IN ({marks})", runner_ids)
         return {r[0]: r[1] for r in rows}
+
+    def reap_runner(self, runner_id: str, error: str) -> bool:
+        """Gone without the agent (server/reaper.py): its row says why, and a create it was never sent
+        is withdrawn; True when it was live. A later DeleteInstance answers NOT_FOUND."""
+        now = time.time()
+        with self._tx():
+            done = self.db.execute("UPDATE runners SET state='gone', error=?, deleted_at=?, updated_at=? "
+                                   "WHERE runner_id=? AND deleted_at IS NULL", (error, now, now, runner_id)).rowcount
+            self.db.execute("UPDATE outbox SET acked_at=?, ok=0, error='reaped' WHERE runner_id=? AND kind='create' "
+                            "AND acked_at IS NULL AND sent_at IS NULL", (now, runner_id))
+        return bool(done)
 
     # -- outbox ---------------------------------------------------------------------------------
     def _insert_command(self, cmd: Command) -> None:

@@ -205,18 +205,21 @@ class Bundle(VMFiles):
         return self.lock_holder() is not None
 
     def stray_pids(self, exclude: frozenset[int] = frozenset()) -> list[int]:
-        """Processes running from inside the bundle (cwd or command line under it), or as the bundle's
-        own guest user (`guest_uid` in its metadata).
+        """Processes of the bundle's guest: their cwd, command line or environment names a path in it,
+        or they run as the bundle's own guest user (`guest_uid` in its metadata).
 
-        A sim guest's processes live there; once the VM is gone they are garbage, as a real VM's
-        would be. Linux only (/proc); elsewhere nothing is found.
+        A sim guest's processes live there (a loopback guest's sshd config, runner directory and home
+        are in it; its login sessions carry SHOESVZ_GUEST_HOME; a loopback guest of a root agent runs
+        as a user of its own); once the VM is gone they are garbage, as a real VM's would be. Linux
+        only (/proc); elsewhere nothing is found.
         """
-        root = str(self.path)
+        root = os.fsencode(self.path)
+        inside = root + b"/"
         found = []
         proc = Path("/proc")
         if not proc.is_dir():
             return []
-        try:  # a loopback sim guest of a root agent runs as a user of its own: its processes are the VM's
+        try:
             guest_uid = int(self.read_metadata().get("guest_uid") or -1)
         except (BundleError, ValueError, TypeError):
             guest_uid = -1
@@ -224,20 +227,42 @@ class Bundle(VMFiles):
             if not p.name.isdigit() or int(p.name) in exclude or int(p.name) == os.getpid():
                 continue
             try:
-                cwd = os.readlink(p / "cwd")
-                cmdline = (p / "cmdline").read_bytes().decode(errors="replace")
+                cwd = os.readlink(os.fsencode(p / "cwd")).removesuffix(b" (deleted)")
+                cmdline = (p / "cmdline").read_bytes()
                 uid = p.stat().st_uid if guest_uid >= 0 else -2
             except OSError:
                 continue
-            if cwd == root or cwd.startswith(root + "/") or root + "/" in cmdline or uid == guest_uid:
+            if (cwd == root or cwd.startswith(inside) or inside in cmdline or uid == guest_uid
+                    or _environ_names(p, inside)):
                 found.append(int(p.name))
         return found
 
     def kill_strays(self, exclude: frozenset[int] = frozenset()) -> int:
+        """SIGKILL the guest's processes, again until none is left (a shell may fork meanwhile)."""
         import signal
 
-        pids = self.stray_pids(exclude)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        return len(pids)
+        killed: set[int] = set()
+        for _ in range(5):
+            pids = [p for p in self.stray_pids(exclude) if _alive(p)]
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            killed.update(pids)
+        return len(killed)
+
+
+def _environ_names(proc: Path, inside: bytes) -> bool:
+    try:
+        return inside in (proc / "environ").read_bytes()
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    """Not yet a zombie (a killed process stays listed until its parent reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False

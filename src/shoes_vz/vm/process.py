@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,15 @@ def _framework_refused(slots: HostSlots) -> VMExit:
 def preflight(driver_name: str) -> list[str]:
     """What stops `driver_name` from running VMs on this host (each with its fix); [] when nothing."""
     return driver_class(driver_name).preflight()
+
+
+def sweep_sim_network(lease_file: Path, log: Callable[[str], None]) -> None:
+    """Remove what a dead holder left of the sim network of `lease_file` (its bridge waits for the next VM,
+    which a stopped `LocalStack` never starts). Here: only this module imports the drivers."""
+    from shoes_vz.vm.drivers.sim_net import SimNetwork
+    from shoes_vz.vm.drivers.sim_options import SimOptions
+
+    SimNetwork(lease_file, SimOptions()).sweep_if_dead(log)
 
 
 def _last_words(bundle: Bundle, reason: str) -> None:

@@ -69,6 +69,10 @@ class SimDriver(Driver):
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self, events: DriverEvents) -> VMExit:
+        refuse = self.sim_options.refuse_start_file
+        if refuse and os.path.exists(refuse):
+            raise DriverError(f"the number of VMs exceeds the system limit (sim: {refuse} exists, standing in for "
+                              "Virtualization.framework's refusal, error code 6)", capacity=True)
         spec = GuestSpec.from_metadata(self.bundle, self.bundle.read_metadata())
         mode, why = resolve_mode(self.sim_options)
         events.log(f"sim: {why}")
