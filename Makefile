@@ -6,7 +6,7 @@ SETUP := scripts/setup
 export PY
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench fuzz fuzz-http lint proto proto-check docs clean
+.PHONY: help run test bench fuzz fuzz-http lint proto proto-check docs screenshots clean
 
 ## help: list these targets
 help:
@@ -40,6 +40,11 @@ fuzz:
 fuzz-http:
 	@$(SETUP) venv
 	$(BIN)/python tests/security/fuzz_http.py --count $${FUZZ_COUNT:-10000} --seed $${FUZZ_SEED:-1} --time-limit 900
+## screenshots: the status page of a two-agent sim fleet in headless Chromium → build/screenshots/; the CLI's tables → build/fleet/
+screenshots:
+	@$(SETUP) test
+	$(BIN)/python -m pytest -q tests/test_status_page.py tests/test_fleet.py -k "page_shows or show_the_fleet"
+	@ls -l build/screenshots build/fleet
 
 ## lint: ruff + mypy
 lint:

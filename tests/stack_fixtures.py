@@ -37,8 +37,10 @@ CLI = [sys.executable, "-m", "shoes_vz.cli.main"]  # `shoes-vz` as a person runs
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """This environment without SHOESVZ_* settings (a developer's own must not leak in), wide output."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}, "COLUMNS": "300", **extra}
+    """This environment without SHOESVZ_* settings (a developer's own must not leak in), wide output; servers
+    without the status page (its default port is one for the whole machine; a test that wants it says so)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_")}, "COLUMNS": "300",
+            "SHOESVZ_SERVER_STATUS_LISTEN": "", **extra}
 
 
 def one_error_line(stderr: str) -> str:
@@ -140,7 +142,8 @@ async def enroll(channel: grpc.aio.Channel, agent_id: str, token: str = ENROLLME
 
 
 def server_settings(root: Path, **kw: Any) -> ServerSettings:
-    base: dict[str, Any] = dict(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", db_path=root / "server.db",
+    base: dict[str, Any] = dict(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", status_listen="127.0.0.1:0",
+                                db_path=root / "server.db",
                                 shoes_token=TOKEN, enrollment_token=ENROLLMENT_TOKEN, sync_interval=1.0)
     return ServerSettings(**{**base, **kw})
 

@@ -8,7 +8,6 @@ service by itself once one starts."""
 from __future__ import annotations
 
 import asyncio
-import getpass
 import subprocess
 from pathlib import Path
 
@@ -38,7 +37,7 @@ async def _server_reasons(stack: SimStack) -> set[str]:
 async def test_a_host_whose_framework_refuses_vms_below_its_limit_is_degraded_and_recovers_by_itself(
         tmp_path: Path) -> None:
     refuse = tmp_path / "vm-limit-leak"
-    async with make_stack(tmp_path, template_kw={"ssh_user": getpass.getuser()}, degraded_probe_after=0.3,
+    async with make_stack(tmp_path, degraded_probe_after=0.3,
                           driver_options={"mode": "loopback", "refuse_start_file": str(refuse)}) as stack:
         agent = stack.agent
         refuse.touch()  # the leak begins: no VM starts, although none runs

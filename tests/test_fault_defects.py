@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import os
 import secrets
 import signal
@@ -68,8 +67,7 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         async with make_stack(tmp_path) as s:
             yield s
         return
-    async with make_stack(tmp_path, template_kw={"ssh_user": getpass.getuser()},
-                          driver_options={"mode": "loopback"}) as s:
+    async with make_stack(tmp_path, driver_options={"mode": "loopback"}) as s:
         yield s
 
 

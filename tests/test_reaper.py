@@ -11,7 +11,6 @@ a counter, and a later DeleteInstance answers NOT_FOUND — done, for myshoes.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import os
 import signal
@@ -73,8 +72,7 @@ def reaped_count(agent: Agent, reason: ReapReason) -> float:
 async def loopback(tmp_path: Path) -> AsyncIterator[Any]:
     """A loopback sim stack with the agent settings a test gives."""
     async def make(**agent_kw: Any) -> Any:
-        return make_stack(tmp_path, template_kw={"ssh_user": getpass.getuser()},
-                          driver_options={"mode": "loopback"}, evidence_for_every_runner=False, **agent_kw)
+        return make_stack(tmp_path, driver_options={"mode": "loopback"}, evidence_for_every_runner=False, **agent_kw)
     yield make
 
 
@@ -157,7 +155,7 @@ async def test_a_runner_myshoes_deletes_is_not_reaped(loopback: Any) -> None:
 
 async def test_the_runners_of_an_agent_gone_too_long_are_reaped_and_torn_down_on_its_return(
         tmp_path: Path, loopback: Any) -> None:
-    stack_cm = make_stack(tmp_path, template_kw={"ssh_user": getpass.getuser()}, driver_options={"mode": "loopback"},
+    stack_cm = make_stack(tmp_path, driver_options={"mode": "loopback"},
                           server_kw={"reap_after_agent_gone": 2.0})
     async with stack_cm as stack:
         async with stack.channel() as ch:

@@ -1,7 +1,8 @@
 """Settings for the server, the agent and `vm run`.
 
-Precedence, highest first: command-line flags, environment (`SHOESVZ_SERVER_*`, `SHOESVZ_AGENT_*`),
-the TOML file (`--config` or `SHOESVZ_CONFIG`; tables `[server]` and `[agent]`), the defaults
+Precedence, highest first: command-line flags, environment (`SHOESVZ_SERVER_*`, `SHOESVZ_AGENT_*`,
+`SHOESVZ_ADMIN_*`), the TOML file (`--config` or `SHOESVZ_CONFIG`; tables `[server]`, `[agent]` and
+`[admin]`, the fleet commands' way to the server), the defaults
 below. The default paths are per platform (`core.host_defaults`): the seed's system paths on Linux, the
 service user's `~/.shoes-vz` on macOS, where the agent runs as a normal user (docs/macos-host.md).
 """
@@ -127,6 +128,9 @@ class ServerSettings(_Base):
 
     listen: str = Field("127.0.0.1:50051", description="gRPC address (ShoesService, AgentService, health)")
     metrics_listen: str = Field("127.0.0.1:9090", description="HTTP address of /metrics; empty disables")
+    status_listen: str = Field(
+        "127.0.0.1:9092", description="HTTP address of the status page; empty disables. Open on loopback; anywhere "
+                                      "else it takes the viewer or operator token (and needs one to start)")
     db_path: Path = Field(DEFAULT_STATE_DIR / "server.db", description="SQLite database (WAL)")
     shoes_token: str | None = Field(
         None, description="bearer token of the myshoes side, good for ShoesService only (the plugin sends it as "
@@ -135,8 +139,12 @@ class ServerSettings(_Base):
         None, description="bearer token an agent sends once to enrol (agent.enrollment_token); it buys that agent "
                           "its own secret, and can never take over an enrolled agent id; unset: anyone may enrol "
                           "(loopback only)")
-    operator_token: str | None = Field(None, description="bearer token of operators (the admin surface); unset: none")
-    viewer_token: str | None = Field(None, description="bearer token of read-only viewers; unset: none")
+    operator_token: str | None = Field(
+        None, description="bearer token of operators: AdminService (shoes-vz agents, runners, drain, undrain, delete) "
+                          "and the status page; unset: on loopback anyone may call AdminService, elsewhere nobody")
+    viewer_token: str | None = Field(
+        None, description="bearer token of read-only viewers: AdminService's lists and the status page; unset: on "
+                          "loopback anyone may read them, elsewhere only the operator")
     tls_cert: Path | None = Field(None, description="PEM certificate chain for gRPC TLS (with tls_key)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     allow_plaintext: bool = Field(False, description="allow plaintext gRPC on a non-loopback address")
@@ -173,7 +181,7 @@ class ServerSettings(_Base):
                     raise ValueError(f"{a} and {b} are the same token: each role needs its own")
         return self
 
-    @field_validator("metrics_listen")
+    @field_validator("metrics_listen", "status_listen")
     @classmethod
     def _metrics(cls, v: str) -> str:
         return _check_hostport(v) if v else v
@@ -199,6 +207,13 @@ class ServerSettings(_Base):
         host, _ = split_hostport(self.listen)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("server: tls_cert and tls_key must be given together")
+        if self.status_listen and not is_loopback(split_hostport(self.status_listen)[0]):
+            if not (self.viewer_token or self.operator_token):
+                raise ConfigError(f"server: refusing to serve the status page on {self.status_listen} to anyone: set "
+                                  "server.viewer_token (or operator_token), or bind it to loopback (status_listen)")
+            if not self.tls_cert and not self.allow_plaintext:
+                raise ConfigError(f"server: refusing a plaintext status page on {self.status_listen}: set "
+                                  "tls_cert/tls_key, bind it to loopback, or set allow_plaintext = true")
         if is_loopback(host):
             return
         if self.open_roles():
@@ -210,6 +225,23 @@ class ServerSettings(_Base):
                 f"server: refusing plaintext gRPC on {self.listen}: set tls_cert/tls_key, bind to "
                 "loopback, or set allow_plaintext = true"
             )
+
+
+class AdminSettings(_Base):
+    """What `shoes-vz agents`, `runners`, `drain`, `undrain` and `delete` use to reach the server."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOESVZ_ADMIN_", extra="forbid")
+    _table: ClassVar[str] = "admin"
+
+    server_addr: str = Field("127.0.0.1:50051", description="the server's gRPC address (server.listen)")
+    token: str | None = Field(
+        None, description="the server's operator_token (everything) or viewer_token (agents and runners only); "
+                          "unset: none is sent (enough on loopback when the server has no operator_token)")
+    tls_ca: Path | None = Field(None, description="CA bundle to verify the server; enables TLS")
+    timeout: float = Field(10.0, gt=0, description="seconds one call may take")
+
+    _hostport = field_validator("server_addr")(_check_hostport)
+    _token = field_validator("token")(_check_token)
 
 
 def _default_driver() -> str:

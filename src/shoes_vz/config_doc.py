@@ -19,11 +19,12 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from shoes_vz.config import AgentSettings, ServerSettings
+from shoes_vz.config import AdminSettings, AgentSettings, ServerSettings
 
 BEGIN = "<!-- configuration reference: made by `make docs` from src/shoes_vz/config.py; edit there -->"
 END = "<!-- end of configuration reference -->"
-TABLES: tuple[tuple[str, type[BaseSettings]], ...] = (("server", ServerSettings), ("agent", AgentSettings))
+TABLES: tuple[tuple[str, type[BaseSettings]], ...] = (("server", ServerSettings), ("agent", AgentSettings),
+                                                   ("admin", AdminSettings))
 README = Path(__file__).resolve().parents[2] / "README.md"  # in a checkout (editable install)
 
 _TYPE_NAMES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}

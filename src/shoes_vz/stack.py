@@ -122,6 +122,7 @@ class LocalStack:
 [server]
 listen = "{self.server_addr}"
 metrics_listen = "127.0.0.1:{free_port()}"
+status_listen = "127.0.0.1:{free_port()}"
 db_path = "{self.db_path}"
 shoes_token = "{self.token}"
 enrollment_token = "{self.enrollment_token}"

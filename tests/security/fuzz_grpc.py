@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Fuzzing the gRPC surface of a real `shoes-vz server` process (docs/security.md §7): ShoesService and
-AgentService — Enroll, RegisterAgent, Sync — with every kind of credential and none.
+"""Fuzzing the gRPC surface of a real `shoes-vz server` process (docs/security.md §7): ShoesService,
+AgentService — Enroll, RegisterAgent, Sync — and AdminService, with every kind of credential and none.
 
     python tests/security/fuzz_grpc.py [--count 10000] [--seed 1] [--time-limit 900] [--workdir DIR]
 
@@ -38,17 +38,20 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shoes_vz.wire import agent_pb2, shoes_pb2
+from shoes_vz.wire import admin_pb2, agent_pb2, shoes_pb2
 
 HERE = Path(__file__).resolve().parent
 SITE = HERE / "fuzz_site"
 SHOES_TOKEN = "fuzz-shoes-token-0123456789"
 ENROLLMENT_TOKEN = "fuzz-enrollment-token-0123"
 OPERATOR_TOKEN = "fuzz-operator-token-012345"
+VIEWER_TOKEN = "fuzz-viewer-token-0123456"
 AGENTS = ("agent-fuzz-a", "agent-fuzz-b")
 BAD = {"INTERNAL", "UNKNOWN"}
 RIGHT = {"AddInstance": ["myshoes"], "DeleteInstance": ["myshoes"], "Enroll": ["enrollment"],  # half the inputs
-         "RegisterAgent": ["agent a", "agent b"], "Sync": ["agent a", "agent b"]}
+         "RegisterAgent": ["agent a", "agent b"], "Sync": ["agent a", "agent b"],
+         "ListAgents": ["operator", "viewer"], "ListRunners": ["operator", "viewer"], "DrainAgent": ["operator"],
+         "UndrainAgent": ["operator"], "DeleteRunner": ["operator"]}
 MAX_MESSAGE = 2 * 1024 * 1024
 INTERESTING = [
     "", " ", "a", "small", "xlarge2", "Unknown", "t", "macos-15", "agent-fuzz-a", "agent-fuzz-b", "agent-x",
@@ -60,7 +63,8 @@ INTERESTING = [
 
 def services() -> list[d.ServiceDescriptor]:
     return [shoes_pb2.DESCRIPTOR.services_by_name["ShoesService"],
-            agent_pb2.DESCRIPTOR.services_by_name["AgentService"]]
+            agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"]]
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ def plausible(rng: random.Random) -> dict[str, Callable[[], object]]:
         "agent_id": lambda: rng.choice([*AGENTS, "agent-" + hexid(16)]),
         "runner_id": lambda: hexid(16), "request_id": lambda: hexid(16),
         "runner_name": lambda: rng.choice(["job-1", "job-2", "j" + hexid(6)]),
+        "runner": lambda: rng.choice(["job-1", hexid(16), "shoes-vz-" + hexid(16)]),
         "cloud_id": lambda: "shoes-vz-" + hexid(16), "hostname": lambda: "host-1",
         "ip_address": lambda: rng.choice(["192.168.64.5", "192.168.64.6", "fe80::1", ""]),
         "mac_address": lambda: rng.choice(["02:00:00:00:00:01", "2:0:0:0:0:2", ""]),
@@ -235,6 +240,7 @@ class Server:
         cfg = self.root / "server.toml"
         values = {"listen": self.addr, "metrics_listen": "", "db_path": str(self.root / "db" / "server.db"),
                   "shoes_token": SHOES_TOKEN, "enrollment_token": ENROLLMENT_TOKEN, "operator_token": OPERATOR_TOKEN,
+                  "viewer_token": VIEWER_TOKEN,
                   "add_instance_timeout": 0.3, "command_resend_after": 1.0, "sync_interval": 1.0}
         cfg.write_text("[server]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOESVZ_") or k == "SHOESVZ_TEST_BOUNDARY"}
@@ -290,6 +296,7 @@ def credentials(agents: dict[str, tuple[tuple[str, str], ...]]) -> dict[str, tup
     bearer = lambda t: (("authorization", f"Bearer {t}"),)  # noqa: E731
     return {"none": (), "wrong bearer": bearer("not-a-token-of-this-server"), "myshoes": bearer(SHOES_TOKEN),
             "enrollment": bearer(ENROLLMENT_TOKEN), "operator": bearer(OPERATOR_TOKEN),
+            "viewer": bearer(VIEWER_TOKEN),
             "malformed agent": (("authorization", "Agent agent-fuzz-a"),),
             "forged agent secret": (("authorization", "Agent agent-fuzz-a:" + "A" * 43),),
             **{f"agent {a[-1]}": md for a, md in agents.items()}}

@@ -20,7 +20,8 @@ async def test_a_small_seeded_fuzz_run_finds_nothing(tmp_path: Path) -> None:
     assert report.done == 300
     assert {"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"} <= set(report.codes)
     methods = {m.rsplit("/", 1)[1] for m, _ in report.by_method}
-    assert methods == {"AddInstance", "DeleteInstance", "Enroll", "RegisterAgent", "Sync"}
+    assert methods == {"AddInstance", "DeleteInstance", "Enroll", "RegisterAgent", "Sync", "ListAgents",
+                       "ListRunners", "DrainAgent", "UndrainAgent", "DeleteRunner"}
 
 
 def test_the_same_seed_makes_the_same_inputs() -> None:

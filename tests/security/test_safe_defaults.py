@@ -24,7 +24,8 @@ S, E = "s" * 24, "e" * 24
 
 
 def settings(tmp_path: Path, **kw: object) -> ServerSettings:
-    return ServerSettings(db_path=tmp_path / "db" / "server.db", metrics_listen="", **kw)  # type: ignore[arg-type]
+    return ServerSettings(db_path=tmp_path / "db" / "server.db", metrics_listen="",  # type: ignore[arg-type]
+                          status_listen="", **kw)
 
 
 @pytest.mark.parametrize("kw,says", [

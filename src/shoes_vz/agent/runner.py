@@ -333,6 +333,9 @@ class Runner:
             "warm_slot": str(self.spec.warm_slot.path) if self.spec.warm_slot else "", "restored": self.restored,
             "error": self.error, "created_at": self.created_at, "timings": dict(self.timings.__dict__),
             "bundle": str(self.bundle.path), "reaped": self.reaped.value if self.reaped else "",
+            # the guest's per-boot host key as its channel announced it (public): what `shoes-vz ssh` pins
+            "ssh_host_key": (self.identity.host_key.export_public_key().decode().strip()
+                             if self.identity is not None else ""),
         }
 
     # -- reaping (agent/reaper.py) ------------------------------------------------------------------

@@ -90,15 +90,28 @@ class UserCA:
         """The CA's public key, one OpenSSH line: what a guest's sshd is told to trust."""
         return self.key.export_public_key().decode().strip()
 
-    def issue(self, runner_id: str, ttl: float, source: str | None = None) -> RunnerCredential:
+    @classmethod
+    def load(cls, state_dir: Path) -> UserCA:
+        """The agent's existing CA (for `shoes-vz ssh` beside it); never makes one."""
+        path = state_dir / FILE_NAME
+        try:
+            return cls(asyncssh.read_private_key(str(path)), path)
+        except FileNotFoundError:
+            raise ConfigError(f"no SSH user CA in {state_dir}: has an agent run with this state_dir?") from None
+        except PermissionError:
+            raise ConfigError(f"{path}: not readable by uid {os.geteuid()}: run this as the agent's user") from None
+        except (asyncssh.KeyImportError, OSError) as e:
+            raise ConfigError(f"{path}: unreadable SSH user CA ({e})") from None
+
+    def issue(self, runner_id: str, ttl: float, source: str | None = None, *, pty: bool = False) -> RunnerCredential:
         """A fresh client key and a certificate for `runner_id` alone, valid `ttl` seconds from now and,
-        given `source`, only from that address."""
+        given `source`, only from that address (`pty`: an operator's interactive shell)."""
         key = asyncssh.generate_private_key("ssh-ed25519", comment=f"shoes-vz runner {runner_id}")
         now = time.time()
         cert = self.key.generate_user_certificate(
             key, runner_id, principals=[runner_id], valid_after=int(now - CLOCK_SKEW), valid_before=int(now + ttl),
             source_address=[f"{source}/32"] if source else None, permit_x11_forwarding=False,
-            permit_agent_forwarding=False, permit_port_forwarding=False, permit_pty=False, permit_user_rc=False,
+            permit_agent_forwarding=False, permit_port_forwarding=False, permit_pty=pty, permit_user_rc=False,
             comment=f"shoes-vz runner {runner_id}",
         )
         return RunnerCredential(key, cert)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from shoes_vz import __version__
-from shoes_vz.cli import console, template_create, template_warm
+from shoes_vz.cli import console, fleet, runner_host, template_create, template_warm
 from shoes_vz.cli import template as template_cli
 from shoes_vz.cli.console import fail, out
 from shoes_vz.cli.options import ConfigOpt, DriverOpt, RunnersDirOpt, TemplatesDirOpt, VerboseOpt, agent_settings
@@ -31,6 +31,8 @@ app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
 for _part in (template_cli, template_create, template_warm):
     _part.register(template_app)
+fleet.register(app)  # agents, runners, drain, undrain, delete
+runner_host.register(app)  # ssh, logs (on the agent host)
 
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 
 import grpc
@@ -18,10 +19,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from shoes_vz.config import ServerSettings
 from shoes_vz.core.errors import ConfigError, InUse, ShoesVzError
 from shoes_vz.core.listeners import cannot_bind
-from shoes_vz.core.net import split_hostport
+from shoes_vz.core.net import is_loopback, split_hostport
 from shoes_vz.core.pidlock import PIDLock
 from shoes_vz.core.states import ReapReason
 from shoes_vz.server import limits
+from shoes_vz.server.admin_service import AdminService, admin_open_methods
 from shoes_vz.server.agent_service import AgentService
 from shoes_vz.server.auth import Authenticator
 from shoes_vz.server.db_files import secure_directory
@@ -31,13 +33,15 @@ from shoes_vz.server.principal import Role
 from shoes_vz.server.reaper import AgentReaper
 from shoes_vz.server.scheduler import Scheduler, describe_mapping
 from shoes_vz.server.shoes_service import ShoesService
+from shoes_vz.server.status_page import StatusPage
 from shoes_vz.server.store import Store
-from shoes_vz.wire import agent_pb2_grpc, shoes_pb2_grpc
+from shoes_vz.wire import admin_pb2_grpc, agent_pb2_grpc, shoes_pb2_grpc
 
 log = logging.getLogger(__name__)
 SHOES_SERVICE = "shoes.vz.shoes.v1.ShoesService"
 AGENT_SERVICE = "shoes.vz.agent.v1.AgentService"
-SERVICES = (SHOES_SERVICE, AGENT_SERVICE)
+ADMIN_SERVICE = "shoes.vz.admin.v1.AdminService"
+SERVICES = (SHOES_SERVICE, AGENT_SERVICE, ADMIN_SERVICE)
 
 
 class ServerApp:
@@ -52,6 +56,8 @@ class ServerApp:
         self.agent_service = AgentService(self)
         self.port = 0
         self.metrics_port = 0
+        self.status_port = 0
+        self.status_page: StatusPage | None = None
         self.lock = PIDLock(settings.db_path.with_name(settings.db_path.name + ".lock"), "server")
         self._grpc: grpc.aio.Server | None = None
         self._started = False
@@ -84,6 +90,7 @@ class ServerApp:
         ])
         shoes_pb2_grpc.add_ShoesServiceServicer_to_server(ShoesService(self), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent_service, server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.store, self.hub), server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         host, port = split_hostport(s.listen)
@@ -117,6 +124,8 @@ class ServerApp:
                 raise self._cannot_listen(s.metrics_listen, "server.metrics_listen, --metrics-listen") from None
             sockets = getattr(site._server, "sockets", None) or []
             self.metrics_port = int(sockets[0].getsockname()[1]) if sockets else port
+        if s.status_listen:
+            await self._start_status_page()
         await asyncio.to_thread(self.lock.update, address=f"{host}:{self.port}")
         self.reaper.started_at = time.time()  # gone agents count from here at the earliest
         self._monitor = asyncio.create_task(self._watch_agents(), name="agent-monitor")
@@ -134,6 +143,22 @@ class ServerApp:
         else:
             log.info("resource types: no mapping configured; each template's own resource_types decide")
 
+    async def _start_status_page(self) -> None:
+        s = self.settings
+        host, port = split_hostport(s.status_listen)
+        tls = None
+        if s.tls_cert and s.tls_key:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(s.tls_cert, s.tls_key)
+        tokens = [t for t in (s.viewer_token, s.operator_token) if t]
+        self.status_page = StatusPage(self.store, tokens, require_auth=not is_loopback(host))
+        try:
+            self.status_port = await self.status_page.start(host, port, tls)
+        except OSError:
+            raise self._cannot_listen(s.status_listen, "server.status_listen") from None
+        log.info("status page on %s://%s:%d/ (%s)", "https" if tls else "http", host, self.status_port,
+                 "the viewer or operator token" if self.status_page.require_auth else "open: loopback")
+
     def _authenticator(self) -> Authenticator:
         """Every call's principal (server/auth.py); a role left without a token is open to anyone, which
         check_transport allows on loopback only (said once at start)."""
@@ -145,6 +170,8 @@ class ServerApp:
             open_methods |= {f"/{SHOES_SERVICE}/{m}": Role.MYSHOES for m in ("AddInstance", "DeleteInstance")}
         if not s.enrollment_token:
             open_methods[f"/{AGENT_SERVICE}/Enroll"] = Role.ENROLLMENT
+        if is_loopback(split_hostport(s.listen)[0]):  # the admin surface is never open off loopback
+            open_methods |= admin_open_methods(ADMIN_SERVICE, s.operator_token, s.viewer_token)
         return Authenticator(tokens, self.agent_service.enrollment.verify, open_methods)
 
     @staticmethod
@@ -171,6 +198,8 @@ class ServerApp:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
+        if self.status_page is not None:
+            await self.status_page.stop()
         if self.store.is_open:
             await self.store.aclose()
         self.lock.release()

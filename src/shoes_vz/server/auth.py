@@ -47,7 +47,8 @@ DRAIN_MESSAGES = 8      # read (and drop) before a stream's refusal, so that a c
 DRAIN_SECONDS = 0.25    # gets the refusal's status, not its own failed write (grpc.aio reports INTERNAL)
 HEALTH = "/grpc.health.v1.Health/"
 FIX = ("the plugin sends SHOESVZ_TOKEN (= server.shoes_token); an agent enrols with agent.enrollment_token "
-       "(= server.enrollment_token), then sends its own secret (<agent.state_dir>/agent-secret)")
+       "(= server.enrollment_token), then sends its own secret (<agent.state_dir>/agent-secret); the fleet "
+       "commands send admin.token (= server.operator_token or viewer_token)")
 
 Verify = Callable[[str, str], Awaitable[bool]]  # (agent id, secret) → enrolled with that secret
 

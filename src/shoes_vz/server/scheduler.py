@@ -7,7 +7,8 @@ warm slot for the template wins, then the least loaded. A placement is a reserva
 row is written under the scheduler's lock — so concurrent AddInstance calls never over-commit a host.
 
 A host reporting a condition (core/conditions.py: a clone failure, a full disk, …) gets nothing
-until it clears; callers meanwhile get RESOURCE_EXHAUSTED naming it, which myshoes retries.
+until it clears; callers meanwhile get RESOURCE_EXHAUSTED naming it, which myshoes retries. An
+operator's drain (`shoes-vz drain`, stored server-side) is one more such condition.
 
 A type no template can serve is InvalidInput (INVALID_ARGUMENT: myshoes drops the job for good), so
 it is raised only when that is certain: the type is not in the mapping, or no registered agent,
@@ -84,13 +85,13 @@ class Scheduler:
         load: dict[str, int] = {}
         for r in self.store.live_runners():
             load[r.agent_id] = load.get(r.agent_id, 0) + 1
-        free = [(a, t) for a, t in serving if a.online and a.blocked_until <= now and not a.conditions
+        free = [(a, t) for a, t in serving if a.online and a.blocked_until <= now and not a.out_of_placement()
                 and load.get(a.agent_id, 0) < a.max_runners]
         if not free:
             online = sum(1 for a, _ in serving if a.online)
             templates = ", ".join(sorted({t.name for _, t in serving}))
-            out = [f"{a.agent_id} ({'; '.join(c.describe() for c in a.conditions)})" for a, _ in serving
-                   if a.online and a.conditions]
+            out = [f"{a.agent_id} ({'; '.join(c.describe() for c in a.out_of_placement())})" for a, _ in serving
+                   if a.online and a.out_of_placement()]
             raise CapacityExhausted(
                 f"no free capacity for {resource_type} (template {templates}): {online} of {len(serving)} "
                 "agents holding it online, "

@@ -21,8 +21,9 @@ from shoes_vz.core.resources import normalize_resource_type
 from shoes_vz.core.states import Phase
 from shoes_vz.server.name_locks import NameLocks
 from shoes_vz.server.principal import Role, allow
-from shoes_vz.server.scheduler import NoAgents, new_request_id
-from shoes_vz.server.store import Command, RunnerRow
+from shoes_vz.server.scheduler import NoAgents
+from shoes_vz.server.store import RunnerRow
+from shoes_vz.server.teardown import request_delete
 from shoes_vz.wire import shoes_pb2 as pb
 from shoes_vz.wire import shoes_pb2_grpc as pbg
 
@@ -118,11 +119,7 @@ class ShoesService(pbg.ShoesServiceServicer):
                              f"runner {runner_id} not ready within {which} (still {row.state}); torn down") from None
 
     async def _delete(self, row: RunnerRow) -> None:
-        if row.delete_requested:
-            return
-        cmd = Command(new_request_id(), row.agent_id, row.runner_id, "delete", {})
-        await self.store.call(self.store.request_delete, row.runner_id, cmd)
-        await self.hub.send([cmd])
+        await request_delete(self.store, self.hub, row)
 
     async def DeleteInstance(self, request: pb.DeleteInstanceRequest, context: grpc.aio.ServicerContext
                              ) -> pb.DeleteInstanceResponse:

@@ -79,10 +79,16 @@ CREATE TABLE IF NOT EXISTS agent_credentials (
     hostname TEXT NOT NULL DEFAULT '',
     enrolled_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS drains (         -- an operator's drain: kept apart from the agent's own reports
+    agent_id TEXT PRIMARY KEY,
+    since REAL NOT NULL
+);
 """
 SCRUBBED = ""  # what a create's setup_script becomes once it is no longer needed
 # columns added after a table was first made: (table, column, definition); added when missing
-ADDED_COLUMNS = (("agents", "conditions", "TEXT NOT NULL DEFAULT '[]'"),)
+ADDED_COLUMNS = (("agents", "conditions", "TEXT NOT NULL DEFAULT '[]'"),
+                 ("runners", "reap_reason", "TEXT NOT NULL DEFAULT ''"))
+DRAINED = "drained"  # the host condition an operator's drain is (server/fleet.py sets and clears it)
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,19 @@ class AgentRow:
     online: bool
     last_seen: float
     blocked_until: float = 0.0
-    conditions: list[HostCondition] = field(default_factory=list)
+    conditions: list[HostCondition] = field(default_factory=list)  # as the agent reported them
+    drained_since: float | None = None  # an operator's drain (the drains table, server/fleet.py)
+
+    @property
+    def drained(self) -> bool:
+        return self.drained_since is not None
+
+    def out_of_placement(self) -> list[HostCondition]:
+        """Every condition that keeps new runners off this host: the agent's and an operator's drain."""
+        if self.drained_since is None:
+            return self.conditions
+        return [*self.conditions, HostCondition(DRAINED, "drained by an operator: running jobs finish, no new "
+                                                "runners (shoes-vz undrain)", self.drained_since)]
 
 
 @dataclass
@@ -138,6 +156,7 @@ class RunnerRow:
     updated_at: float = 0.0
     delete_requested: bool = False
     deleted_at: float | None = None
+    reap_reason: str = ""
 
 
 @dataclass
@@ -164,6 +183,7 @@ def _agent(row: sqlite3.Row) -> AgentRow:
     d["templates"] = [HeldTemplate.from_json(t) for t in json.loads(d["templates"])]
     d["conditions"] = [HostCondition(**c) for c in json.loads(d["conditions"])]
     d["online"] = bool(d["online"])
+    d["drained_since"] = d.pop("since", None)
     return AgentRow(**d)
 
 
@@ -258,7 +278,8 @@ class Store:
         return ids
 
     def agents(self) -> list[AgentRow]:
-        return [_agent(r) for r in self.db.execute("SELECT * FROM agents ORDER BY agent_id")]
+        return [_agent(r) for r in self.db.execute(
+            "SELECT agents.*, drains.since FROM agents LEFT JOIN drains USING (agent_id) ORDER BY agent_id")]
 
     # -- runners --------------------------------------------------------------------------------
     def live_runner_by_name(self, name: str) -> RunnerRow | None:
