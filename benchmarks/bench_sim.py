@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import shutil
 import sys
 import tempfile
@@ -43,10 +42,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from shoes_vz.agent import ssh as agent_ssh  # noqa: E402
+from shoes_vz.agent.ssh_ca import source_address_toward  # noqa: E402
 from shoes_vz.core.timings import percentile  # noqa: E402
 from shoes_vz.template import Template, init_sim  # noqa: E402
 from shoes_vz.vm.drivers.sim_options import namespaced_missing  # noqa: E402
-from tests.simvm import SimVM, links_of, wait_until  # noqa: E402
+from tests.simvm import TEST_CA, SimVM, links_of, wait_until  # noqa: E402
 
 PHASES = ("started", "address", "sshd", "ssh ready", "stop")
 
@@ -58,7 +58,7 @@ class Run:
     error: str = ""
 
 
-def one(template: Template, work: Path, mode: str, i: int, key: asyncssh.SSHKey) -> Run:
+def one(template: Template, work: Path, mode: str, i: int) -> Run:
     res = Run(mode)
     vm = SimVM(template, work / "runners", work / "dhcpd_leases", f"{mode}-{i}", driver_options={"mode": mode})
     t0 = time.time()
@@ -74,10 +74,12 @@ def one(template: Template, work: Path, mode: str, i: int, key: asyncssh.SSHKey)
         vm.wait_listening(30)
         res.times["sshd"] = float(vm.bundle.read_metadata()["sshd_listening_at"]) - t0
         m = template.meta
+        answer = vm.hello()  # as the agent does: the runner channel names the per-boot host key and trusts our CA
+        cred = TEST_CA.issue(vm.name, 120, source_address_toward(ip))
 
         async def probe() -> None:
-            conn = await agent_ssh.wait_ready(ip, m.ssh_port, m.ssh_user, key,
-                                              asyncssh.import_public_key(m.ssh_host_key), 30)
+            conn = await agent_ssh.wait_ready(ip, m.ssh_port, m.ssh_user, cred.client_key,
+                                              asyncssh.import_public_key(answer["host_key"]), 30)
             conn.close()
 
         asyncio.run(probe())
@@ -95,10 +97,10 @@ def one(template: Template, work: Path, mode: str, i: int, key: asyncssh.SSHKey)
     return res
 
 
-def series(template: Template, work: Path, mode: str, n: int, key: asyncssh.SSHKey, console: Console) -> list[Run]:
+def series(template: Template, work: Path, mode: str, n: int, console: Console) -> list[Run]:
     out = []
     for i in range(n):
-        r = one(template, work, mode, i, key)
+        r = one(template, work, mode, i)
         out.append(r)
         if r.error:
             console.print(f"  {mode}-{i}: [red]{r.error}[/]")
@@ -137,19 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     missing = namespaced_missing()
     with tempfile.TemporaryDirectory(prefix="shoes-vz-bench-sim-") as tmp:
         work = Path(tmp)
-        # a loopback guest's sshd runs as this user and admits only host users: a template per mode
-        loop_t = init_sim(work / "templates", "loop", ssh_user=getpass.getuser())
-        key = asyncssh.read_private_key(str(loop_t.sim_client_key))
-        runs = {"loopback": series(loop_t, work / "loop", "loopback", a.runners, key, console)}
+        loop_t = init_sim(work / "templates", "loop")
+        runs = {"loopback": series(loop_t, work / "loop", "loopback", a.runners, console)}
         first = None
         if missing:
             console.print("[yellow]namespaced sim unavailable here[/] (needs " + ", ".join(missing) + "): "
                           "loopback figures only")
         else:
             ns_t = init_sim(work / "templates", "ns")
-            ns_key = asyncssh.read_private_key(str(ns_t.sim_client_key))
-            first = one(ns_t, work / "ns-first", "namespaced", 0, ns_key)
-            runs["namespaced"] = series(ns_t, work / "ns", "namespaced", a.runners, ns_key, console)
+            first = one(ns_t, work / "ns-first", "namespaced", 0)
+            runs["namespaced"] = series(ns_t, work / "ns", "namespaced", a.runners, console)
             for d in ("ns-first", "ns"):  # a network outlives its last VM by its linger
                 wait_until(lambda d=d: not links_of(work / d / "dhcpd_leases"), 15)
         report(console, runs, first)

@@ -103,6 +103,8 @@ def test_usable_templates_refuse_the_unsafe_ones(tmp_path: Path) -> None:
     assert usable.refresh() == []  # nothing changed: nothing re-verified, nothing logged again
     # fixed or newly published while the agent runs: picked up without a restart; removed: dropped
     subprocess.run(["chmod", "-R", "a-w", str(tmp_path / "templates" / "writable")], check=True)
+    for secret in ("Disk.img", "sim/ssh_host_ed25519_key"):  # as verify's fix says: secrets 0400
+        (tmp_path / "templates" / "writable" / secret).chmod(0o400)
     init_sim(tmp_path / "templates", "newer", resource_types=["large"], disk_bytes=GIB)
     make_writable(tmp_path / "templates" / "good")
     shutil.rmtree(tmp_path / "templates" / "good")

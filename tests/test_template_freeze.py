@@ -29,7 +29,7 @@ from shoes_vz.template import (
     verify,
 )
 from shoes_vz.template.draft import write_metadata
-from shoes_vz.template.modes import make_writable
+from shoes_vz.template.modes import is_private, make_writable
 from shoes_vz.vm import digest as digest_mod
 from shoes_vz.vm.bundle import Bundle
 
@@ -153,7 +153,8 @@ def test_draft_names_are_validated(store: TemplateStore, name: str) -> None:
 def _assert_frozen(path: Path) -> None:
     for p in [path, *path.rglob("*")]:
         mode = stat.S_IMODE(p.lstat().st_mode)
-        assert mode == (0o555 if p.is_dir() else 0o444), (p, oct(mode))
+        want = 0o555 if p.is_dir() else 0o400 if is_private(p.name) else 0o444  # secrets: the agent's user's alone
+        assert mode == want, (p, oct(mode))
 
 
 def test_freeze_pins_digests_and_publishes(store: TemplateStore) -> None:
@@ -408,7 +409,7 @@ def test_verify_malformed_and_legacy_templates(tmp_path: Path) -> None:
                                                                                "HardwareModel.json")}
     write_metadata(old, TemplateMetadata.read(old).model_copy(update={"digests": legacy}))
     for p in [*old.iterdir(), old]:
-        os.chmod(p, 0o555 if p.is_dir() else 0o444)
+        os.chmod(p, 0o555 if p.is_dir() else 0o400 if is_private(p.name) else 0o444)
     assert verify(old).problems == ["Disk.img has no recorded digest (freeze records it)"]
 
 
