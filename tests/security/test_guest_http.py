@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -203,6 +204,7 @@ class FakeRunner:
     mac: MACAddress
     live: bool = True
     hints: list[str] = field(default_factory=list)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("fake-runner"))  # the runner's adapter
 
     def notified(self, ip: str) -> None:
         self.hints.append(ip)
