@@ -47,6 +47,7 @@ from shoes_vz.core.net import is_loopback
 from shoes_vz.vm.bundle import Bundle
 from shoes_vz.vm.channel import SOCKET_NAME
 from shoes_vz.vm.drivers import sim_state, sim_sys
+from shoes_vz.vm.drivers.sim_init import DHCP_RELEASE_WINDOW
 from shoes_vz.vm.drivers.sim_net import Membership, SimNetwork
 from shoes_vz.vm.drivers.sim_options import SimOptions, _which, dhcp_client
 from shoes_vz.vm.leases import MACAddress
@@ -341,7 +342,7 @@ class NamespacedGuest:
                         os.kill(self.init_pid, signal.SIGKILL)
                 proc.kill()
             try:
-                proc.wait(grace + 2.0)
+                proc.wait(grace + DHCP_RELEASE_WINDOW + 2.0)  # the guest's init: its daemons, then the DHCP release
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     if self.init_pid:

@@ -34,6 +34,7 @@ from shoes_vz.vm.drivers import sim_sys
 from shoes_vz.vm.drivers.sim_sys import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT, bind, mount
 
 GUEST_ENV_PATH = "/usr/local/bin:/usr/bin:/bin"
+DHCP_RELEASE_WINDOW = 3.0  # seconds a stopping guest's DHCP client has to give its address back
 OPT = "/opt/shoes-vz"  # where the driver's files for this guest are seen (read-only)
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _out = threading.Lock()
@@ -206,7 +207,9 @@ class Guest:
                     break
             for pid in dhcp:
                 _signal(pid, signal.SIGTERM)
-            self.empty.wait(max(0.0, min(1.0, deadline - time.monotonic())))
+            # the client's release and its deconfig hook get a window of their own: under load, the
+            # rest of the grace may be spent, and a client killed early leaves its lease for 24 h
+            self.empty.wait(DHCP_RELEASE_WINDOW)
         _kill_all(signal.SIGKILL)
 
     def commands(self) -> None:
