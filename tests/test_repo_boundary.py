@@ -167,3 +167,15 @@ def test_scan_allows_what_stays_inside(tmp_path: Path) -> None:
     })
     os.symlink("t.py", repo / "tests" / "link")
     assert scan(repo, [*files, ("120000", "tests/link")], [str(tmp_path)]) == []
+
+
+def test_a_checkout_in_tmp_may_name_temporary_paths(tmp_path: Path) -> None:
+    """A clone in /tmp (as a CI runner may make it) does not turn every `/tmp/…` in the docs into a
+    finding; a path through `shared` beside it still is one."""
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    (repo / "docs" / "x.md").write_text("mount /tmp/loop.img\n")
+    (repo / "docs" / "y.md").write_text("read /tmp/sha" + "red/DESIGN.md\n")  # split: this file is scanned too
+    files = [("100644", "docs/x.md"), ("100644", "docs/y.md")]
+    assert scan(repo, files, ["/tmp"]) == ["docs/y.md:1: a path through a `shared` directory (beside the checkout, "
+                                           "never in it)"]
