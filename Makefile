@@ -6,7 +6,7 @@ SETUP := scripts/setup
 export PY
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench soak chaos fuzz fuzz-http lint proto proto-check docs screenshots clean
+.PHONY: help run test bench soak fuzz fuzz-http lint proto proto-check docs screenshots clean
 
 ## help: list these targets
 help:
