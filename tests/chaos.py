@@ -109,10 +109,18 @@ def _cmdlines() -> list[tuple[int, bytes]]:
     return out
 
 
+def _parent(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return 0
+
+
 def vm_pids(runners_dir: Path) -> list[int]:
-    """Live VM processes of this stack (`python -m shoes_vz.vm.process BUNDLE …`)."""
+    """Live VM processes of this stack (`python -m shoes_vz.vm.process BUNDLE …`); not a VM process's
+    own child of a moment (a fork before its exec bears the parent's command line)."""
     where = str(runners_dir).encode()
-    return [pid for pid, cmd in _cmdlines() if b"shoes_vz.vm.process" in cmd and where in cmd]
+    pids = [pid for pid, cmd in _cmdlines() if b"shoes_vz.vm.process" in cmd and where in cmd]
+    return [pid for pid in pids if _parent(pid) not in pids]
 
 
 def describe(pid: int) -> str:
