@@ -10,8 +10,9 @@ its original), retried on every code myshoes retries until it succeeds, the runn
 then DeleteInstance, retried up to 10 times (NOT_FOUND is done). Invariants:
 
 - `max_runners`: never more live VM processes than the agent's max_runners (sampled every 0.1 s);
-- `one_runner_per_name`: never two live runner rows with one name, and concurrent AddInstance calls
-  for one name answer one runner;
+- `one_runner_per_name`: never two serving runner rows with one name (a failed one being torn down
+  beside its replacement is not serving), and concurrent AddInstance calls for one name never answer
+  two serving runners;
 - `only_retried_codes`: no INVALID_ARGUMENT (myshoes drops the job for good) for a valid request;
 - `delete_lost`: every acknowledged delete ends with the runner gone in the server's database;
 - `bundle_left` / `guest_process_left`: no bundle and no process its setup script started outlive a
@@ -46,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
+from shoes_vz.core.states import Phase  # noqa: E402
 from shoes_vz.stack import LocalStack  # noqa: E402
 from shoes_vz.vm.bundle import Bundle  # noqa: E402
 from shoes_vz.wire import shoes_pb2 as spb  # noqa: E402
@@ -54,6 +56,10 @@ from shoes_vz.wire import shoes_pb2_grpc as sgrpc  # noqa: E402
 INVARIANTS = ("max_runners", "one_runner_per_name", "only_retried_codes", "delete_lost", "bundle_left",
               "guest_process_left")
 FAULTS = ("kill_agent", "stop_agent", "kill_server", "kill_vm")
+# a runner that serves its name: a failed one, or one whose delete was asked for, is replaced by the next
+# AddInstance for that name (shoes_service: never repair a failed runner) and only torn down meanwhile
+SERVING = (f"deleted_at IS NULL AND delete_requested=0 AND state NOT IN ('{Phase.ERROR.value}', "
+           f"'{Phase.TEARING_DOWN.value}')")
 DELETE_TRIES = 10  # myshoes gives a delete up after this many
 
 
@@ -143,9 +149,15 @@ def _db(stack: LocalStack) -> sqlite3.Connection:
 
 def duplicate_names(stack: LocalStack) -> list[str]:
     with contextlib.suppress(sqlite3.Error), contextlib.closing(_db(stack)) as c:
-        return [n for (n,) in c.execute("SELECT runner_name FROM runners WHERE deleted_at IS NULL "
+        return [n for (n,) in c.execute(f"SELECT runner_name FROM runners WHERE {SERVING} "
                                         "GROUP BY runner_name HAVING COUNT(*) > 1")]
     return []
+
+
+def serving(stack: LocalStack, runner_ids: list[str]) -> list[str]:
+    with contextlib.closing(_db(stack)) as c:
+        return [r for r in runner_ids if c.execute(f"SELECT 1 FROM runners WHERE runner_id=? AND {SERVING}",
+                                                     (r,)).fetchone()]
 
 
 def live_rows(stack: LocalStack, runner_ids: list[str]) -> list[str]:
@@ -219,10 +231,14 @@ class Chaos:
         script = f"sleep {marker}\n"  # the job: runs until its runner is torn down
         if self.rng.random() < 0.3:  # a retry racing its original: both must answer one runner
             replies = await asyncio.gather(self._add(stub, name, script), self._add(stub, name, script))
-            ids = {r.cloud_id for r in replies if r is not None}
-            if len(ids) > 1:
-                self.result.violate("one_runner_per_name", f"{name}: concurrent AddInstance answered {sorted(ids)}")
-            reply = replies[0]
+            ids = sorted({r.cloud_id.removeprefix("shoes-vz-") for r in replies if r is not None})
+            if len(await asyncio.to_thread(serving, self.stack, ids)) > 1:
+                self.result.violate("one_runner_per_name", f"{name}: concurrent AddInstance answered {ids}, "
+                                    "both serving")
+            first, second = replies
+            if first is not None and second is not None and second.cloud_id != first.cloud_id:
+                await self._delete(stub, second)  # the replacement of a failed first: deleted as well
+            reply = first or second
         else:
             reply = await self._add(stub, name, script)
         if reply is None:
@@ -308,7 +324,7 @@ class Chaos:
                 self.result.violate("max_runners", f"{len(vms)} VM processes running, max_runners {self.limit}: "
                                     + "; ".join(describe(pid) for pid in vms))
             for name in await asyncio.to_thread(duplicate_names, self.stack):
-                self.result.violate("one_runner_per_name", f"{name}: two live runner rows")
+                self.result.violate("one_runner_per_name", f"{name}: two serving runner rows")
             await asyncio.sleep(0.1)
 
     def _duplicate_a_row(self) -> None:

@@ -16,7 +16,8 @@ async def test_a_short_seeded_chaos_run_keeps_every_invariant(tmp_path: Path) ->
     print(report(result))
     assert result.violations == [], report(result)
     assert all(result.faults[kind] > 0 for kind in FAULTS), report(result)  # each kind of fault happened
-    assert result.resync and result.rounds >= 3, report(result)
+    # at least one acknowledged delete for the end-state checks to judge (how many is load, not behaviour)
+    assert result.resync and result.rounds >= 1, report(result)
 
 
 async def test_each_invariant_check_fails_when_its_invariant_is_broken(tmp_path: Path) -> None:
