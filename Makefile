@@ -6,7 +6,7 @@ SETUP := scripts/setup
 export PY
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench fuzz fuzz-http lint proto proto-check docs screenshots clean
+.PHONY: help run test bench soak chaos fuzz fuzz-http lint proto proto-check docs screenshots clean
 
 ## help: list these targets
 help:
@@ -30,6 +30,16 @@ bench:
 	$(BIN)/python benchmarks/bench_warm.py
 	$(BIN)/python benchmarks/bench_sim.py
 	$(BIN)/python benchmarks/bench_setup.py
+
+## soak: 1,000 sequential sim lifecycles; the daemons' RSS, fds, threads and the database size every 100; fails on growth
+soak:
+	@$(SETUP) test
+	$(BIN)/python benchmarks/soak.py --count $${SOAK_COUNT:-1000}
+
+## chaos: 5 minutes of SIGKILL/SIGSTOP of the agent, the server and VMs under concurrent lifecycles; invariants, faults, resync times
+chaos:
+	@$(SETUP) test
+	$(BIN)/python tests/chaos.py --seconds $${CHAOS_SECONDS:-300} --seed $${CHAOS_SEED:-1}
 
 ## fuzz: 10,000 seeded inputs against the server's gRPC surface, with and without credentials; counts by status
 fuzz:

@@ -21,6 +21,7 @@ SMALLEST = {
     "bench_sim.py": ["--runners", "1"],
     "bench_warm.py": ["--runners", "1", "--boot-delay", "0.2", "--restore-delay", "0"],
     "bench_setup.py": ["--runs", "1"],
+    "soak.py": ["--count", "30"],  # its leak tolerances checked (exit 1 on a leak), on ten samples
 }
 
 

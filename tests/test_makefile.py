@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 MAKEFILE = (REPO / "Makefile").read_text()
 TARGETS = re.findall(r"^([a-z][a-z-]*):", MAKEFILE, flags=re.M)
 SETUP_FOR = {"run": "run", "test": "test", "bench": "test", "lint": "venv", "proto": "venv",
-             "proto-check": "venv", "docs": "venv", "screenshots": "test"}
+             "proto-check": "venv", "docs": "venv", "screenshots": "test", "soak": "test", "chaos": "test"}
 
 
 def make(*args: str) -> str:

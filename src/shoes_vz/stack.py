@@ -156,25 +156,28 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        cfg = self._write_config()
+        self._write_config()
         # the template's default user: `runner` as root (a guest user of its own, in either sim mode), else
         # this user (a loopback guest's sshd runs as it)
         await asyncio.to_thread(init_sim, self.root / "templates", TEMPLATE)
+        await self.spawn("server")
+        await self.wait_server()
+        await self.spawn("agent")
+        await self.wait_agent()
+
+    async def spawn(self, name: str) -> None:
+        """Start the server or the agent process with this stack's config (again, after it was killed:
+        the chaos harness, tests/chaos.py); its output goes to NAME.log."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("SHOESVZ_CONFIG", None)
-        for name in ("server", "agent"):
-            log = open(self.root / f"{name}.log", "ab")
+        with open(self.root / f"{name}.log", "ab") as log:
             self.procs[name] = await asyncio.create_subprocess_exec(
                 # verbose: our debug lines (--verbose) and the libraries' too (--debug)
                 sys.executable, "-m", "shoes_vz.cli.main", *(["--debug"] if self.verbose else []), name,
-                "--config", str(cfg), *(["--verbose"] if self.verbose else []),
+                "--config", str(self.config_file), *(["--verbose"] if self.verbose else []),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True,  # a Ctrl-C is for `up`, which stops them in order (stop())
             )
-            log.close()
-            if name == "server":
-                await self._wait_server()
-        await self._wait_agent()
 
     async def describe_driver(self) -> str:
         """What a sim VM is on this host (namespaced, or the less faithful loopback mode), as it says."""
@@ -184,7 +187,7 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
         out, _ = await proc.communicate()
         return out.decode(errors="replace").strip()
 
-    async def _wait_server(self, timeout: float = 20.0) -> None:
+    async def wait_server(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         async with grpc.aio.insecure_channel(self.server_addr) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
@@ -201,7 +204,7 @@ evidence_for_every_runner = {'true' if self.keep_evidence else 'false'}
                 await asyncio.sleep(0.05)
         raise ShoesVzError(f"the server did not come up within {timeout:.0f}s (log: {self.root / 'server.log'})")
 
-    async def _wait_agent(self, timeout: float = 20.0) -> None:
+    async def wait_agent(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         db = self.db_path
         while time.monotonic() < deadline:
