@@ -167,6 +167,11 @@ class ServerSettings(_Base):
         3600.0, ge=0, description="an agent gone (no Sync stream) this long has its runners reaped: gone in the "
         "database, so myshoes' deletes answer NOT_FOUND, and torn down if it comes back (server/reaper.py); longer "
         "than an agent restart, upgrade or host reboot; counted from this server's start at the earliest; 0: never")
+    history_keep: int = Field(
+        10_000, ge=0, description="gone runners whose rows (state, error, reap reason, timings) the database keeps "
+                                  "for `shoes-vz runners --all` and the status page, newest first; older ones are "
+                                  "forgotten (about 0.6 KiB each); 0 keeps none")
+    history_max_age: float = Field(30 * 86400.0, gt=0, description="seconds a gone runner's row is kept at most")
 
     _hostport = field_validator("listen")(_check_hostport)
     _tokens = field_validator(*SERVER_TOKENS)(_check_token)

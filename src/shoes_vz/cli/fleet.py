@@ -130,8 +130,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def runners(config: ConfigOpt = None, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
                 watch: WatchOpt = None,
-                all_: Annotated[bool, typer.Option("--all", "-a", help="also runners already gone (newest 100)")
-                                ] = False,
+                all_: Annotated[bool, typer.Option(
+                    "--all", "-a", help="also runners already gone (the newest 100 of those server.history_keep keeps)")
+                ] = False,
                 agent: Annotated[str, typer.Option(help="only this agent's runners")] = "") -> None:
         """The fleet's runners: agent, template, state, guest state, address, age, startup timings, errors."""
         try:

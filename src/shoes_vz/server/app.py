@@ -43,6 +43,7 @@ SHOES_SERVICE = "shoes.vz.shoes.v1.ShoesService"
 AGENT_SERVICE = "shoes.vz.agent.v1.AgentService"
 ADMIN_SERVICE = "shoes.vz.admin.v1.AdminService"
 SERVICES = (SHOES_SERVICE, AGENT_SERVICE, ADMIN_SERVICE)
+PRUNE_EVERY = 60.0  # seconds between prunes of gone runners' rows (server.history_keep, history_max_age)
 
 
 class ServerApp:
@@ -229,7 +230,15 @@ class ServerApp:
         """Heartbeats: silent agents go offline (and their runners are reaped once they are gone long
         enough); unacked commands are re-sent."""
         s = self.settings
+        pruned_at = 0.0
         while True:
+            now = time.time()
+            if now - pruned_at >= PRUNE_EVERY:  # at start too: a server down a while has its history to trim
+                pruned_at = now
+                pruned = await self.store.call(self.store.prune_history, s.history_keep, now - s.history_max_age)
+                if pruned:
+                    log.info("forgot %d gone runner(s) beyond server.history_keep (%d) or history_max_age (%gs)",
+                             pruned, s.history_keep, s.history_max_age)
             await asyncio.sleep(min(s.sync_interval, s.command_resend_after) / 2)
             now = time.time()
             for agent_id in await self.store.call(self.store.mark_stale_agents_offline, now - s.agent_offline_after):

@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     error TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (agent_id) WHERE acked_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_runner ON outbox (runner_id);
+CREATE INDEX IF NOT EXISTS runners_gone ON runners (deleted_at) WHERE deleted_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS agent_credentials (
     agent_id TEXT PRIMARY KEY,
     secret_sha256 TEXT NOT NULL,            -- of the secret Enroll handed out; the secret itself is never kept
@@ -366,6 +368,22 @@ class Store:
             self.db.execute("UPDATE outbox SET acked_at=?, ok=0, error='reaped' WHERE runner_id=? AND kind='create' "
                             "AND acked_at IS NULL AND sent_at IS NULL", (now, runner_id))
         return bool(done)
+
+    def prune_history(self, keep: int, older_than: float) -> int:
+        """Forget gone runners beyond the newest `keep`, and those gone before `older_than`, with their
+        commands; how many. A DeleteInstance of one answers NOT_FOUND (done, for myshoes), as for any
+        gone runner, and should an agent still run one its report is an orphan's: answered with a delete."""
+        with self._tx():
+            doomed = [r[0] for r in self.db.execute(
+                "SELECT runner_id FROM runners WHERE deleted_at IS NOT NULL AND (deleted_at < ? OR runner_id NOT IN "
+                "(SELECT runner_id FROM runners WHERE deleted_at IS NOT NULL ORDER BY deleted_at DESC LIMIT ?))",
+                (older_than, keep))]
+            for start in range(0, len(doomed), 500):  # under SQLite's limit of bound parameters
+                batch = doomed[start:start + 500]
+                marks = ",".join("?" * len(batch))
+                self.db.execute(f"DELETE FROM outbox WHERE runner_id IN ({marks})", batch)
+                self.db.execute(f"DELETE FROM runners WHERE runner_id IN ({marks})", batch)
+        return len(doomed)
 
     # -- outbox ---------------------------------------------------------------------------------
     def _insert_command(self, cmd: Command) -> None:
