@@ -13,9 +13,10 @@ import pytest
 import repo_boundary
 from repo_boundary import pytest_sessionstart, pytest_terminal_summary
 from simvm import guest_processes, named_netns, project_links, wait_until
-from stack_fixtures import no_clone_dir, sim_stack
+from stack_fixtures import any_sim_stack, no_clone_dir, sim_stack
 
-__all__ = ["no_clone_dir", "pytest_sessionfinish", "pytest_sessionstart", "pytest_terminal_summary", "sim_stack"]
+__all__ = ["any_sim_stack", "no_clone_dir", "pytest_sessionfinish", "pytest_sessionstart", "pytest_terminal_summary",
+           "sim_stack"]
 
 
 def _leftovers(base: str) -> list[str]:

@@ -179,3 +179,15 @@ async def make_stack(root: Path, *, max_runners: int = 2, template_kw: dict[str,
 async def sim_stack(tmp_path: Path) -> AsyncIterator[SimStack]:
     async with make_stack(tmp_path) as stack:
         yield stack
+
+
+@pytest.fixture(params=["namespaced", "loopback"])
+async def any_sim_stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SimStack]:
+    """The stack in either sim mode (as root, a loopback guest too logs in as an unprivileged user of its own)."""
+    if request.param == "namespaced":
+        require_namespaced()
+        async with make_stack(tmp_path) as stack:
+            yield stack
+        return
+    async with make_stack(tmp_path, driver_options={"mode": "loopback"}) as stack:
+        yield stack

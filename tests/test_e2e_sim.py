@@ -7,12 +7,11 @@ import ipaddress
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 
 import aiohttp
 import grpc
 import pytest
-from stack_fixtures import SimStack, eventually, make_stack, require_namespaced
+from stack_fixtures import SimStack, eventually, make_stack
 
 from shoes_vz.core.states import GuestState, Phase
 from shoes_vz.demo import fake_runner_script
@@ -25,18 +24,6 @@ from shoes_vz.wire import shoes_pb2_grpc as sgrpc
 
 def runner_of(stack: SimStack, cloud_id: str):
     return stack.agent.runners.get(cloud_id.removeprefix("shoes-vz-"))
-
-
-@pytest.fixture(params=["namespaced", "loopback"])
-async def any_sim_stack(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[SimStack]:
-    """The stack in either sim mode (as root, a loopback guest too logs in as an unprivileged user of its own)."""
-    if request.param == "namespaced":
-        require_namespaced()
-        async with make_stack(tmp_path) as stack:
-            yield stack
-        return
-    async with make_stack(tmp_path, driver_options={"mode": "loopback"}) as stack:
-        yield stack
 
 
 async def test_create_ready_idle_delete(any_sim_stack: SimStack) -> None:

@@ -17,7 +17,6 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -27,8 +26,6 @@ from stack_fixtures import (
     TOKEN,
     SimStack,
     eventually,
-    make_stack,
-    require_namespaced,
     server_settings,
 )
 from test_server_grpc import MD, ScriptedAgent
@@ -60,17 +57,6 @@ def _live(pid: int) -> bool:
         return False
 
 
-@pytest.fixture(params=["loopback", "namespaced"])
-async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SimStack]:
-    if request.param == "namespaced":
-        require_namespaced()
-        async with make_stack(tmp_path) as s:
-            yield s
-        return
-    async with make_stack(tmp_path, driver_options={"mode": "loopback"}) as s:
-        yield s
-
-
 async def _runner_with_a_sleeper(stack: SimStack, name: str) -> tuple[str, bytes]:
     """A runner whose setup_script leaves a long `sleep` (cwd in the guest's home) and a shell waiting on
     it, as a job does; the sleep's unique argument finds it from the host."""
@@ -83,9 +69,9 @@ async def _runner_with_a_sleeper(stack: SimStack, name: str) -> tuple[str, bytes
     return runner_id, needle
 
 
-async def test_a_guests_processes_die_with_its_killed_vm_process(stack: SimStack) -> None:
-    runner_id, needle = await _runner_with_a_sleeper(stack, "doomed-job")
-    runner = stack.agent.runners[runner_id]
+async def test_a_guests_processes_die_with_its_killed_vm_process(any_sim_stack: SimStack) -> None:
+    runner_id, needle = await _runner_with_a_sleeper(any_sim_stack, "doomed-job")
+    runner = any_sim_stack.agent.runners[runner_id]
     pid = runner.bundle.lock_holder()
     assert pid and pid > 0
     os.kill(pid, signal.SIGKILL)
@@ -95,15 +81,15 @@ async def test_a_guests_processes_die_with_its_killed_vm_process(stack: SimStack
     assert left, f"the guest's sleep outlived its VM: {[p for p in _pids_with(needle) if _live(p)]}"
 
 
-async def test_a_guests_processes_die_when_its_vm_died_while_the_agent_was_down(stack: SimStack) -> None:
-    runner_id, needle = await _runner_with_a_sleeper(stack, "orphaned-job")
-    bundle = stack.agent.runners[runner_id].bundle
+async def test_a_guests_processes_die_when_its_vm_died_while_the_agent_was_down(any_sim_stack: SimStack) -> None:
+    runner_id, needle = await _runner_with_a_sleeper(any_sim_stack, "orphaned-job")
+    bundle = any_sim_stack.agent.runners[runner_id].bundle
     pid = bundle.lock_holder()
     assert pid and pid > 0
-    await stack.agent.stop(tear_down=False)  # the agent goes; its VM stays ...
+    await any_sim_stack.agent.stop(tear_down=False)  # the agent goes; its VM stays ...
     os.kill(pid, signal.SIGKILL)  # ... and dies while nobody watches
     await eventually(lambda: not bundle.is_running(), timeout=10)
-    restarted = Agent(stack.agent.settings.model_copy(update={"notify_url": ""}))
+    restarted = Agent(any_sim_stack.agent.settings.model_copy(update={"notify_url": ""}))
     await restarted.start()  # sweeps the dead bundle
     try:
         assert runner_id not in restarted.runners and not bundle.path.exists()
@@ -111,7 +97,7 @@ async def test_a_guests_processes_die_when_its_vm_died_while_the_agent_was_down(
         assert left, f"the guest's sleep outlived its VM: {[p for p in _pids_with(needle) if _live(p)]}"
     finally:
         await restarted.stop(tear_down=True)
-        stack.agent = restarted
+        any_sim_stack.agent = restarted
 
 
 def _server_process(root: Path) -> tuple[subprocess.Popen[bytes], int]:

@@ -129,3 +129,15 @@ async def test_stale_agents_go_offline(tmp_path: Path) -> None:
     assert await store.call(store.mark_stale_agents_offline, time.time() + 1) == ["a1"]
     assert not (await store.call(store.agents))[0].online
     await store.aclose()
+
+
+async def test_a_database_with_the_old_stored_reap_reason_still_reads(tmp_path: Path) -> None:
+    """Servers of an earlier version stored the reap reason in a column of its own; it is read from the error now."""
+    store = await open_store(tmp_path)
+    await add_agent(store, "a1")
+    row, _ = await Scheduler(store).reserve("job-old", "small", "true", [])
+    await store.call(store.db.execute, "ALTER TABLE runners ADD COLUMN reap_reason TEXT NOT NULL DEFAULT ''")
+    assert await store.call(store.reap_runner, row.runner_id, "reaped (agent_gone): agent a1 gone 3600s")
+    again = await store.call(store.runner, row.runner_id)
+    assert again is not None and again.reap_reason == "agent_gone" and again.deleted_at is not None
+    await store.aclose()

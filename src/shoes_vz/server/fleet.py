@@ -120,7 +120,7 @@ class Fleet:
     def failures(self, limit: int = 20) -> list[RunnerRow]:
         """The newest runners that failed (an error on the row), live or gone."""
         return [_runner(r) for r in self.store.db.execute(
-            "SELECT * FROM runners WHERE error != '' OR reap_reason != '' ORDER BY updated_at DESC LIMIT ?",
+            "SELECT * FROM runners WHERE error != '' ORDER BY updated_at DESC LIMIT ?",
             (limit,))]
 
     def startup(self, window: float = STARTUP_WINDOW) -> list[StartupStat]:

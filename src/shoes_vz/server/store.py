@@ -89,8 +89,7 @@ CREATE TABLE IF NOT EXISTS drains (         -- an operator's drain: kept apart f
 """
 SCRUBBED = ""  # what a create's setup_script becomes once it is no longer needed
 # columns added after a table was first made: (table, column, definition); added when missing
-ADDED_COLUMNS = (("agents", "conditions", "TEXT NOT NULL DEFAULT '[]'"),
-                 ("runners", "reap_reason", "TEXT NOT NULL DEFAULT ''"))
+ADDED_COLUMNS = (("agents", "conditions", "TEXT NOT NULL DEFAULT '[]'"),)
 DRAINED = "drained"  # the host condition an operator's drain is (server/fleet.py sets and clears it)
 
 
@@ -159,7 +158,11 @@ class RunnerRow:
     updated_at: float = 0.0
     delete_requested: bool = False
     deleted_at: float | None = None
-    reap_reason: str = ""
+
+    @property
+    def reap_reason(self) -> str:
+        """Why it was torn down without myshoes (core.states.ReapReason), read from its error; "" otherwise."""
+        return reap_reason_of(self.error)
 
 
 @dataclass
@@ -177,6 +180,7 @@ def _runner(row: sqlite3.Row) -> RunnerRow:
     d["timings"] = json.loads(d["timings"])
     d["capacity_error"] = bool(d["capacity_error"])
     d["delete_requested"] = bool(d["delete_requested"])
+    d.pop("reap_reason", None)  # a stored copy of the error's reason, in databases of an earlier version
     return RunnerRow(**d)
 
 
@@ -336,9 +340,6 @@ class Store:
         for k in ("capacity_error", "delete_requested"):
             if k in fields:
                 fields[k] = int(fields[k])
-        reason = reap_reason_of(str(fields.get("error", "")))
-        if reason:
-            fields["reap_reason"] = reason
         fields["updated_at"] = time.time()
         cols = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE runners SET {cols} WHERE runner_id=?", (*fields.values(), runner_id))
@@ -362,9 +363,8 @@ class Store:
         is withdrawn; True when it was live. A later DeleteInstance answers NOT_FOUND."""
         now = time.time()
         with self._tx():
-            done = self.db.execute("UPDATE runners SET state='gone', error=?, reap_reason=?, deleted_at=?, "
-                                   "updated_at=? WHERE runner_id=? AND deleted_at IS NULL",
-                                   (error, reap_reason_of(error), now, now, runner_id)).rowcount
+            done = self.db.execute("UPDATE runners SET state='gone', error=?, deleted_at=?, updated_at=? "
+                                   "WHERE runner_id=? AND deleted_at IS NULL", (error, now, now, runner_id)).rowcount
             self.db.execute("UPDATE outbox SET acked_at=?, ok=0, error='reaped' WHERE runner_id=? AND kind='create' "
                             "AND acked_at IS NULL AND sent_at IS NULL", (now, runner_id))
         return bool(done)
@@ -373,17 +373,13 @@ class Store:
         """Forget gone runners beyond the newest `keep`, and those gone before `older_than`, with their
         commands; how many. A DeleteInstance of one answers NOT_FOUND (done, for myshoes), as for any
         gone runner, and should an agent still run one its report is an orphan's: answered with a delete."""
+        doomed = ("deleted_at IS NOT NULL AND (deleted_at < :older_than OR runner_id NOT IN (SELECT runner_id FROM "
+                  "runners WHERE deleted_at IS NOT NULL ORDER BY deleted_at DESC LIMIT :keep))")
+        args = {"older_than": older_than, "keep": keep}
         with self._tx():
-            doomed = [r[0] for r in self.db.execute(
-                "SELECT runner_id FROM runners WHERE deleted_at IS NOT NULL AND (deleted_at < ? OR runner_id NOT IN "
-                "(SELECT runner_id FROM runners WHERE deleted_at IS NOT NULL ORDER BY deleted_at DESC LIMIT ?))",
-                (older_than, keep))]
-            for start in range(0, len(doomed), 500):  # under SQLite's limit of bound parameters
-                batch = doomed[start:start + 500]
-                marks = ",".join("?" * len(batch))
-                self.db.execute(f"DELETE FROM outbox WHERE runner_id IN ({marks})", batch)
-                self.db.execute(f"DELETE FROM runners WHERE runner_id IN ({marks})", batch)
-        return len(doomed)
+            self.db.execute(f"DELETE FROM outbox WHERE runner_id IN (SELECT runner_id FROM runners WHERE {doomed})",
+                            args)
+            return int(self.db.execute(f"DELETE FROM runners WHERE {doomed}", args).rowcount)
 
     # -- outbox ---------------------------------------------------------------------------------
     def _insert_command(self, cmd: Command) -> None:
